@@ -1,0 +1,274 @@
+"""Build the Hub-ready Mirror dataset folder: parquet shards with embedded images plus a card with `configs:`.
+
+The folder loads with `datasets.load_dataset(folder)` (the `sessions` config) and `load_dataset(folder, "sft" |
+"profiles" | "filtered")`, and uploads as-is to a Hub dataset repo. Building is atomic (work happens in a hidden
+sibling folder that replaces the output only when complete) and re-running on unchanged input is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
+
+from .builder import MirrorBuilder, raw_files
+from .schema import CONFIG_FEATURES, CONFIG_SPLITS
+from .validation import ImagePolicy, RecordError
+
+BUILD_FORMAT_VERSION = "1"
+BUILD_STAMP = ".mirror-build.json"
+SAMPLE_DIR = Path(__file__).parent / "sample"
+
+# Licence of each known seed dataset; it flows into the dataset card.
+SOURCE_LICENSES = {"mirror-sample": "cc-by-4.0", "cactus": "gpl-2.0"}
+
+
+@dataclass
+class BuildOptions:
+    """Options of `mirror build`."""
+
+    on_bad_record: str = field(default="raise", metadata={"help": "raise: stop at the first bad record; skip: "
+                                                               "build the rest and list it in `filtered`."})
+    require_images: bool = field(default=True, metadata={"help": "Every client turn must have an image."})
+    max_pixels: int = field(default=ImagePolicy.max_pixels, metadata={"help": "Pixel cap per image (bomb guard)."})
+    apply_filters: bool = field(default=True, metadata={"help": "Run the text quality filters."})
+    max_shard_size: int = field(default=500 << 20, metadata={"help": "Approximate bytes per parquet shard."})
+    pretty_name: str = field(default="Mirror", metadata={"help": "Dataset name shown on the card."})
+
+
+@dataclass
+class BuildResult:
+    output_dir: Path
+    num_rows: dict[str, int]
+    skipped: int  # bad records dropped by --on-bad-record skip
+    filtered: int  # sessions dropped by the quality filters
+    up_to_date: bool = False
+
+
+def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
+    """Hash of every input byte (records and the images they reference) and of the build options."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": BUILD_FORMAT_VERSION, "options": options.__dict__}, sort_keys=True).encode())
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(raw_dir)).encode("utf-8", "surrogateescape"))
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    for source in (Path(__file__).parent / name for name in ("builder.py", "schema.py", "validation.py", "filters.py")):
+        digest.update(source.read_bytes())
+    prompts = Path(__file__).parent.parent / "inference" / "prompts"
+    for prompt_file in sorted(prompts.glob("*.yaml")):
+        digest.update(prompt_file.read_bytes())
+    return digest.hexdigest()
+
+
+def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOptions | None = None) -> BuildResult:
+    """Validate the raw records in `raw_dir` and export the Hub-ready folder `output_dir`."""
+    options = options or BuildOptions()
+    raw_dir, output_dir = Path(raw_dir).resolve(), Path(output_dir).resolve()
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"Raw record folder not found: {raw_dir}")
+    if not raw_files(raw_dir, "sessions"):
+        raise FileNotFoundError(f"No sessions*.jsonl files in {raw_dir}")
+    fingerprint = input_fingerprint(raw_dir, options)
+    stamp_path = output_dir / BUILD_STAMP
+    if stamp_path.is_file():
+        stamp = json.loads(stamp_path.read_text())
+        if stamp.get("fingerprint") == fingerprint:
+            return BuildResult(output_dir, stamp["num_rows"], stamp["skipped"], stamp["filtered"], up_to_date=True)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.building-", dir=output_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirror-build-cache-") as cache_dir:
+            num_rows, datasets_by_config = {}, {}
+            progress = tqdm(list(CONFIG_FEATURES), desc="Building Mirror configs", unit="config")
+            for config_name in progress:
+                progress.set_postfix_str(config_name)
+                builder = MirrorBuilder(
+                    config_name=config_name,
+                    cache_dir=cache_dir,
+                    raw_dir=str(raw_dir),
+                    on_bad_record=options.on_bad_record,
+                    require_images=options.require_images,
+                    max_pixels=options.max_pixels,
+                    apply_filters=options.apply_filters,
+                )
+                try:
+                    builder.download_and_prepare(download_mode="force_redownload")
+                except datasets.exceptions.DatasetGenerationError as err:
+                    # Surface our own error (which names the record and field), not the generic wrapper.
+                    cause = err.__cause__
+                    raise (cause if isinstance(cause, RecordError | FileNotFoundError) else err) from None
+                split = CONFIG_SPLITS[config_name]
+                if builder.info.splits[split].num_examples:
+                    dataset = builder.as_dataset(split=split)
+                else:  # `as_dataset` refuses an empty split; an empty `filtered` config is the usual case
+                    features = CONFIG_FEATURES[config_name]
+                    dataset = datasets.Dataset.from_dict({key: [] for key in features}, features=features)
+                datasets_by_config[config_name] = dataset
+                num_rows[config_name] = len(dataset)
+                _write_parquet(dataset, work_dir / "data" / config_name, CONFIG_SPLITS[config_name], options)
+            filtered = datasets_by_config["filtered"]
+            skipped = sum(1 for stage in filtered["stage"] if stage == "validation")
+            dropped = sum(1 for stage in filtered["stage"] if stage == "filter")
+            sources = sorted({row["dataset"] for row in datasets_by_config["sessions"]["source"] if row["dataset"]})
+            _write_card(work_dir, datasets_by_config, options, sources, skipped, dropped)
+        stamp = {"fingerprint": fingerprint, "num_rows": num_rows, "skipped": skipped, "filtered": dropped}
+        (work_dir / BUILD_STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        _replace_dir(work_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return BuildResult(output_dir, num_rows, skipped, dropped)
+
+
+def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options: BuildOptions) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    num_shards = max(1, math.ceil(dataset.data.nbytes / options.max_shard_size))
+    for index in range(num_shards):
+        shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
+        shard.to_parquet(str(folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into place: a reader never sees a half-written `target`."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, skipped: int, dropped: int) -> None:
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    from model_cards.dataset_card import render_dataset_card
+
+    card_data = DatasetCardData()
+    metadata_configs = MetadataConfigs(
+        {
+            name: {"data_files": [{"split": CONFIG_SPLITS[name], "path": f"data/{name}/{CONFIG_SPLITS[name]}-*"}],
+                   **({"default": True} if name == "sessions" else {})}
+            for name in CONFIG_FEATURES
+        }
+    )
+    metadata_configs.to_dataset_card_data(card_data)
+    infos = {}
+    for name, dataset in by_config.items():
+        splits = SplitDict()
+        splits.add(SplitInfo(name=CONFIG_SPLITS[name], num_examples=len(dataset), num_bytes=dataset.data.nbytes))
+        infos[name] = DatasetInfo(features=CONFIG_FEATURES[name], splits=splits)
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    licenses = sorted({SOURCE_LICENSES.get(source, "other") for source in sources}) or ["other"]
+    sessions = by_config["sessions"]
+    resistance_counts = {style: 0 for style in ("none", "emotional", "cognitive", "behavioral")}
+    for style in sessions["resistance"]:
+        resistance_counts[style] = resistance_counts.get(style, 0) + 1
+    stats = {
+        "num_rows": {name: len(dataset) for name, dataset in by_config.items()},
+        "resistance_counts": resistance_counts,
+        "sources": sources,
+        "skipped": skipped,
+        "dropped_by_filters": dropped,
+        "sft_variants": sorted(set(by_config["sft"]["variant"])),
+        "image_backends": sorted({row["image_backend"] for row in sessions["source"] if row["image_backend"]}),
+    }
+    card = render_dataset_card(card_data.to_dict(), licenses=licenses, pretty_name=options.pretty_name, stats=stats)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Faces for raw records (paper step 3, with any image backend)
+
+
+def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, overwrite: bool = False) -> Path:
+    """Copy raw records to `output_dir`, rendering a face for every client turn (and identity) that has none.
+
+    Writes atomically per file and skips images already on disk, so an interrupted run resumes where it stopped.
+    """
+    from .images import FaceRequest, get_image_backend
+
+    backend = backend or get_image_backend("embedded")
+    raw_dir, output_dir = Path(raw_dir), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for kind in ("sessions", "profiles"):
+        for path in raw_files(raw_dir, kind):
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = [json.loads(line) for line in lines]
+            out_records = []
+            for record in tqdm(records, desc=f"Rendering faces ({path.name})", unit="record"):
+                out_records.append(_render_record(record, raw_dir, output_dir, backend, FaceRequest, overwrite))
+            _atomic_write(output_dir / path.name,
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_records).encode("utf-8"))
+    return output_dir
+
+
+def _render_record(record, raw_dir, output_dir, backend, face_request, overwrite):
+    record = json.loads(json.dumps(record))  # deep copy
+    client, key = record["client"], record["identity"]["key"]
+    folder = Path("images") / key
+
+    def render(name: str, expression: str, contrast: str | None, seed: int) -> str:
+        relative = folder / f"{record['id']}-{name}.png" if name != "identity" else folder / "identity.png"
+        target = output_dir / relative
+        if overwrite or not target.exists():
+            image = backend.render(face_request(identity_key=key, expression=expression, gender=client.get("gender"),
+                                                age=client.get("age"), contrast_expression=contrast, seed=seed))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            image.save(tmp, format="PNG")
+            os.replace(tmp, target)
+        return relative.as_posix()
+
+    if record["identity"].get("image") is None:
+        record["identity"]["image"] = render("identity", "neutral", None, 0)
+    elif not Path(record["identity"]["image"]).is_absolute():
+        record["identity"]["image"] = _copy_relative(raw_dir, output_dir, record["identity"]["image"])
+    for index, turn in enumerate(record.get("turns", [])):
+        if turn.get("speaker") != "client":
+            continue
+        if turn.get("image") is None:
+            expression = " ".join(filter(None, [turn.get("stage_direction"), turn.get("expression")])) or "neutral"
+            turn["image"] = render(f"turn{index:02d}", expression, turn.get("contrast_expression"), index)
+        elif not Path(turn["image"]).is_absolute():
+            turn["image"] = _copy_relative(raw_dir, output_dir, turn["image"])
+    record["source"]["image_backend"] = getattr(backend, "name", type(backend).__name__)
+    return record
+
+
+def _copy_relative(raw_dir: Path, output_dir: Path, relative: str) -> str:
+    source, target = raw_dir / relative, output_dir / relative
+    if source.resolve() != target.resolve() and source.is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return relative
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_sample_dataset(output_dir: str | Path, work_dir: str | Path | None = None,
+                         options: BuildOptions | None = None) -> Path:
+    """The embedded default: render the bundled sample's faces, then build the Hub-ready folder."""
+    output_dir = Path(output_dir)
+    work_dir = Path(work_dir) if work_dir else output_dir.parent / f"{output_dir.name}-raw"
+    render_faces(SAMPLE_DIR, work_dir)
+    build_dataset(work_dir, output_dir, options or BuildOptions(pretty_name="Mirror sample"))
+    return output_dir

@@ -1,0 +1,193 @@
+"""`MirrorBuilder`: a `datasets.GeneratorBasedBuilder` that reads raw records and yields the Mirror configs.
+
+`datasets` >= 4 refuses loading scripts, so this builder is instantiated directly (`MirrorBuilder(config_name=...,
+raw_dir=...)`) by `dataset_builder.build`, which exports its output as a parquet folder for the Hub.
+
+Raw directory layout: `sessions*.jsonl` (session records) and `profiles*.jsonl` (evaluation profiles); image paths
+inside records are relative to the raw directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from inference.prompts import DEFAULT_PROMPT_VERSION, emotion_caption_messages, therapist_messages
+
+from .filters import apply_filters
+from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
+from .validation import ImagePolicy, RecordError, iter_jsonl, validate_profile, validate_session
+
+logger = logging.getLogger(__name__)
+
+ON_BAD_RECORD = ("raise", "skip")
+
+
+@dataclass
+class MirrorConfig(datasets.BuilderConfig):
+    """One Mirror config (`sessions`, `sft`, `profiles`, `filtered`) plus how to read the raw records."""
+
+    raw_dir: str | None = None
+    on_bad_record: str = "raise"
+    require_images: bool = True
+    max_pixels: int = ImagePolicy.max_pixels
+    apply_filters: bool = True
+    sft_variants: tuple[str, ...] = SFT_VARIANTS
+    prompt_version: str = DEFAULT_PROMPT_VERSION
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(f"on_bad_record must be one of {list(ON_BAD_RECORD)}, got {self.on_bad_record!r}")
+        unknown = [v for v in self.sft_variants if v not in SFT_VARIANTS]
+        if unknown:
+            raise ValueError(f"Unknown sft variants {unknown}; allowed values: {list(SFT_VARIANTS)}")
+
+
+def raw_files(raw_dir: Path, kind: str) -> list[Path]:
+    """The raw JSONL files of one kind (`sessions` or `profiles`), in a stable order."""
+    return sorted(raw_dir.glob(f"{kind}*.jsonl"))
+
+
+class MirrorBuilder(datasets.GeneratorBasedBuilder):
+    BUILDER_CONFIG_CLASS = MirrorConfig
+    BUILDER_CONFIGS = [MirrorConfig(name=name) for name in CONFIG_FEATURES]  # noqa: RUF012 (datasets API)
+    DEFAULT_CONFIG_NAME = "sessions"
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description="Mirror: synthetic multimodal first CBT sessions with client resistance (research use only).",
+            features=CONFIG_FEATURES[self.config.name],
+            license="cc-by-4.0",
+        )
+
+    def _split_generators(self, dl_manager):
+        if not self.config.raw_dir:
+            raise ValueError("MirrorBuilder needs raw_dir=<folder with sessions*.jsonl / profiles*.jsonl>")
+        raw_dir = Path(self.config.raw_dir)
+        if not raw_dir.is_dir():
+            raise FileNotFoundError(f"Raw record folder not found: {raw_dir}")
+        return [datasets.SplitGenerator(name=CONFIG_SPLITS[self.config.name], gen_kwargs={"raw_dir": raw_dir})]
+
+    def _generate_examples(self, raw_dir: Path):
+        if self.config.name == "sessions":
+            for record, failure in self._iter_sessions(raw_dir, encode=True):
+                if failure is None:
+                    record.pop("_origin")
+                    yield record["id"], record
+        elif self.config.name == "filtered":
+            # Validation without re-encoding images: the same decisions as `sessions`, at a fraction of the cost.
+            for index, (record, failure) in enumerate(self._iter_sessions(raw_dir, encode=False)):
+                yield f"session-{index}", failure if failure is not None else _kept_row(record, "session")
+            for index, (record, failure) in enumerate(self._iter_profiles(raw_dir, encode=False)):
+                yield f"profile-{index}", failure if failure is not None else _kept_row(record, "profile")
+        elif self.config.name == "profiles":
+            for record, failure in self._iter_profiles(raw_dir, encode=True):
+                if failure is None:
+                    record.pop("_origin")
+                    yield record["id"], record
+        elif self.config.name == "sft":
+            for record, failure in self._iter_sessions(raw_dir, encode=True):
+                if failure is None:
+                    for row in sft_rows(record, self.config.sft_variants, self.config.prompt_version):
+                        yield row["id"], row
+        else:  # pragma: no cover - BUILDER_CONFIGS lists every name
+            raise ValueError(f"Unknown config {self.config.name!r}")
+
+    # -- shared record iteration ---------------------------------------------------------------------------------
+
+    def _policy(self) -> ImagePolicy:
+        return ImagePolicy(require_images=self.config.require_images, max_pixels=self.config.max_pixels)
+
+    def _iter_sessions(self, raw_dir: Path, encode: bool) -> Iterator[tuple[dict | None, dict | None]]:
+        yield from self._iter_records(raw_dir, "sessions", validate_session, encode, run_filters=True)
+
+    def _iter_profiles(self, raw_dir: Path, encode: bool) -> Iterator[tuple[dict | None, dict | None]]:
+        yield from self._iter_records(raw_dir, "profiles", validate_profile, encode, run_filters=False)
+
+    def _iter_records(self, raw_dir, kind, validate, encode, run_filters):
+        """Yield `(record, None)` for good records and `(None, filtered_row)` for dropped ones."""
+        policy, seen = self._policy(), {}
+        for path in raw_files(raw_dir, kind):
+            for line, raw in iter_jsonl(path):
+                try:
+                    if isinstance(raw, RecordError):
+                        raise raw
+                    record = validate(raw, raw_dir, policy, encode=encode)
+                    if record["id"] in seen:
+                        raise RecordError(record["id"], "id", f"duplicate id (first seen at line {seen[record['id']]})")
+                    seen[record["id"]] = line
+                except RecordError as err:
+                    err.source, err.line = err.source or str(path.relative_to(raw_dir)), err.line or line
+                    if self.config.on_bad_record == "raise":
+                        raise RecordError(err.record_id, err.field, err.problem, err.source, err.line) from err
+                    logger.warning("Skipping bad record: %s", err)
+                    yield None, _filtered_row(raw, err.record_id, kind, path.name, line, "validation", err.field,
+                                              err.problem)
+                    continue
+                if run_filters and self.config.apply_filters:
+                    results, failed = apply_filters(record)
+                    scores = {s["filter"]: s["score"] for s in record["quality"]["scores"]}
+                    scores.update({result.name: result.score for result in results})
+                    record["quality"]["scores"] = [{"filter": k, "score": float(v)} for k, v in scores.items()]
+                    if failed:
+                        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+                        yield None, _filtered_row(raw, record["id"], kind, path.name, line, "filter", failed[0].name,
+                                                  reason, record["quality"]["scores"])
+                        continue
+                record["_origin"] = (path.name, line)
+                yield record, None
+
+
+def _filtered_row(raw, record_id, kind, source_file, line, stage, field, reason, scores=()) -> dict:
+    text = json.dumps(raw, ensure_ascii=True, sort_keys=True) if isinstance(raw, dict) else None  # ASCII: auditable
+    return {"id": record_id, "kind": kind.rstrip("s"), "kept": False, "source_file": source_file, "line": line,
+            "stage": stage, "field": field, "reason": reason, "scores": list(scores), "record": text}
+
+
+def _kept_row(record: dict, kind: str) -> dict:
+    source_file, line = record["_origin"]
+    return {"id": record["id"], "kind": kind, "kept": True, "source_file": source_file, "line": line, "stage": "kept",
+            "field": None, "reason": None, "scores": record.get("quality", {}).get("scores", []), "record": None}
+
+
+def sft_rows(record: dict, variants=SFT_VARIANTS, prompt_version: str = DEFAULT_PROMPT_VERSION) -> Iterator[dict]:
+    """One SFT row per therapist turn and variant (plus emotion-caption rows for `ec_planning`).
+
+    The image of a vision row is the client's face at the latest client turn before the therapist speaks; a
+    therapist turn with no client turn before it has no face to read and gets only a `text` row.
+    """
+    turns = record["turns"]
+    base = {"session_id": record["id"], "resistance": record["resistance"]}
+    plan = {"cbt_technique": record["cbt_technique"], "cbt_plan": record["cbt_plan"]}
+    last_client = None
+    for index, turn in enumerate(turns):
+        if turn["speaker"] == "client":
+            last_client = turn
+            if "ec_planning" in variants and turn["image"] is not None and turn["stage_direction"]:
+                yield {**base, "id": f"{record['id']}/ec_planning/emotion_caption/{index:02d}",
+                       "variant": "ec_planning", "task": "emotion_caption", "turn_index": index,
+                       "messages": emotion_caption_messages(turn["stage_direction"], prompt_version),
+                       "images": [turn["image"]]}
+            continue
+        history = turns[:index]
+        for variant in variants:
+            image = last_client["image"] if last_client is not None else None
+            if variant != "text" and image is None:
+                continue
+            emotion = (last_client["stage_direction"] or last_client["expression"]) if last_client else None
+            if variant == "ec_planning" and not emotion:
+                continue
+            messages = therapist_messages(
+                record["client"], history, variant, reply=turn["statement"],
+                emotion=emotion if variant == "ec_planning" else None,
+                version=prompt_version, **(plan if variant in ("planning", "ec_planning") else {}),
+            )
+            yield {**base, "id": f"{record['id']}/{variant}/response/{index:02d}", "variant": variant,
+                   "task": "response", "turn_index": index, "messages": messages,
+                   "images": [] if variant == "text" else [image]}

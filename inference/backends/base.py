@@ -1,0 +1,71 @@
+"""The chat-backend interface.
+
+Every model call in MIRROR (the therapist, the virtual client, LLM judges, screenplay generation) goes through
+`ChatBackend.chat`. Messages use TRL's structured format (`{"role", "content": [{"type": "text" | "image"}]}`)
+with images passed separately, one per `{"type": "image"}` placeholder, in order, as in the `sft` rows of the
+dataset. A backend that cannot see images raises `ValueError` when given one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings. Defaults are the paper's therapist settings."""
+
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 means greedy decoding."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Maximum number of tokens to generate."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed for reproducible sampling."})
+    stop: list[str] | None = field(default=None, metadata={"help": "Strings that end generation early."})
+
+
+Messages = list[dict[str, Any]]
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A chat model. `name` identifies the model (id and revision) in provenance and reports."""
+
+    name: str
+    supports_images: bool
+
+    def chat(
+        self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
+    ) -> str:
+        """Return the assistant's reply to `messages`."""
+        ...
+
+    def chat_batch(
+        self,
+        conversations: list[Messages],
+        images: list[list[Image.Image]] | None = None,
+        config: GenerationConfig | None = None,
+    ) -> list[str]:
+        """Return one reply per conversation; backends batch where they can."""
+        ...
+
+
+def count_image_placeholders(messages: Messages) -> int:
+    """Number of `{"type": "image"}` blocks in `messages` (string contents count as none)."""
+    return sum(
+        1
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if block.get("type") == "image"
+    )
+
+
+def check_images(messages: Messages, images: list[Image.Image] | None, supports_images: bool, name: str) -> None:
+    """Raise a clear error when images and placeholders disagree or the backend is text-only."""
+    n_placeholders, n_images = count_image_placeholders(messages), len(images or [])
+    if n_images and not supports_images:
+        raise ValueError(f"Backend {name!r} is text-only but was given {n_images} image(s)")
+    if n_placeholders != n_images:
+        raise ValueError(f"Messages have {n_placeholders} image placeholder(s) but {n_images} image(s) were given")

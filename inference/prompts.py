@@ -1,0 +1,170 @@
+"""The therapist prompt format, written once.
+
+`dataset_builder` renders the `sft` rows of the dataset with these functions and `inference` prompts a therapist
+with them, so a model is always asked at inference time exactly what it was trained on. Messages use TRL's
+structured multimodal format: `{"role": ..., "content": [{"type": "image"}, {"type": "text", "text": ...}]}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+DEFAULT_PROMPT_VERSION = "v1"
+
+VARIANTS = ("base", "planning", "ec_planning", "text")
+VISION_VARIANTS = ("base", "planning", "ec_planning")
+PLAN_VARIANTS = ("planning", "ec_planning")
+
+CBT_TECHNIQUES = (
+    "Efficiency Evaluation",
+    "Pie Chart Technique",
+    "Alternative Perspective",
+    "Decatastrophizing",
+    "Pros and Cons Analysis",
+    "Evidence-Based Questioning",
+    "Reality Testing",
+    "Continuum Technique",
+    "Changing Rules to Wishes",
+    "Behavior Experiment",
+    "Problem-Solving Skills Training",
+    "Systematic Exposure",
+)
+
+# A stage direction is any bracketed span; a statement may carry several ("[sighs] fine. [looks away]").
+_STAGE_DIRECTION = re.compile(r"\[[^\]]*\]")
+_SPACES = re.compile(r"\s+")
+
+
+@functools.cache
+def load_prompt(version: str = DEFAULT_PROMPT_VERSION) -> dict[str, Any]:
+    """Load a versioned prompt file (`inference/prompts/therapist_<version>.yaml`)."""
+    path = PROMPT_DIR / f"therapist_{version}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("therapist_") for p in PROMPT_DIR.glob("therapist_*.yaml"))
+        raise ValueError(f"Unknown prompt version {version!r}; available: {known}")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def strip_stage_directions(text: str | None) -> str:
+    """Remove bracketed stage directions: the therapist only ever sees verbal content."""
+    if not text:
+        return ""
+    return _SPACES.sub(" ", _STAGE_DIRECTION.sub(" ", text)).strip()
+
+
+def format_history(history: list[dict[str, Any]], version: str = DEFAULT_PROMPT_VERSION) -> str:
+    """Render the verbal history, one `Speaker: statement` line per turn, stage directions removed."""
+    prompt = load_prompt(version)
+    if not history:
+        return prompt["history_empty"]
+    lines = []
+    for turn in history:
+        speaker = turn["speaker"]
+        if speaker not in prompt["speaker_names"]:
+            raise ValueError(f"Unknown speaker {speaker!r}; expected one of {sorted(prompt['speaker_names'])}")
+        statement = strip_stage_directions(turn.get("statement")) or prompt["silent_statement"]
+        lines.append(f"{prompt['speaker_names'][speaker]}: {statement}")
+    return "\n".join(lines)
+
+
+def _client_information(client: dict[str, Any]) -> str:
+    facts = [str(client[key]) for key in ("name", "age", "gender", "occupation") if client.get(key) not in (None, "")]
+    personal = strip_stage_directions(client.get("personal_info"))
+    return ", ".join(facts) + (". " + personal if personal else "")
+
+
+def therapist_prompt_text(
+    client: dict[str, Any],
+    history: list[dict[str, Any]],
+    variant: str = "base",
+    *,
+    cbt_technique: str | None = None,
+    cbt_plan: str | None = None,
+    emotion: str | None = None,
+    version: str = DEFAULT_PROMPT_VERSION,
+) -> str:
+    """The text of the therapist's user turn for one reply.
+
+    `variant` is one of `VARIANTS`. `planning` and `ec_planning` need the session's technique and plan;
+    `ec_planning` also needs `emotion`, a caption of the client's current face (the model's own at inference).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown therapist variant {variant!r}; expected one of {list(VARIANTS)}")
+    prompt = load_prompt(version)
+    parts = []
+    if variant in VISION_VARIANTS:
+        parts.append(prompt["image_preamble"])
+    parts.append(
+        prompt["profile"].format(
+            personal_info=_client_information(client),
+            reason_for_counseling=strip_stage_directions(client.get("reason_for_counseling")),
+        )
+    )
+    if variant in PLAN_VARIANTS:
+        if not cbt_technique or not cbt_plan:
+            raise ValueError(f"Variant {variant!r} needs both cbt_technique and cbt_plan")
+        parts.append(prompt["plan"].format(cbt_technique=cbt_technique, cbt_plan=cbt_plan))
+    if variant == "ec_planning":
+        if not emotion:
+            raise ValueError("Variant 'ec_planning' needs an emotion caption of the client's current image")
+        parts.append(prompt["emotion"].format(emotion=strip_stage_directions(emotion.strip("[] "))))
+    parts.append(prompt["history_header"] + "\n" + format_history(history, version))
+    parts.append(prompt["instruction_vision" if variant in VISION_VARIANTS else "instruction_text"])
+    return "\n\n".join(part.strip() for part in parts)
+
+
+def therapist_messages(
+    client: dict[str, Any],
+    history: list[dict[str, Any]],
+    variant: str = "base",
+    *,
+    reply: str | None = None,
+    cbt_technique: str | None = None,
+    cbt_plan: str | None = None,
+    emotion: str | None = None,
+    version: str = DEFAULT_PROMPT_VERSION,
+) -> list[dict[str, Any]]:
+    """Chat messages for one therapist reply; with `reply`, the assistant turn (the SFT target) is appended.
+
+    Vision variants put one image placeholder before the text: the client's face at the latest client turn.
+    """
+    text = therapist_prompt_text(
+        client, history, variant, cbt_technique=cbt_technique, cbt_plan=cbt_plan, emotion=emotion, version=version
+    )
+    content = ([{"type": "image", "text": None}] if variant in VISION_VARIANTS else []) + [{"type": "text", "text": text}]
+    messages = [{"role": "user", "content": content}]
+    if reply is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": strip_stage_directions(reply)}]})
+    return messages
+
+
+def emotion_caption_messages(
+    caption: str | None = None, version: str = DEFAULT_PROMPT_VERSION
+) -> list[dict[str, Any]]:
+    """Messages asking for a caption of the client's face (the `ec_planning` recognition task)."""
+    prompt = load_prompt(version)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt["emotion_caption_instruction"]}],
+        }
+    ]
+    if caption is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": caption.strip("[] ")}]})
+    return messages
+
+
+def plan_request_text(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> str:
+    """The prompt that asks a model for the session's CBT technique and plan (planning strategies)."""
+    prompt = load_prompt(version)
+    return prompt["plan_request"].format(
+        personal_info=_client_information(client),
+        reason_for_counseling=strip_stage_directions(client.get("reason_for_counseling")),
+        techniques=", ".join(CBT_TECHNIQUES),
+    )

@@ -1,0 +1,158 @@
+"""Tiny random models built from configs, offline, in seconds.
+
+They exercise exactly the code paths of real checkpoints (same classes, processor, chat template) so the
+quickstart and the tests run on a laptop CPU without downloading weights. Their replies are gibberish by design.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT_TEMPLATE_DIR = Path(__file__).parent / "chat_templates"
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+
+# A few sentences in the register of the data; byte-level BPE covers any other text.
+_CORPUS = [
+    "The image above shows the client. Client information: personal details and reason for counseling.",
+    "Therapist: How have you been feeling this week? Client: I guess I am fine, nothing to talk about.",
+    "You are a counselor practising cognitive behavioural therapy. Reply with the therapist's next statement.",
+    "It sounds like part of you is unsure this will help, and that is completely okay to say.",
+    "Looks away, arms crossed, jaw clenched, small relieved smile, eyes welling up, raised eyebrow.",
+    "CBT technique for this session: Decatastrophizing. CBT plan: 1. explore the thought 2. weigh the evidence.",
+    "USER: ASSISTANT: Technique: Plan: homework experiment between sessions, notice the evidence.",
+]
+
+
+def load_chat_template(name: str = "llava_eos") -> str:
+    """Read a bundled chat template (`training/chat_templates/<name>.jinja`)."""
+    return (CHAT_TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def build_tiny_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        model_max_length=8192,
+    )
+
+
+def _tiny_llama_config(tokenizer, **overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    image_size, patch_size = 28, 14
+    vision_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=_tiny_llama_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        max_new_tokens=128,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        chat_template=load_chat_template(),
+    )
+    tokenizer.chat_template = processor.chat_template
+    model.save_pretrained(output_dir, safe_serialization=True)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def build_tiny_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random Llama causal LM with tokenizer and chat template (text-only baselines, judges)."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = load_chat_template()
+    model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=128,
+    )
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
