@@ -20,7 +20,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .builder import MirrorBuilder, raw_files
-from .schema import CONFIG_FEATURES, CONFIG_SPLITS
+from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError
 
 BUILD_FORMAT_VERSION = "1"
@@ -40,6 +40,8 @@ class BuildOptions:
     require_images: bool = field(default=True, metadata={"help": "Every client turn must have an image."})
     max_pixels: int = field(default=ImagePolicy.max_pixels, metadata={"help": "Pixel cap per image (bomb guard)."})
     apply_filters: bool = field(default=True, metadata={"help": "Run the text quality filters."})
+    sft_variants: tuple[str, ...] = field(default=SFT_VARIANTS, metadata={
+        "help": "SFT variants to export; each vision variant stores its own copy of every face image."})
     max_shard_size: int = field(default=500 << 20, metadata={"help": "Approximate bytes per parquet shard."})
     pretty_name: str = field(default="Mirror", metadata={"help": "Dataset name shown on the card."})
 
@@ -56,7 +58,8 @@ class BuildResult:
 def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
     """Hash of every input byte (records and the images they reference) and of the build options."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": BUILD_FORMAT_VERSION, "options": options.__dict__}, sort_keys=True).encode())
+    settings = {"format": BUILD_FORMAT_VERSION, "options": {**options.__dict__, "sft_variants": list(options.sft_variants)}}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(raw_dir)).encode("utf-8", "surrogateescape"))
         with open(path, "rb") as handle:
@@ -86,6 +89,8 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
             return BuildResult(output_dir, stamp["num_rows"], stamp["skipped"], stamp["filtered"], up_to_date=True)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    inner_bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()  # one progress bar of ours, not one per config and step
     work_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.building-", dir=output_dir.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="mirror-build-cache-") as cache_dir:
@@ -101,6 +106,7 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
                     require_images=options.require_images,
                     max_pixels=options.max_pixels,
                     apply_filters=options.apply_filters,
+                    sft_variants=tuple(options.sft_variants),
                 )
                 try:
                     builder.download_and_prepare(download_mode="force_redownload")
@@ -128,6 +134,9 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+    finally:
+        if inner_bars:
+            datasets.utils.logging.enable_progress_bar()
     return BuildResult(output_dir, num_rows, skipped, dropped)
 
 

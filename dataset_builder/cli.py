@@ -20,6 +20,8 @@ def make_build_parser(subparsers=None) -> argparse.ArgumentParser:
     parser.add_argument("--allow-missing-images", action="store_true",
                         help="Accept client turns without an image (their vision SFT rows are left out).")
     parser.add_argument("--max-pixels", type=int, default=25_000_000, help="Pixel cap per image (bomb guard).")
+    parser.add_argument("--sft-variants", default="base,planning,ec_planning,text",
+                        help="Comma-separated SFT variants to export (each vision variant embeds its own images).")
     parser.add_argument("--no-filters", action="store_true", help="Skip the text quality filters.")
     parser.add_argument("--pretty-name", default="Mirror", help="Dataset name on the card.")
     parser.set_defaults(func=build_main)
@@ -31,10 +33,11 @@ def build_main(args: argparse.Namespace) -> int:
     from .validation import RecordError
 
     options = BuildOptions(on_bad_record=args.on_bad_record, require_images=not args.allow_missing_images,
-                           max_pixels=args.max_pixels, apply_filters=not args.no_filters, pretty_name=args.pretty_name)
+                           max_pixels=args.max_pixels, apply_filters=not args.no_filters, pretty_name=args.pretty_name,
+                           sft_variants=tuple(v.strip() for v in args.sft_variants.split(",") if v.strip()))
     try:
         result = build_dataset(args.input, args.output, options)
-    except (RecordError, FileNotFoundError) as err:
+    except (RecordError, FileNotFoundError, ValueError) as err:
         print(f"mirror build: error: {err}", file=sys.stderr)
         return 2
     if result.up_to_date:
