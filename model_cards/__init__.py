@@ -4,6 +4,6 @@
 lists, dicts) and get Markdown back.
 """
 
-from model_cards.model_card import ModelCardInfo, model_card_metadata, render_model_card
+from model_cards.model_card import ModelCardInfo, is_hub_id, model_card_metadata, render_model_card
 
-__all__ = ["ModelCardInfo", "model_card_metadata", "render_model_card"]
+__all__ = ["ModelCardInfo", "is_hub_id", "model_card_metadata", "render_model_card"]

@@ -1,0 +1,148 @@
+"""Loading the Mirror `sft` config for training: one variant, checked before any model is loaded."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from inference.prompts import VARIANTS, VISION_VARIANTS
+from training.modeling import MirrorConfigError
+
+logger = logging.getLogger(__name__)
+
+SFT_CONFIG = "sft"
+SFT_TASKS = ("response", "emotion_caption")
+_PATH_PREFIXES = (".", "/", "~")
+
+
+def resolve_dataset_path(name: str) -> str:
+    """A local folder stays a path; anything else is a Hub id. A path-looking name that does not exist is an error.
+
+    `datasets.load_dataset` takes a relative path that does not exist for a Hub repo id (ARCHITECTURE §7), which
+    turns a typo into a confusing network error; this catches it first.
+    """
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return expanded
+    if name.startswith(_PATH_PREFIXES) or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"Dataset folder {name!r} does not exist. Pass a folder built by the Mirror dataset builder or a Hub id "
+            "such as `owner/name`."
+        )
+    return name
+
+
+def load_sft_dataset(
+    dataset_name: str,
+    variant: str,
+    *,
+    config: str = SFT_CONFIG,
+    split: str = "train",
+    revision: str | None = None,
+    tasks: list[str] | None = None,
+    max_samples: int | None = None,
+):
+    """Load the `sft` config of a Mirror dataset and keep the rows of one variant (and optionally some tasks).
+
+    Raises `ValueError` naming the variants the dataset has when `variant` is not among them.
+    """
+    import datasets
+
+    if variant not in VARIANTS:
+        raise MirrorConfigError(f"Unknown variant {variant!r}; expected one of {list(VARIANTS)}")
+    if tasks is not None:
+        unknown = [task for task in tasks if task not in SFT_TASKS]
+        if unknown:
+            raise MirrorConfigError(f"Unknown sft task(s) {unknown}; expected a subset of {list(SFT_TASKS)}")
+
+    path = resolve_dataset_path(dataset_name)
+    dataset = datasets.load_dataset(path, config, split=split, revision=revision)
+    missing = [column for column in ("variant", "task", "messages", "images") if column not in dataset.column_names]
+    if missing:
+        raise MirrorConfigError(
+            f"{dataset_name!r} (config {config!r}) is not a Mirror `sft` dataset: missing column(s) {missing}; "
+            f"found {dataset.column_names}"
+        )
+
+    available = sorted(set(dataset.unique("variant")))
+    if variant not in available:
+        raise MirrorConfigError(
+            f"The dataset {dataset_name!r} has no rows for variant {variant!r}; it has variants {available}. "
+            "Rebuild the dataset with that variant or pick one of these."
+        )
+    dataset = dataset.filter(lambda v: v == variant, input_columns="variant", desc=f"Selecting variant {variant}")
+    if tasks is not None:
+        dataset = dataset.filter(lambda t: t in tasks, input_columns="task", desc=f"Selecting tasks {tasks}")
+        if len(dataset) == 0:
+            raise MirrorConfigError(f"Variant {variant!r} of {dataset_name!r} has no rows for tasks {tasks}")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+
+    if variant in VISION_VARIANTS:
+        _check_one_image_per_row(dataset, variant)
+        return dataset.select_columns(["messages", "images"])
+    return to_text_messages(dataset.select_columns(["messages"]))
+
+
+def _check_one_image_per_row(dataset, variant: str) -> None:
+    """Vision rows carry exactly one image (the client's face); counted without decoding any image."""
+    import datasets
+
+    counts = dataset.select_columns(["images"]).cast_column("images", datasets.List(datasets.Image(decode=False)))
+    bad = [i for i, images in enumerate(counts["images"]) if len(images) != 1]
+    if bad:
+        raise MirrorConfigError(
+            f"Variant {variant!r} needs exactly one image per row; {len(bad)} row(s) differ (first: row {bad[0]}). "
+            "The dataset folder may be incomplete: rebuild it with images embedded."
+        )
+
+
+def _flatten_content(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    flat = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            if any(block["type"] != "text" for block in content):
+                raise ValueError("A `text` variant row holds a non-text content block; expected text only")
+            content = "".join(block["text"] or "" for block in content)
+        flat.append({"role": message["role"], "content": content})
+    return {"messages": flat}
+
+
+def to_text_messages(dataset):
+    """Text-only rows with plain-string contents, the form every stock text chat template accepts."""
+    return dataset.map(_flatten_content, input_columns="messages", desc="Flattening text messages")
+
+
+def longest_row_length(
+    dataset, processing_class, chat_template: str | None, vision: bool, batch_size: int = 32
+) -> int:
+    """Length in tokens of the longest row, image tokens included, exactly as the trainer will tokenize it.
+
+    Vision rows go through TRL's own collator (no truncation), so the image-token expansion of the processor is
+    counted; text rows through the tokenizer's chat template.
+    """
+    if vision:
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+        collator = DataCollatorForVisionLanguageModeling(processor=processing_class, chat_template=chat_template)
+        longest = 0
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
+            batch = collator([dict(row) for row in rows])
+            longest = max(longest, int(batch["attention_mask"].sum(dim=1).max()))
+        return longest
+    lengths = [
+        len(ids)
+        for ids in processing_class.apply_chat_template(
+            dataset["messages"], chat_template=chat_template, tokenize=True, return_dict=True
+        )["input_ids"]
+    ]
+    return max(lengths, default=0)
+
+
+def dataset_folder_name(dataset_name: str) -> str:
+    """A short display name for a dataset id or folder."""
+    return Path(dataset_name).name if os.path.exists(os.path.expanduser(dataset_name)) else dataset_name
