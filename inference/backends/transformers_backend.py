@@ -1,0 +1,354 @@
+"""Local `transformers` backend: merged model folders, PEFT LoRA adapter folders, causal LMs and VLMs.
+
+Prompts are rendered with the checkpoint's own chat template through the processor (VLMs) or tokenizer (LMs),
+with the same processor options TRL's SFT collator uses (`add_special_tokens=False`), so a fine-tuned MIRROR
+therapist sees at inference exactly the token layout it was trained on. Generation is serialised by a lock
+(the server calls it from several threads) and seeded in a forked RNG, so a seed gives the same reply without
+disturbing the caller's global random state.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .base import GenerationConfig, Messages, check_images
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+# Pickle-based weight files are never downloaded: loading them can execute code.
+UNSAFE_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.msgpack", "*.h5"]
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+@dataclass
+class Usage:
+    """Token counts of the last call, reported by the OpenAI-compatible server."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def resolve_device(device: str | None) -> str:
+    """`None` picks the best local accelerator (CUDA, then Apple MPS, then CPU)."""
+    if device is not None:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """`None` means float32 on CPU (bf16 matmuls are slow there and fp16 is partly unsupported), else the
+    checkpoint's own dtype ("auto")."""
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device == "cpu" else "auto"
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16', 'float32' or 'auto'")
+        return resolved
+    return dtype
+
+
+def is_vision_config(config: Any) -> bool:
+    """A config is vision-language when `AutoModelForImageTextToText` knows it or it carries a vision tower."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(config, "vision_config")
+
+
+def find_adapter_folder(path_or_id: str, revision: str | None = None) -> Path | None:
+    """Return a local folder holding a PEFT adapter (`adapter_config.json`), or `None` for a full model.
+
+    Hub adapters are downloaded without pickle files, so `adapter_model.safetensors` is the only weight file PEFT
+    can find; a repository with pickled adapter weights only fails loudly instead of silently unpickling them.
+    """
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        return local if (local / ADAPTER_CONFIG_NAME).is_file() else None
+    from transformers.utils import find_adapter_config_file
+
+    if find_adapter_config_file(path_or_id, revision=revision) is None:
+        return None
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path_or_id, revision=revision, ignore_patterns=UNSAFE_WEIGHT_PATTERNS))
+
+
+def resolve_model_source(
+    path_or_id: str, revision: str | None = None, base_model: str | None = None
+) -> tuple[Path | None, str, str | None]:
+    """(adapter folder or None, model to load, its revision): an adapter loads its base model first."""
+    adapter_dir = find_adapter_folder(path_or_id, revision)
+    if adapter_dir is None:
+        return None, path_or_id, revision
+    adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
+    model_source = base_model or adapter_config.get("base_model_name_or_path")
+    if not model_source:
+        raise ValueError(f"Adapter {path_or_id!r} names no base model; pass base_model=...")
+    if not (adapter_dir / ADAPTER_WEIGHTS_NAME).is_file():
+        raise ValueError(f"Adapter {path_or_id!r} has no {ADAPTER_WEIGHTS_NAME}; only safetensors weights are loaded")
+    return adapter_dir, model_source, None if base_model else adapter_config.get("revision")
+
+
+def flatten_text_content(messages: Messages) -> Messages:
+    """Turn text-only block lists into plain strings: most text-LM chat templates expect string contents."""
+    flat = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and all(block.get("type") == "text" for block in content):
+            message = {**message, "content": "\n".join(block.get("text") or "" for block in content)}
+        flat.append(message)
+    return flat
+
+
+def attach_images(messages: Messages, images: list[Image.Image]) -> Messages:
+    """Copy `messages`, filling each `{"type": "image"}` placeholder with its image, in order (as TRL does)."""
+    remaining = iter(images)
+    filled = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [
+                {"type": "image", "image": next(remaining)} if block.get("type") == "image" else dict(block)
+                for block in content
+            ]
+        filled.append({**message, "content": content})
+    return filled
+
+
+def sanitize_kwargs(apply_chat_template) -> dict[str, bool]:
+    """`sanitize_control_tokens=True` where this transformers version has it (recent 5.x): special tokens typed by
+    a user then stay plain text. Older versions render the same prompt without that protection."""
+    parameters = inspect.signature(apply_chat_template).parameters
+    return {"sanitize_control_tokens": True} if "sanitize_control_tokens" in parameters else {}
+
+
+def truncate_at_stop(text: str, stop: list[str] | None) -> str:
+    """Cut `text` at the first stop string (excluded), as OpenAI-compatible servers do."""
+    for marker in stop or []:
+        if marker and marker in text:
+            text = text[: text.index(marker)]
+    return text
+
+
+def load_processor(
+    adapter_dir: Path | None, model_source: str, revision: str | None, vision: bool, trust_remote_code: bool = False
+):
+    """The processor (VLMs) or tokenizer (LMs), preferring the one saved next to an adapter: training may have
+    changed the chat template there (e.g. the EOS-terminated LLaVA template)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    loader = AutoProcessor if vision else AutoTokenizer
+    if adapter_dir is not None and any((adapter_dir / name).is_file() for name in _PROCESSOR_FILES):
+        try:
+            processor = loader.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
+            if not vision or hasattr(processor, "image_processor"):
+                return processor
+        except (OSError, ValueError, KeyError):
+            pass  # partial files next to the adapter: the base model's processor is complete
+    return loader.from_pretrained(model_source, revision=revision, trust_remote_code=trust_remote_code)
+
+
+class TransformersBackend:
+    """A `ChatBackend` over a local `transformers` model (see the module docstring)."""
+
+    def __init__(self, model: Any, processor: Any, *, name: str, supports_images: bool) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.name = name
+        self.supports_images = supports_images
+        self.last_usage = Usage()
+        self._lock = threading.Lock()
+        if getattr(self.processor, "chat_template", None) is None and self.tokenizer.chat_template is None:
+            raise ValueError(
+                f"{name!r} has no chat template; MIRROR prompts are chat messages. Save one with the model "
+                "(training does) or set `processor.chat_template`."
+            )
+        # Left padding keeps every prompt's last token at the end of the row, which batched generation needs.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        trust_remote_code: bool = False,
+        *,
+        base_model: str | None = None,
+        merge_adapter: bool = True,
+    ) -> TransformersBackend:
+        """Load a merged model folder / Hub id, or a PEFT LoRA adapter folder / Hub id on top of its base.
+
+        Args:
+            path_or_id: local folder or Hub repo id.
+            revision: Hub revision of `path_or_id` (the adapter's revision for adapters).
+            device: "cuda", "cpu", "mps", "cuda:1", or "auto" (accelerate `device_map="auto"` for models larger
+                than one device); `None` picks the best available.
+            dtype: torch dtype or its name; `None` is float32 on CPU and the checkpoint's dtype elsewhere.
+            trust_remote_code: passed to every `from_pretrained`; off by default because it runs repository code.
+            base_model: override the adapter's `base_model_name_or_path` (e.g. when it was a path on another machine).
+            merge_adapter: merge LoRA weights into the base after loading; inference is then as fast as a merged
+                checkpoint. Turn off to keep the `PeftModel` (e.g. to switch adapters).
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        path_or_id = str(path_or_id)
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        common = {"trust_remote_code": trust_remote_code}
+
+        adapter_dir, model_source, model_revision = resolve_model_source(path_or_id, revision, base_model)
+
+        config = AutoConfig.from_pretrained(model_source, revision=model_revision, **common)
+        vision = is_vision_config(config)
+        auto_model = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        load_kwargs: dict[str, Any] = {"revision": model_revision, "dtype": torch_dtype, "use_safetensors": True}
+        if device == "auto":
+            load_kwargs["device_map"] = "auto"
+        model = auto_model.from_pretrained(model_source, **load_kwargs, **common)
+
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            if merge_adapter:
+                model = model.merge_and_unload()
+        if device != "auto":
+            model = model.to(device)
+        model.eval()
+
+        processor = load_processor(adapter_dir, model_source, model_revision, vision, trust_remote_code)
+        name = path_or_id + (f"@{revision}" if revision else "")
+        return cls(model, processor, name=name, supports_images=vision)
+
+    # ------------------------------------------------------------------ prompts
+
+    def render(self, messages: Messages) -> str:
+        """The exact prompt string the model is given for `messages` (generation prompt included), for audits."""
+        template_owner = self.processor if self.supports_images else self.tokenizer
+        prepared = messages if self.supports_images else flatten_text_content(messages)
+        return template_owner.apply_chat_template(prepared, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, conversations: list[Messages], images: list[list[Image.Image]] | None = None):
+        """Tokenise a batch of conversations (left-padded) into model inputs on the model's device.
+
+        `sanitize_control_tokens` makes special tokens typed by a user (e.g. a client writing "<image>" or "</s>")
+        plain text, so user input can neither break the image-token count nor end the prompt early.
+        """
+        images = images or [[] for _ in conversations]
+        if len(images) != len(conversations):
+            raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
+        for messages, conversation_images in zip(conversations, images, strict=True):
+            check_images(messages, conversation_images, self.supports_images, self.name)
+        if self.supports_images:
+            prepared = [attach_images(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
+            inputs = self.processor.apply_chat_template(
+                prepared,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+                **sanitize_kwargs(self.processor.apply_chat_template),
+            )
+            return inputs.to(self.model.device, dtype=self.model.dtype)
+        inputs = self.tokenizer.apply_chat_template(
+            [flatten_text_content(m) for m in conversations],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
+            **sanitize_kwargs(self.tokenizer.apply_chat_template),
+        )
+        return inputs.to(self.model.device)
+
+    # --------------------------------------------------------------- generation
+
+    def generation_config(self, config: GenerationConfig):
+        """A `transformers.GenerationConfig` for MIRROR's settings on top of the checkpoint's own (EOS ids etc.).
+
+        `top_k` is switched off so local sampling matches OpenAI-compatible servers, which only know top_p.
+        """
+        generation = copy.deepcopy(self.model.generation_config)
+        generation.max_new_tokens = config.max_new_tokens
+        generation.pad_token_id = self.tokenizer.pad_token_id
+        if generation.eos_token_id is None:
+            generation.eos_token_id = self.tokenizer.eos_token_id
+        if config.temperature <= 0:
+            # Neutral values, not None: generate() refills None from the checkpoint's sampling defaults and warns.
+            generation.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
+        else:
+            generation.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
+        generation.stop_strings = list(config.stop) if config.stop else None
+        return generation
+
+    def generate_ids(self, inputs, config: GenerationConfig | None = None):
+        """Run `model.generate` on encoded inputs and return only the new token ids (batch, new_tokens)."""
+        import torch
+
+        config = config or GenerationConfig()
+        generation = self.generation_config(config)
+        extra = {"tokenizer": self.tokenizer} if generation.stop_strings else {}
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            output = self.model.generate(**inputs, generation_config=generation, **extra)
+        prompt_length = inputs["input_ids"].shape[1]
+        new_ids = output[:, prompt_length:]
+        prompt_tokens = int(inputs["attention_mask"].sum())
+        completion_tokens = int((new_ids != self.tokenizer.pad_token_id).sum())
+        self.last_usage = Usage(prompt_tokens, completion_tokens)
+        return new_ids
+
+    def decode(self, new_ids, stop: list[str] | None = None) -> list[str]:
+        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        return [truncate_at_stop(text, stop).strip() for text in texts]
+
+    def chat(
+        self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
+    ) -> str:
+        return self.chat_batch([messages], [images or []], config)[0]
+
+    def chat_batch(
+        self,
+        conversations: list[Messages],
+        images: list[list[Image.Image]] | None = None,
+        config: GenerationConfig | None = None,
+    ) -> list[str]:
+        """One left-padded `generate` call for all conversations; under greedy decoding the replies equal
+        sequential `chat` calls (tested)."""
+        if not conversations:
+            return []
+        config = config or GenerationConfig()
+        inputs = self.encode(conversations, images)
+        return self.decode(self.generate_ids(inputs, config), config.stop)
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend(name={self.name!r}, supports_images={self.supports_images})"

@@ -1,0 +1,154 @@
+"""Optional in-process vLLM engine with the `ChatBackend` interface (Linux + CUDA; `pip install vllm`).
+
+For throughput: whole evaluation runs of hundreds of simulated sessions. vLLM is imported only when this backend
+is built, so the rest of MIRROR never needs it. Prompts are rendered with the checkpoint's Hugging Face chat
+template and tokenised exactly as `TransformersBackend` does (no added special tokens, as in TRL's SFT collator),
+then handed to vLLM as token ids plus images, so both backends give a model the same prompt; vLLM's own chat
+front end, whose API has changed across releases, is not used. LoRA adapter folders run on their base model
+through vLLM's LoRA support (no merge needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from PIL import Image
+
+from .base import GenerationConfig, Messages, check_images
+from .transformers_backend import (
+    ADAPTER_CONFIG_NAME,
+    attach_images,
+    flatten_text_content,
+    is_vision_config,
+    load_processor,
+    resolve_model_source,
+    truncate_at_stop,
+)
+
+VLLM_MISSING = (
+    "VLLMBackend needs vLLM, which is not installed. Install it with `pip install vllm` (Linux with a CUDA GPU), "
+    "or use TransformersBackend (any machine) or EndpointBackend (a running `vllm serve` / `mirror serve`)."
+)
+
+
+def import_vllm():
+    """Import vLLM or raise an ImportError that says what to do instead."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(VLLM_MISSING) from error
+    return vllm
+
+
+class VLLMBackend:
+    """A `ChatBackend` running vLLM in this process.
+
+    Args:
+        path_or_id: merged model folder / Hub id, or a PEFT LoRA adapter folder / Hub id.
+        revision: Hub revision of `path_or_id`.
+        dtype: vLLM dtype ("auto", "bfloat16", "float16").
+        trust_remote_code: passed to vLLM and the processor.
+        base_model: override an adapter's `base_model_name_or_path`.
+        max_model_len: context length to reserve KV cache for (vLLM's default is the model's maximum).
+        gpu_memory_utilization: share of GPU memory vLLM may take.
+        **engine_kwargs: any other `vllm.LLM` argument (tensor_parallel_size, quantization, ...).
+    """
+
+    def __init__(
+        self,
+        path_or_id: str | os.PathLike,
+        revision: str | None = None,
+        *,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        base_model: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        **engine_kwargs: Any,
+    ) -> None:
+        vllm = import_vllm()
+        from transformers import AutoConfig
+
+        path_or_id = str(path_or_id)
+        adapter_dir, model_source, model_revision = resolve_model_source(path_or_id, revision, base_model)
+        config = AutoConfig.from_pretrained(model_source, revision=model_revision, trust_remote_code=trust_remote_code)
+        self.supports_images = is_vision_config(config)
+        self.name = path_or_id + (f"@{revision}" if revision else "")
+        self.processor = load_processor(
+            adapter_dir, model_source, model_revision, self.supports_images, trust_remote_code
+        )
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+
+        self.lora_request = None
+        if adapter_dir is not None:
+            from vllm.lora.request import LoRARequest
+
+            rank = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8")).get("r", 16)
+            engine_kwargs.setdefault("enable_lora", True)
+            engine_kwargs.setdefault("max_lora_rank", rank)
+            self.lora_request = LoRARequest("mirror-adapter", 1, str(adapter_dir))
+        if max_model_len is not None:
+            engine_kwargs["max_model_len"] = max_model_len
+        self.llm = vllm.LLM(
+            model=model_source,
+            revision=model_revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **engine_kwargs,
+        )
+
+    def _prompt(self, messages: Messages, images: list[Image.Image]) -> dict[str, Any]:
+        """Token ids of the chat-templated prompt (one `<image>` token per image; vLLM expands it) plus images."""
+        if self.supports_images:
+            text = self.processor.apply_chat_template(
+                attach_images(messages, images), add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = self.tokenizer.apply_chat_template(
+                flatten_text_content(messages), add_generation_prompt=True, tokenize=False
+            )
+        prompt: dict[str, Any] = {"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]}
+        if images:
+            prompt["multi_modal_data"] = {"image": images[0] if len(images) == 1 else list(images)}
+        return prompt
+
+    def _sampling_params(self, config: GenerationConfig):
+        from vllm import SamplingParams
+
+        greedy = config.temperature <= 0
+        return SamplingParams(
+            temperature=0.0 if greedy else config.temperature,
+            top_p=1.0 if greedy else config.top_p,
+            max_tokens=config.max_new_tokens,
+            seed=config.seed,
+            stop=list(config.stop) if config.stop else None,
+        )
+
+    def chat(
+        self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
+    ) -> str:
+        return self.chat_batch([messages], [images or []], config)[0]
+
+    def chat_batch(
+        self,
+        conversations: list[Messages],
+        images: list[list[Image.Image]] | None = None,
+        config: GenerationConfig | None = None,
+    ) -> list[str]:
+        config = config or GenerationConfig()
+        images = images or [[] for _ in conversations]
+        if len(images) != len(conversations):
+            raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
+        for messages, conversation_images in zip(conversations, images, strict=True):
+            check_images(messages, conversation_images, self.supports_images, self.name)
+        prompts = [self._prompt(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
+        outputs = self.llm.generate(
+            prompts, self._sampling_params(config), use_tqdm=False, lora_request=self.lora_request
+        )
+        return [truncate_at_stop(output.outputs[0].text, config.stop).strip() for output in outputs]
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend(name={self.name!r}, supports_images={self.supports_images})"

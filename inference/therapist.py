@@ -1,0 +1,563 @@
+"""`MirrorTherapist`: a MIRROR therapist model (or a text-only baseline) behind a session API with safety on.
+
+Strategies (ARCHITECTURE §5, §6):
+
+- `base`: the VLM answers from profile, verbal history and the client's current face.
+- `planning`: the session's CBT technique and plan are generated once (`plan_request_text`), parsed into one of
+  the 12 CACTUS techniques and put in the prompt of every turn.
+- `ec_planning`: planning, plus a caption of the client's emotional state from the current face (the model's
+  own, `emotion_caption_messages`) put in the prompt before it replies.
+- `text`: a plain LLM therapist on the verbal history only (the `text` prompt variant).
+- `cactus_plan`: a CACTUS-style text therapist that plans first: the planning prompt without image or
+  image-reading instruction (see `cactus_plan_messages`).
+
+Every prompt comes from `inference.prompts`, the module that also renders the SFT dataset, so a fine-tuned model
+is asked at inference exactly what it was trained on, and bracketed stage directions never reach the model (the
+client's face reaches it only through the image). Safety (`inference.safety`) is on by default: the disclosure
+opens each session, each client turn is screened before a reply is generated, and the referral replaces the
+reply once a session is in crisis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .backends import load_backend
+from .backends.base import ChatBackend, GenerationConfig, Messages
+from .prompts import (
+    CBT_TECHNIQUES,
+    DEFAULT_PROMPT_VERSION,
+    emotion_caption_messages,
+    load_prompt,
+    plan_request_text,
+    strip_stage_directions,
+    therapist_messages,
+    therapist_prompt_text,
+)
+from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("base", "planning", "ec_planning", "text", "cactus_plan")
+VISION_STRATEGIES = ("base", "planning", "ec_planning")
+PLANNING_STRATEGIES = ("planning", "ec_planning", "cactus_plan")
+# The prompt variant (inference.prompts.VARIANTS) each strategy renders; cactus_plan derives from "planning".
+STRATEGY_VARIANT = {"base": "base", "planning": "planning", "ec_planning": "ec_planning", "text": "text"}
+TRAINING_RECORD_NAME = "mirror_training.json"
+MIRROR_CONFIG_NAME = "mirror_config.json"
+UNCLEAR_EMOTION = "unclear"
+
+
+@dataclass
+class TherapistConfig:
+    """Therapist settings other than the strategy, sampling and safety (which have their own arguments)."""
+
+    prompt_version: str = field(
+        default=DEFAULT_PROMPT_VERSION, metadata={"help": "Prompt file version (inference/prompts/therapist_*.yaml)."}
+    )
+    default_technique: str = field(
+        default="Alternative Perspective",
+        metadata={"help": "CBT technique used when the generated plan names none of the 12 (recorded as a failure)."},
+    )
+    plan_max_new_tokens: int = field(
+        default=256, metadata={"help": "Token budget of the once-per-session plan (a technique line and a plan)."}
+    )
+    caption_max_new_tokens: int = field(
+        default=32, metadata={"help": "Token budget of the per-turn emotion caption (one short phrase)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.default_technique not in CBT_TECHNIQUES:
+            raise ValueError(f"default_technique must be one of {list(CBT_TECHNIQUES)}")
+
+
+@dataclass
+class SessionPlan:
+    """The session's CBT technique and plan, with what the model actually said, for auditing."""
+
+    technique: str
+    plan: str
+    raw: str | None = None  # the model's answer; None when the plan was given, not generated
+    technique_parsed: bool = True  # False: no known technique found, `technique` is the default
+    plan_parsed: bool = True  # False: no plan text found, `plan` is the technique name
+    messages: Messages | None = None  # the plan request sent to the model
+
+    @property
+    def parse_failed(self) -> bool:
+        return not (self.technique_parsed and self.plan_parsed)
+
+
+@dataclass
+class Reply:
+    """One therapist turn as shown to the client, with everything needed to audit it."""
+
+    text: str  # what the client is shown (after the safety layer)
+    safety_triggered: bool  # the safety layer changed or replaced the model's reply (referral, disclosure)
+    messages: Messages  # the therapist prompt sent to the model; [] when safety pre-empted generation
+    plan: SessionPlan | None  # the session plan used (planning strategies)
+    emotion: str | None = None  # the emotion caption used (ec_planning)
+    caption_failed: bool = False  # the caption was empty, so UNCLEAR_EMOTION was used
+    model_reply: str | None = None  # the model's raw output; None when it was not called
+    safety: SafetyDecision | None = None  # the safety layer's decision for the client turn
+    strategy: str = "base"
+
+
+# ------------------------------------------------------------------------------------------------ plan parsing
+
+_TECHNIQUE_LINE = re.compile(r"^[\s*#>_-]*(?:cbt\s+)?technique[\s*_]*[:\-–]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_PLAN_START = re.compile(
+    r"^[\s*#>_-]*(?:cbt\s+)?(?:session\s+)?plan[\s*_]*[:\-–]\s*|\bplan[\s*_]*:\s*", re.IGNORECASE | re.MULTILINE
+)
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def _normalise(text: str) -> str:
+    # British spellings and "behavioural" variants map onto the CACTUS names.
+    text = text.lower().replace("behaviour", "behavior").replace("catastrophis", "catastrophiz")
+    return " " + _NON_WORD.sub(" ", text).strip() + " "
+
+
+_NORMALISED_TECHNIQUES = {_normalise(name): name for name in CBT_TECHNIQUES}
+
+
+def match_technique(text: str | None) -> str | None:
+    """The CBT technique `text` names, or None.
+
+    Exact or contained names first (case, punctuation, British spelling ignored; the earliest mention wins), then
+    the closest fuzzy match of any run of words about as long as a name, for misspelt or shortened names
+    ("Decatastrophication", "problem solving skills"); a match needs a similarity ratio of at least 0.8.
+    """
+    if not text:
+        return None
+    normalised = _normalise(text)
+    found = [(normalised.find(key), name) for key, name in _NORMALISED_TECHNIQUES.items() if key in normalised]
+    if found:
+        return min(found)[1]
+    words = normalised.split()
+    best_ratio, best_name = 0.0, None
+    for key, name in _NORMALISED_TECHNIQUES.items():
+        key = key.strip()
+        length = len(key.split())
+        for size in sorted({max(1, length - 1), length, length + 1}):
+            for start in range(max(1, len(words) - size + 1)):
+                ratio = difflib.SequenceMatcher(None, " ".join(words[start : start + size]), key).ratio()
+                if ratio > best_ratio:
+                    best_ratio, best_name = ratio, name
+    return best_name if best_ratio >= 0.8 else None
+
+
+def parse_plan(text: str | None, default_technique: str = "Alternative Perspective") -> SessionPlan:
+    """Parse a `Technique: ... / Plan: ...` answer robustly; never raises.
+
+    The technique comes from the `Technique:` line when there is one, else from anywhere in the answer; if none
+    of the 12 can be found the default is used and `technique_parsed` is False. The plan is the text after
+    `Plan:`, else whatever the answer says besides the technique line; if nothing is left, the technique name
+    stands in and `plan_parsed` is False.
+    """
+    raw = text or ""
+    line = _TECHNIQUE_LINE.search(raw)
+    technique = match_technique(line.group(1)) if line else None
+    if technique is None:
+        technique = match_technique(raw)
+    technique_parsed = technique is not None
+    plan_match = _PLAN_START.search(raw)
+    plan = _TECHNIQUE_LINE.sub("", raw[plan_match.end() :] if plan_match else raw).strip().strip("*").strip()
+    if technique_parsed and _normalise(plan) == _normalise(technique):
+        plan = ""  # the answer was only the technique's name
+    plan_parsed = bool(plan)
+    technique = technique or default_technique
+    return SessionPlan(
+        technique=technique,
+        plan=plan or technique,
+        raw=text,
+        technique_parsed=technique_parsed,
+        plan_parsed=plan_parsed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- prompt builders
+
+
+def cactus_plan_messages(
+    client: dict[str, Any],
+    history: list[dict[str, Any]],
+    *,
+    cbt_technique: str,
+    cbt_plan: str,
+    version: str = DEFAULT_PROMPT_VERSION,
+) -> Messages:
+    """The CACTUS-style text therapist's prompt: the `planning` prompt minus the image and its instruction.
+
+    Built from the same prompt file: the `planning` text without its image preamble, with the text instruction in
+    place of the vision one. It is therefore the `text` prompt with the session's plan section added, so the two
+    text baselines differ only by the plan.
+    """
+    prompt = load_prompt(version)
+    text = therapist_prompt_text(
+        client, history, "planning", cbt_technique=cbt_technique, cbt_plan=cbt_plan, version=version
+    )
+    preamble = prompt["image_preamble"].strip() + "\n\n"
+    instruction = "\n\n" + prompt["instruction_vision"].strip()
+    if not (text.startswith(preamble) and text.endswith(instruction)):
+        raise RuntimeError(f"prompt version {version!r} changed layout; update cactus_plan_messages")
+    text = text[len(preamble) : -len(instruction)] + "\n\n" + prompt["instruction_text"].strip()
+    return [{"role": "user", "content": [{"type": "text", "text": text}]}]
+
+
+def plan_request_messages(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> Messages:
+    """The once-per-session planning request (text only, also for VLMs: the plan depends on the profile)."""
+    return [{"role": "user", "content": [{"type": "text", "text": plan_request_text(client, version)}]}]
+
+
+def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | None:
+    """Accept a PIL image or a path; always RGB (what the processors and the dataset use)."""
+    if image is None:
+        return None
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            image = opened.copy()
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_default_strategy(path_or_id: str, revision: str | None = None) -> str | None:
+    """The strategy a model folder declares: `mirror_config.json` {"variant"|"strategy": ...}, else the model
+    card's front matter (`variant`, `strategy` or `mirror: {variant: ...}`). None when it declares none."""
+    from huggingface_hub import hf_hub_download
+
+    def find(filename: str) -> Path | None:
+        local = Path(path_or_id).expanduser()
+        if local.is_dir():
+            return local / filename if (local / filename).is_file() else None
+        try:
+            return Path(hf_hub_download(path_or_id, filename, revision=revision))
+        except Exception:  # absent file, offline without cache, private repo: the folder declares nothing
+            return None
+
+    values: dict[str, Any] = {}
+    # `mirror train` records the variant in mirror_training.json; mirror_config.json is for hand-made folders.
+    config_path = find(MIRROR_CONFIG_NAME) or find(TRAINING_RECORD_NAME)
+    if config_path:
+        values = json.loads(config_path.read_text(encoding="utf-8"))
+    elif card_path := find("README.md"):
+        from huggingface_hub import metadata_load
+
+        values = metadata_load(card_path) or {}
+        values = {**values, **(values.get("mirror") or {})} if isinstance(values.get("mirror"), dict) else values
+    strategy = values.get("strategy") or values.get("variant")
+    if strategy is not None and strategy not in STRATEGIES:
+        logger.warning("%s declares unknown strategy %r; ignoring it", path_or_id, strategy)
+        return None
+    return strategy
+
+
+# ------------------------------------------------------------------------------------------------- the therapist
+
+
+class MirrorTherapist:
+    """A therapist model with a strategy, sampling settings and the safety layer.
+
+    Args:
+        backend: any ChatBackend (local transformers, vLLM, an OpenAI-compatible endpoint).
+        strategy: one of STRATEGIES; default `base` for backends that see images, `text` otherwise.
+        generation: sampling for replies (paper defaults: temperature 0.7, top_p 0.9, 128 new tokens).
+        safety: the safety layer's settings; on by default. `SafetyConfig(enabled=False)` only for simulated clients.
+        config: prompt version, fallback technique and plan / caption token budgets.
+        detector: a CrisisDetector to share (loading one takes seconds); built from `safety` when None.
+    """
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        strategy: str | None = None,
+        generation: GenerationConfig | None = None,
+        safety: SafetyConfig | None = None,
+        config: TherapistConfig | None = None,
+        *,
+        detector: CrisisDetector | None = None,
+    ) -> None:
+        strategy = strategy or ("base" if backend.supports_images else "text")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+        if strategy in VISION_STRATEGIES and not backend.supports_images:
+            raise ValueError(
+                f"Strategy {strategy!r} shows the model the client's face, but {backend.name!r} is text-only; "
+                "use 'text' or 'cactus_plan'"
+            )
+        self.backend = backend
+        self.strategy = strategy
+        self.generation = generation or GenerationConfig()
+        self.safety = safety or SafetyConfig()
+        self.config = config or TherapistConfig()
+        self.detector = detector
+        if self.detector is None and self.safety.enabled:
+            self.detector = CrisisDetector(self.safety)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike,
+        strategy: str | None = None,
+        generation: GenerationConfig | None = None,
+        safety: SafetyConfig | None = None,
+        config: TherapistConfig | None = None,
+        *,
+        backend: str = "transformers",
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        trust_remote_code: bool = False,
+        detector: CrisisDetector | None = None,
+        **backend_kwargs: Any,
+    ) -> MirrorTherapist:
+        """Load a therapist from a model folder or Hub id (merged model or LoRA adapter).
+
+        The strategy defaults to the one the folder declares (`mirror_config.json` or model card `variant`),
+        else `base` for VLMs and `text` for causal LMs.
+        """
+        path_or_hub_id = str(path_or_hub_id)
+        model = load_backend(
+            path_or_hub_id,
+            backend=backend,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            **backend_kwargs,
+        )
+        strategy = strategy or read_default_strategy(path_or_hub_id, revision)
+        return cls(model, strategy, generation, safety, config, detector=detector)
+
+    # ------------------------------------------------------------------ sessions
+
+    def start_session(
+        self, client: dict[str, Any], *, cbt_technique: str | None = None, cbt_plan: str | None = None
+    ) -> TherapistSession:
+        """Open a session; show `session.disclosure` to the client first.
+
+        Planning strategies generate the technique and plan now, once, unless both are given (e.g. to evaluate
+        with a profile's reference plan).
+        """
+        return self.start_sessions([client], cbt_technique=cbt_technique, cbt_plan=cbt_plan)[0]
+
+    def start_sessions(
+        self, clients: list[dict[str, Any]], *, cbt_technique: str | None = None, cbt_plan: str | None = None
+    ) -> list[TherapistSession]:
+        """Open several sessions, generating their plans in one batch (evaluation over many profiles)."""
+        plans: list[SessionPlan | None] = [None] * len(clients)
+        if self.strategy in PLANNING_STRATEGIES:
+            if cbt_technique and cbt_plan:
+                technique = match_technique(cbt_technique)
+                if technique is None:
+                    raise ValueError(f"cbt_technique must be one of {list(CBT_TECHNIQUES)}, got {cbt_technique!r}")
+                plans = [SessionPlan(technique, cbt_plan) for _ in clients]
+            else:
+                plans = self.generate_plans(clients)
+        sessions = []
+        for client, plan in zip(clients, plans, strict=True):
+            safety = SafetySession(self.safety, detector=self.detector)
+            sessions.append(TherapistSession(self, dict(client), plan, safety))
+        return sessions
+
+    def generate_plans(self, clients: list[dict[str, Any]]) -> list[SessionPlan]:
+        version = self.config.prompt_version
+        requests = [plan_request_messages(client, version) for client in clients]
+        plan_config = dataclasses.replace(self.generation, max_new_tokens=self.config.plan_max_new_tokens)
+        answers = self.backend.chat_batch(requests, [[] for _ in requests], plan_config)
+        plans = []
+        for request, answer in zip(requests, answers, strict=True):
+            plan = parse_plan(answer, self.config.default_technique)
+            plan.messages = request
+            if plan.parse_failed:
+                logger.warning(
+                    "plan parse failure (technique_parsed=%s plan_parsed=%s); using technique %r",
+                    plan.technique_parsed,
+                    plan.plan_parsed,
+                    plan.technique,
+                )
+            plans.append(plan)
+        return plans
+
+    def prompt_messages(
+        self,
+        client: dict[str, Any],
+        history: list[dict[str, Any]],
+        plan: SessionPlan | None = None,
+        emotion: str | None = None,
+    ) -> Messages:
+        """The therapist prompt for the next reply under this strategy (what the model is sent)."""
+        version = self.config.prompt_version
+        technique, plan_text = (plan.technique, plan.plan) if plan else (None, None)
+        if self.strategy == "cactus_plan":
+            return cactus_plan_messages(client, history, cbt_technique=technique, cbt_plan=plan_text, version=version)
+        return therapist_messages(
+            client,
+            history,
+            STRATEGY_VARIANT[self.strategy],
+            cbt_technique=technique,
+            cbt_plan=plan_text,
+            emotion=emotion,
+            version=version,
+        )
+
+    def caption_emotions(self, images: list[Image.Image]) -> list[tuple[str, bool]]:
+        """(caption, failed) per image: the model's own reading of the client's face (ec_planning)."""
+        if not images:
+            return []
+        messages = emotion_caption_messages(version=self.config.prompt_version)
+        caption_config = dataclasses.replace(self.generation, max_new_tokens=self.config.caption_max_new_tokens)
+        captions = self.backend.chat_batch([messages] * len(images), [[image] for image in images], caption_config)
+        results = []
+        for caption in captions:
+            # The same cleaning the prompt applies, so an all-bracket caption counts as empty.
+            cleaned = strip_stage_directions(caption.strip().strip("[] "))
+            results.append((caption.strip(), False) if cleaned else (UNCLEAR_EMOTION, True))
+        return results
+
+    def respond_batch(
+        self,
+        sessions: list[TherapistSession],
+        client_statements: list[str],
+        images: list[Image.Image | str | os.PathLike | None] | None = None,
+        stage_directions: list[str | None] | None = None,
+    ) -> list[Reply]:
+        """One reply per session, generated in one batch (captions in another); same result as
+        `session.respond` per session under greedy decoding."""
+        count = len(sessions)
+        images = images if images is not None else [None] * count
+        stage_directions = stage_directions if stage_directions is not None else [None] * count
+        if not (len(client_statements) == len(images) == len(stage_directions) == count):
+            raise ValueError("sessions, client_statements, images and stage_directions must have the same length")
+        if any(session.therapist is not self for session in sessions):
+            raise ValueError("every session must belong to this therapist")
+
+        loaded = [load_image(image) for image in images]
+        if self.strategy in VISION_STRATEGIES:  # check every session before changing any
+            for session, image in zip(sessions, loaded, strict=True):
+                if image is None and session.image is None:
+                    raise ValueError(
+                        f"Strategy {self.strategy!r} needs the client's face: pass image= on the first turn"
+                    )
+
+        pending = []  # (index, session, turn image, decision)
+        replies: list[Reply | None] = [None] * count
+        for index, (session, statement, image, direction) in enumerate(
+            zip(sessions, client_statements, loaded, stage_directions, strict=True)
+        ):
+            turn_image = session._add_client_turn(statement or "", image, direction)
+            decision = session.safety.check_client_turn(statement)
+            if not decision.allow_model_reply:
+                text = decision.message or ""
+                replies[index] = Reply(text, True, [], session.plan, safety=decision, strategy=self.strategy)
+                session._add_therapist_turn(text, replies[index])
+            else:
+                pending.append((index, session, turn_image, decision))
+        if not pending:
+            return replies
+
+        try:
+            emotions: list[tuple[str | None, bool]] = [(None, False)] * len(pending)
+            if self.strategy == "ec_planning":
+                emotions = self.caption_emotions([turn_image for _, _, turn_image, _ in pending])
+            conversations, conversation_images = [], []
+            for (_, session, turn_image, _), (emotion, _) in zip(pending, emotions, strict=True):
+                conversations.append(self.prompt_messages(session.client, session.history, session.plan, emotion))
+                conversation_images.append([turn_image] if self.strategy in VISION_STRATEGIES else [])
+            model_replies = self.backend.chat_batch(conversations, conversation_images, self.generation)
+        except Exception:
+            # Leave the sessions as they were, so the caller can retry the same turn (e.g. after an endpoint error).
+            for _, session, _, _ in pending:
+                session.history.pop()
+            raise
+
+        for (index, session, _, decision), (emotion, failed), messages, raw in zip(
+            pending, emotions, conversations, model_replies, strict=True
+        ):
+            cleaned = self.clean_reply(raw)
+            shown = session.safety.filter_reply(client_statements[index], cleaned)
+            reply = Reply(
+                text=shown,
+                safety_triggered=decision.action != "allow" or shown != cleaned,
+                messages=messages,
+                plan=session.plan,
+                emotion=emotion,
+                caption_failed=failed,
+                model_reply=raw,
+                safety=decision,
+                strategy=self.strategy,
+            )
+            session._add_therapist_turn(shown, reply)
+            replies[index] = reply
+        return replies
+
+    def clean_reply(self, text: str) -> str:
+        """Remove stage directions and a leading speaker label: the training targets have neither."""
+        label = load_prompt(self.config.prompt_version)["speaker_names"]["therapist"]
+        text = strip_stage_directions(text)
+        if text.lower().startswith(label.lower() + ":"):
+            text = text[len(label) + 1 :].strip()
+        return text
+
+    def __repr__(self) -> str:
+        return f"MirrorTherapist(backend={self.backend!r}, strategy={self.strategy!r})"
+
+
+class TherapistSession:
+    """One conversation: the client's profile, the verbal history, the plan and the safety state.
+
+    `history` uses the dataset's turn format (`speaker`, `statement`, `stage_direction`); statements are kept as
+    given, stage directions included, for transcripts, and removed only when a prompt is rendered.
+    """
+
+    def __init__(
+        self, therapist: MirrorTherapist, client: dict[str, Any], plan: SessionPlan | None, safety: SafetySession
+    ) -> None:
+        self.therapist = therapist
+        self.client = client
+        self.plan = plan
+        self.safety = safety
+        self.history: list[dict[str, Any]] = []
+        self.replies: list[Reply] = []
+        self.image: Image.Image | None = None  # the client's latest face
+        self.disclosure = safety.start()
+
+    def respond(
+        self,
+        client_statement: str,
+        image: Image.Image | str | os.PathLike | None = None,
+        stage_direction: str | None = None,
+    ) -> Reply:
+        """The therapist's reply to the client's turn.
+
+        `client_statement` may be "" (a non-verbal turn, e.g. the session's first). `image` is the client's face
+        now (a PIL image or a path); vision strategies reuse the previous one when it is None. `stage_direction`
+        is recorded in the history for transcripts; the model never sees it, nor bracketed text in the statement.
+        """
+        return self.therapist.respond_batch([self], [client_statement], [image], [stage_direction])[0]
+
+    def _add_client_turn(self, statement: str, image: Image.Image | None, stage_direction: str | None):
+        if image is not None:
+            self.image = image
+        self.history.append({"speaker": "client", "statement": statement, "stage_direction": stage_direction})
+        return self.image
+
+    def _add_therapist_turn(self, text: str, reply: Reply) -> None:
+        self.history.append({"speaker": "therapist", "statement": text, "stage_direction": None})
+        self.replies.append(reply)
+
+    @property
+    def in_crisis(self) -> bool:
+        return self.safety.in_crisis
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """A copy of the history in the dataset's turn format."""
+        return [dict(turn) for turn in self.history]

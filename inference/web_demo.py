@@ -1,0 +1,199 @@
+"""`mirror demo`: a local web page to chat with a MIRROR therapist model, with your face from an upload or webcam.
+
+Runs on 127.0.0.1 by default and never creates a public share link unless `--share` is given. The AI disclosure
+is shown at the top and opens every session; the safety layer is always on (the page refuses a therapist with it
+disabled): each message is screened before a reply is generated, and once it detects a crisis the referral
+replaces every reply and a banner says so until "New session". Client text is not logged unless
+`--log-client-text` is given; uploaded images sit in Gradio's temporary cache, which is cleared periodically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+from typing import Any
+
+from .backends.base import GenerationConfig
+from .chat import DEFAULT_CLIENT, load_client_profile
+from .safety import AI_DISCLOSURE, SafetyConfig, get_referral
+from .therapist import STRATEGIES, VISION_STRATEGIES, MirrorTherapist
+
+logger = logging.getLogger(__name__)
+
+# Stable DOM ids, for browser tests and custom CSS.
+IDS = {
+    "disclosure": "mirror-disclosure",
+    "safety": "mirror-safety-status",
+    "chatbot": "mirror-chatbot",
+    "image": "mirror-face",
+    "textbox": "mirror-message",
+    "send": "mirror-send",
+    "new_session": "mirror-new-session",
+}
+SAFETY_ON = "Safety layer on: every message is screened for crisis risk before the model may reply."
+SAFETY_ACTIVE = (
+    "Safety layer active: crisis support resources were shown. The therapist model will not reply for the rest "
+    "of this session; every message gets the crisis referral. Start a new session to reset."
+)
+_BANNER = '<div data-state="{state}" style="padding:10px 14px;border-radius:8px;border:1px solid {border};' \
+          'background:{background};color:#1f2937">{body}</div>'  # fmt: skip
+
+
+def _banner(body: str, state: str, border: str, background: str) -> str:
+    return _BANNER.format(state=state, border=border, background=background, body=body)
+
+
+def disclosure_html(therapist: MirrorTherapist) -> str:
+    """The banner at the top of the page: the AI disclosure and where to turn in a crisis."""
+    referral = get_referral(therapist.safety.locale, therapist.safety.referral_table)
+    body = (
+        f"<strong>MIRROR research demo &mdash; AI model, not a human or a licensed therapist, not for clinical "
+        f"use.</strong><br>{html.escape(AI_DISCLOSURE)}<br>{html.escape(referral.short)}"
+    )
+    return _banner(body, "disclosure", "#d97706", "#fffbeb")
+
+
+def safety_html(in_crisis: bool) -> str:
+    """The safety status: a quiet note normally, a red banner once the session is in crisis."""
+    if in_crisis:
+        return _banner(f"<strong>{html.escape(SAFETY_ACTIVE)}</strong>", "crisis", "#dc2626", "#fef2f2")
+    return _banner(html.escape(SAFETY_ON), "monitoring", "#9ca3af", "#f9fafb")
+
+
+def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None) -> Any:
+    """The Gradio Blocks app for `therapist`; `client_profile` is the client the model is told it talks to
+    (default: a neutral profile). Each browser tab gets its own session."""
+    import gradio as gr
+
+    if not therapist.safety.enabled:
+        raise ValueError("the web demo talks to people: build the therapist with the safety layer enabled")
+    client = {**DEFAULT_CLIENT, **(client_profile or {})}
+    needs_face = therapist.strategy in VISION_STRATEGIES
+
+    def new_session():
+        session = therapist.start_session(client)
+        messages = [{"role": "assistant", "content": session.disclosure}]
+        return session, messages, "", safety_html(False)
+
+    def respond(text, image, session, messages):
+        text = (text or "").strip()
+        if session is None:  # the page's load event did not run (e.g. an API call)
+            session, messages, _, _ = new_session()
+        if not text:
+            raise gr.Error("Type a message first.")
+        if needs_face and image is None and session.image is None:
+            raise gr.Error("Add a photo of your face (upload or webcam) first: this model reads your expression.")
+        try:
+            reply = session.respond(text, image=image)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        except Exception:
+            logger.exception("therapist reply failed")  # the traceback only: never the client's text
+            raise gr.Error("The model could not reply. Please try again.") from None
+        messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": reply.text}]
+        return session, messages, "", safety_html(session.in_crisis)
+
+    with gr.Blocks(title="MIRROR therapist demo", analytics_enabled=False, delete_cache=(600, 1800)) as demo:
+        gr.HTML(disclosure_html(therapist), elem_id=IDS["disclosure"])
+        status = gr.HTML(safety_html(False), elem_id=IDS["safety"])
+        session_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                image = gr.Image(
+                    sources=["upload", "webcam"],
+                    type="pil",
+                    label="Your face" + (" (required)" if needs_face else " (not used by this model)"),
+                    elem_id=IDS["image"],
+                    height=300,
+                )
+                new_button = gr.Button("New session", variant="secondary", elem_id=IDS["new_session"])
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(
+                    label="Session",
+                    elem_id=IDS["chatbot"],
+                    height=440,
+                    buttons=["copy_all"],  # no "share": it would post the conversation to Hugging Face
+                    feedback_options=None,
+                    watermark="(Written by an AI research model, not a human or a licensed therapist.)",
+                )
+                with gr.Row():
+                    textbox = gr.Textbox(
+                        placeholder="What would you like to talk about?",
+                        show_label=False,
+                        lines=2,
+                        scale=4,
+                        elem_id=IDS["textbox"],
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id=IDS["send"])
+        outputs = [session_state, chatbot, textbox, status]
+        inputs = [textbox, image, session_state, chatbot]
+        send.click(respond, inputs, outputs, api_visibility="private")
+        textbox.submit(respond, inputs, outputs, api_visibility="private")
+        new_button.click(lambda: (*new_session(), None), None, [*outputs, image], api_visibility="private")
+        # The chat's own trash button starts a new session too: the display and the session never disagree.
+        chatbot.clear(new_session, None, outputs, api_visibility="private")
+        demo.load(new_session, None, outputs, api_visibility="private")
+    return demo
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
+    """The `mirror demo` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
+    description = (__doc__ or "").split("\n\n")[0]
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog="mirror demo", description=description)
+    else:
+        parser = subparsers.add_parser(
+            "demo", help="Chat with a therapist model in the browser.", description=description
+        )
+    parser.add_argument("--model", required=True, help="Model folder or Hub id (merged model or LoRA adapter).")
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
+    parser.add_argument("--port", type=int, default=7860, help="Port to serve on.")
+    parser.add_argument("--share", type=_boolean, nargs="?", const=True, default=False,
+                        help="Create a public Gradio share link (off by default; sends traffic through Gradio's relay).")  # fmt: skip
+    parser.add_argument("--client-profile", help="JSON client profile (or a dataset record with a 'client' key).")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="Default: the model folder's, else base / text.")
+    parser.add_argument("--revision", help="Hub revision of --model.")
+    parser.add_argument("--device", help="cuda, cpu, mps or auto (default: best available).")
+    parser.add_argument("--dtype", help="bfloat16, float16, float32 or auto.")
+    defaults = GenerationConfig()
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy decoding.")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="Nucleus sampling mass.")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="Reply token budget.")
+    parser.add_argument("--seed", type=int, help="Seed for reproducible sampling.")
+    parser.add_argument("--locale", default=SafetyConfig().locale, help="Locale whose crisis lines are shown.")
+    parser.add_argument("--log-client-text", action="store_true",
+                        help="Opt in to logging what the client writes (off: client text is sensitive).")  # fmt: skip
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    client = load_client_profile(args.client_profile)
+    generation = GenerationConfig(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    safety = SafetyConfig(locale=args.locale, log_client_text=args.log_client_text)
+    therapist = MirrorTherapist.from_pretrained(
+        args.model, args.strategy, generation, safety, revision=args.revision, device=args.device, dtype=args.dtype
+    )
+    if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("the demo is reachable beyond this machine: client messages and faces will cross the network")
+    demo = build_demo(therapist, client)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, footer_links=["gradio", "settings"]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(make_parser().parse_args()))
