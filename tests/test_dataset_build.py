@@ -38,9 +38,9 @@ def test_schema_round_trip(tmp_path):
     Dataset.from_list(records, features=SESSION_FEATURES).to_parquet(str(tmp_path / "s.parquet"))
     loaded = load_dataset("parquet", data_files=str(tmp_path / "s.parquet"), split="train")
     assert loaded.features == SESSION_FEATURES
-    for original, row in zip(records, loaded):
+    for original, row in zip(records, loaded, strict=False):
         assert row["id"] == original["id"] and row["client"] == original["client"]
-        for turn_in, turn_out in zip(original["turns"], row["turns"]):
+        for turn_in, turn_out in zip(original["turns"], row["turns"], strict=False):
             assert turn_out["statement"] == turn_in["statement"]
             assert turn_out["stage_direction"] == turn_in["stage_direction"]
             if turn_in["image"] is None:

@@ -221,7 +221,7 @@ def test_skip_mode_counts_and_records(tmp_path):
     filtered = load_dataset(str(tmp_path / "out"), "filtered", split="train")
     dropped = filtered.filter(lambda row: not row["kept"])
     assert sorted(dropped["id"]) == sorted([records[1]["id"], records[2]["id"]])
-    reasons = dict(zip(dropped["id"], zip(dropped["field"], dropped["reason"])))
+    reasons = dict(zip(dropped["id"], zip(dropped["field"], dropped["reason"], strict=False), strict=False))
     assert reasons[records[1]["id"]][0] == "resistance" and "passive" in reasons[records[1]["id"]][1]
     assert reasons[records[2]["id"]][0] == "turns" and "empty session" in reasons[records[2]["id"]][1]
     assert json.loads(dropped.filter(lambda r: r["id"] == records[1]["id"])[0]["record"])["resistance"] == "passive"
