@@ -191,3 +191,23 @@ def test_cli_build_reports_bad_record(tmp_path):
     proc = subprocess.run([*cmd, "--on-bad-record", "skip"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Skipped 1 bad record" in proc.stdout and "load_dataset" in proc.stdout
+
+
+def test_render_faces_resumes_and_is_deterministic(tmp_path):
+    from dataset_builder.build import render_faces
+
+    raw = write_raw(tmp_path / "raw", sample_records(2), sample_profiles()[:1])
+    out = render_faces(raw, tmp_path / "faces")
+    images = sorted((out / "images").rglob("*.png"))
+    records = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
+    client_turns = [t for r in records for t in r["turns"] if t["speaker"] == "client"]
+    assert all(t["image"] and (out / t["image"]).is_file() for t in client_turns)
+    assert records[0]["source"]["image_backend"] == "embedded-face-renderer-v1"
+    assert len(images) == len(client_turns) + 3  # + one identity face per client (2 sessions, 1 profile)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in images}
+    images[0].unlink()  # an interrupted run: one face missing
+    render_faces(raw, tmp_path / "faces")
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "images").rglob("*.png"))}
+    assert after[images[0]][1] == before[images[0]][1]  # re-rendered identically
+    assert all(after[p] == before[p] for p in images[1:])  # the rest untouched, not redrawn
+    assert build_dataset(out, tmp_path / "built").num_rows["sessions"] == 2
