@@ -79,7 +79,7 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template."""
     import torch
     from transformers import (
-        CLIPImageProcessor,
+        CLIPImageProcessorPil,
         CLIPVisionConfig,
         GenerationConfig,
         LlavaConfig,
@@ -118,7 +118,8 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
         top_p=0.9,
         max_new_tokens=128,
     )
-    image_processor = CLIPImageProcessor(
+    # The Pillow image processor: the torchvision-backed default is not installed on CPU-only setups.
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
