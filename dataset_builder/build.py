@@ -67,9 +67,11 @@ def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
                 digest.update(chunk)
     for source in (Path(__file__).parent / name for name in ("builder.py", "schema.py", "validation.py", "filters.py")):
         digest.update(source.read_bytes())
-    prompts = Path(__file__).parent.parent / "inference" / "prompts"
-    for prompt_file in sorted(prompts.glob("*.yaml")):
-        digest.update(prompt_file.read_bytes())
+    repo = Path(__file__).parent.parent  # the prompt and the card template shape the output too
+    for data_file in [*sorted((repo / "inference" / "prompts").glob("*.yaml")),
+                      repo / "model_cards" / "dataset_card.py",
+                      repo / "model_cards" / "templates" / "dataset_card.md.jinja"]:
+        digest.update(data_file.read_bytes())
     return digest.hexdigest()
 
 
