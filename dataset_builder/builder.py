@@ -125,7 +125,7 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                 except RecordError as err:
                     err.source, err.line = err.source or str(path.relative_to(raw_dir)), err.line or line
                     if self.config.on_bad_record == "raise":
-                        raise RecordError(err.record_id, err.field, err.problem, err.source, err.line) from err
+                        raise
                     logger.warning("Skipping bad record: %s", err)
                     yield None, _filtered_row(raw, err.record_id, kind, path.name, line, "validation", err.field,
                                               err.problem)

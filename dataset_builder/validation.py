@@ -37,9 +37,13 @@ class RecordError(ValueError):
     """A raw record that cannot be built. `str()` names where and what."""
 
     def __init__(self, record_id: str | None, field: str | None, problem: str, source: str | None = None, line=None):
+        super().__init__(record_id, field, problem)
         self.record_id, self.field, self.problem, self.source, self.line = record_id, field, problem, source, line
-        where = f"{source}:{line}: " if source and line else f"{source}: " if source else ""
-        super().__init__(f"{where}record {record_id or '<unknown id>'!r}, field {field or '<record>'!r}: {problem}")
+
+    def __str__(self) -> str:
+        # Built on demand: the builder fills in `source`/`line` after validation raised with only the record.
+        where = f"{self.source}:{self.line}: " if self.source and self.line else f"{self.source}: " if self.source else ""
+        return f"{where}record {self.record_id or '<unknown id>'!r}, field {self.field or '<record>'!r}: {self.problem}"
 
 
 @dataclass(frozen=True)

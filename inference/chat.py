@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,17 +50,9 @@ def load_client_profile(path: str | Path | None) -> dict[str, Any]:
     return {**DEFAULT_CLIENT, **client}
 
 
-def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
-    """The `mirror chat` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
-    description = (__doc__ or "").split("\n\n")[0]
-    if subparsers is None:
-        parser = argparse.ArgumentParser(prog="mirror chat", description=description)
-    else:
-        parser = subparsers.add_parser(
-            "chat", help="Talk to a therapist model in the terminal.", description=description
-        )
+def add_therapist_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and configure a therapist, shared by `mirror chat` and `mirror demo`."""
     parser.add_argument("--model", required=True, help="Model folder or Hub id (merged model or LoRA adapter).")
-    parser.add_argument("--image", help="The client's face (PNG/JPEG); needed by the vision strategies.")
     parser.add_argument("--strategy", choices=STRATEGIES, help="Default: the model folder's, else base / text.")
     parser.add_argument("--client-profile", help="JSON client profile (or a dataset record with a 'client' key).")
     parser.add_argument("--revision", help="Hub revision of --model.")
@@ -81,23 +72,36 @@ def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="Reply token budget.")
     parser.add_argument("--seed", type=int, help="Seed for reproducible sampling.")
     parser.add_argument("--locale", default=SafetyConfig().locale, help="Locale whose crisis lines are shown.")
+    parser.add_argument("--log-client-text", action="store_true",
+                        help="Opt in to logging what the client writes (off: client text is sensitive).")  # fmt: skip
+
+
+def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
+    """The `mirror chat` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
+    description = (__doc__ or "").split("\n\n")[0]
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog="mirror chat", description=description)
+    else:
+        parser = subparsers.add_parser(
+            "chat", help="Talk to a therapist model in the terminal.", description=description
+        )
+    add_therapist_arguments(parser)
+    parser.add_argument("--image", help="The client's face (PNG/JPEG); needed by the vision strategies.")
     parser.add_argument("--verbose", action="store_true", help="Show the plan and emotion caption of each turn.")
     parser.set_defaults(func=main)
     return parser
 
 
 def build_therapist(args: argparse.Namespace) -> MirrorTherapist:
+    """The therapist that `add_therapist_arguments` describes: a local model, or one behind --base-url."""
     generation = GenerationConfig(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
-    safety = SafetyConfig(locale=args.locale)
+    safety = SafetyConfig(locale=args.locale, log_client_text=args.log_client_text)
     if args.base_url:
-        from .backends.endpoint import EndpointBackend
+        from .backends.endpoint import EndpointBackend, api_key_from_env
 
-        api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-        if args.api_key_env and not api_key:
-            raise SystemExit(f"--api-key-env {args.api_key_env}: that environment variable is empty")
-        backend = EndpointBackend(args.base_url, args.model, api_key=api_key)
+        backend = EndpointBackend(args.base_url, args.model, api_key=api_key_from_env(args.api_key_env))
         return MirrorTherapist(backend, args.strategy, generation, safety, TherapistConfig())
     return MirrorTherapist.from_pretrained(
         args.model, args.strategy, generation, safety, revision=args.revision, device=args.device, dtype=args.dtype

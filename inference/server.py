@@ -20,7 +20,6 @@ import hmac
 import io
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -400,11 +399,9 @@ def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     config = ServeConfig(**{item.name: getattr(args, item.name) for item in fields(ServeConfig)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise SystemExit(f"--api-key-env {config.api_key_env}: that environment variable is empty")
+    from .backends.endpoint import api_key_from_env
+
+    api_key = api_key_from_env(config.api_key_env)
     backend = load_backend(
         config.model,
         backend=config.backend,

@@ -14,10 +14,9 @@ import html
 import logging
 from typing import Any
 
-from .backends.base import GenerationConfig
-from .chat import DEFAULT_CLIENT, load_client_profile
-from .safety import AI_DISCLOSURE, SafetyConfig, get_referral
-from .therapist import STRATEGIES, VISION_STRATEGIES, MirrorTherapist
+from .chat import DEFAULT_CLIENT, add_therapist_arguments, build_therapist, load_client_profile
+from .safety import AI_DISCLOSURE, get_referral
+from .therapist import VISION_STRATEGIES, MirrorTherapist
 
 logger = logging.getLogger(__name__)
 
@@ -154,24 +153,11 @@ def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(
             "demo", help="Chat with a therapist model in the browser.", description=description
         )
-    parser.add_argument("--model", required=True, help="Model folder or Hub id (merged model or LoRA adapter).")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
     parser.add_argument("--port", type=int, default=7860, help="Port to serve on.")
     parser.add_argument("--share", type=_boolean, nargs="?", const=True, default=False,
                         help="Create a public Gradio share link (off by default; sends traffic through Gradio's relay).")  # fmt: skip
-    parser.add_argument("--client-profile", help="JSON client profile (or a dataset record with a 'client' key).")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="Default: the model folder's, else base / text.")
-    parser.add_argument("--revision", help="Hub revision of --model.")
-    parser.add_argument("--device", help="cuda, cpu, mps or auto (default: best available).")
-    parser.add_argument("--dtype", help="bfloat16, float16, float32 or auto.")
-    defaults = GenerationConfig()
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy decoding.")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="Nucleus sampling mass.")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="Reply token budget.")
-    parser.add_argument("--seed", type=int, help="Seed for reproducible sampling.")
-    parser.add_argument("--locale", default=SafetyConfig().locale, help="Locale whose crisis lines are shown.")
-    parser.add_argument("--log-client-text", action="store_true",
-                        help="Opt in to logging what the client writes (off: client text is sensitive).")  # fmt: skip
+    add_therapist_arguments(parser)
     parser.set_defaults(func=main)
     return parser
 
@@ -179,13 +165,7 @@ def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     client = load_client_profile(args.client_profile)
-    generation = GenerationConfig(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
-    )
-    safety = SafetyConfig(locale=args.locale, log_client_text=args.log_client_text)
-    therapist = MirrorTherapist.from_pretrained(
-        args.model, args.strategy, generation, safety, revision=args.revision, device=args.device, dtype=args.dtype
-    )
+    therapist = build_therapist(args)
     if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("the demo is reachable beyond this machine: client messages and faces will cross the network")
     demo = build_demo(therapist, client)

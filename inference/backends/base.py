@@ -69,3 +69,15 @@ def check_images(messages: Messages, images: list[Image.Image] | None, supports_
         raise ValueError(f"Backend {name!r} is text-only but was given {n_images} image(s)")
     if n_placeholders != n_images:
         raise ValueError(f"Messages have {n_placeholders} image placeholder(s) but {n_images} image(s) were given")
+
+
+def pair_images(
+    conversations: list[Messages], images: list[list[Image.Image]] | None, supports_images: bool, name: str
+) -> list[list[Image.Image]]:
+    """One image list per conversation (empty lists when `images` is None), each checked with `check_images`."""
+    images = images or [[] for _ in conversations]
+    if len(images) != len(conversations):
+        raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
+    for messages, conversation_images in zip(conversations, images, strict=True):
+        check_images(messages, conversation_images, supports_images, name)
+    return images

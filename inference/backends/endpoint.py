@@ -17,6 +17,7 @@ import functools
 import importlib
 import io
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, check_images
+from .base import GenerationConfig, Messages, check_images, pair_images
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +218,18 @@ class EndpointBackend:
         config: GenerationConfig | None = None,
     ) -> list[str]:
         """Concurrent requests (the server batches them); replies come back in input order."""
-        images = images or [[] for _ in conversations]
-        if len(images) != len(conversations):
-            raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
+        images = pair_images(conversations, images, self.supports_images, self.name)  # fail before any request
         if len(conversations) <= 1 or self.max_concurrency == 1:
             return [self.chat(m, i, config) for m, i in zip(conversations, images, strict=True)]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:
             return list(pool.map(lambda m, i: self.chat(m, i, config), conversations, images))
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The API key held in environment variable `variable` (never on a command line, where others can read it)."""
+    if not variable:
+        return None
+    api_key = os.environ.get(variable)
+    if not api_key:
+        raise SystemExit(f"--api-key-env {variable}: that environment variable is empty")
+    return api_key

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, check_images
+from .base import GenerationConfig, Messages, pair_images
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -260,11 +260,7 @@ class TransformersBackend:
         `sanitize_control_tokens` makes special tokens typed by a user (e.g. a client writing "<image>" or "</s>")
         plain text, so user input can neither break the image-token count nor end the prompt early.
         """
-        images = images or [[] for _ in conversations]
-        if len(images) != len(conversations):
-            raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
-        for messages, conversation_images in zip(conversations, images, strict=True):
-            check_images(messages, conversation_images, self.supports_images, self.name)
+        images = pair_images(conversations, images, self.supports_images, self.name)
         if self.supports_images:
             prepared = [attach_images(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
             inputs = self.processor.apply_chat_template(

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, check_images
+from .base import GenerationConfig, Messages, pair_images
 from .transformers_backend import (
     ADAPTER_CONFIG_NAME,
     attach_images,
@@ -139,11 +139,7 @@ class VLLMBackend:
         config: GenerationConfig | None = None,
     ) -> list[str]:
         config = config or GenerationConfig()
-        images = images or [[] for _ in conversations]
-        if len(images) != len(conversations):
-            raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image lists")
-        for messages, conversation_images in zip(conversations, images, strict=True):
-            check_images(messages, conversation_images, self.supports_images, self.name)
+        images = pair_images(conversations, images, self.supports_images, self.name)
         prompts = [self._prompt(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
         outputs = self.llm.generate(
             prompts, self._sampling_params(config), use_tqdm=False, lora_request=self.lora_request
