@@ -30,7 +30,12 @@ Messages = list[dict[str, Any]]
 
 @runtime_checkable
 class ChatBackend(Protocol):
-    """A chat model. `name` identifies the model (id and revision) in provenance and reports."""
+    """A chat model. `name` identifies the model (id and revision) in provenance and reports.
+
+    Backends subclass it to inherit `chat`, which is one conversation sent through `chat_batch`; a backend whose
+    primitive is a single request (an HTTP endpoint) overrides `chat` instead. Any object with these members
+    passes `isinstance(obj, ChatBackend)`, so test fakes need not subclass it.
+    """
 
     name: str
     supports_images: bool
@@ -39,7 +44,7 @@ class ChatBackend(Protocol):
         self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
     ) -> str:
         """Return the assistant's reply to `messages`."""
-        ...
+        return self.chat_batch([messages], [images or []], config)[0]
 
     def chat_batch(
         self,
@@ -49,6 +54,40 @@ class ChatBackend(Protocol):
     ) -> list[str]:
         """Return one reply per conversation; backends batch where they can."""
         ...
+
+
+@dataclass
+class ModelLoadArguments:
+    """Which model to load and how: shared by `mirror chat`, `mirror demo`, `mirror serve` and `mirror merge`."""
+
+    model: str = field(
+        metadata={"help": "Model folder or Hub id: a merged model or a LoRA adapter (its base model loads first)."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --model."})
+    device: str | None = field(
+        default=None,
+        metadata={"help": "cuda, cuda:1, cpu, mps, or auto (spread over all GPUs); default: the best available."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights dtype; default: float32 on CPU, the checkpoint's own dtype elsewhere.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run Python code shipped with the model repository (off: only for repositories you trust)."},
+    )
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `load_backend` / `TransformersBackend.from_pretrained` besides the model."""
+        return {
+            "revision": self.revision,
+            "device": self.device,
+            "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code,
+        }
 
 
 def count_image_placeholders(messages: Messages) -> int:

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, check_images, pair_images
+from .base import ChatBackend, GenerationConfig, Messages, check_images, pair_images
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def is_hf_host(url: str) -> bool:
     return any(host == suffix or host.endswith("." + suffix) for suffix in HF_HOST_SUFFIXES)
 
 
-class EndpointBackend:
+class EndpointBackend(ChatBackend):
     """A `ChatBackend` for any OpenAI-compatible `/v1/chat/completions` server.
 
     Args:

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, pair_images
+from .base import ChatBackend, GenerationConfig, Messages, pair_images
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -169,7 +169,7 @@ def load_processor(
     return loader.from_pretrained(model_source, revision=revision, trust_remote_code=trust_remote_code)
 
 
-class TransformersBackend:
+class TransformersBackend(ChatBackend):
     """A `ChatBackend` over a local `transformers` model (see the module docstring)."""
 
     def __init__(self, model: Any, processor: Any, *, name: str, supports_images: bool) -> None:
@@ -326,11 +326,6 @@ class TransformersBackend:
     def decode(self, new_ids, stop: list[str] | None = None) -> list[str]:
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [truncate_at_stop(text, stop).strip() for text in texts]
-
-    def chat(
-        self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
-    ) -> str:
-        return self.chat_batch([messages], [images or []], config)[0]
 
     def chat_batch(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import GenerationConfig, Messages, pair_images
+from .base import ChatBackend, GenerationConfig, Messages, pair_images
 from .transformers_backend import (
     ADAPTER_CONFIG_NAME,
     attach_images,
@@ -42,7 +42,7 @@ def import_vllm():
     return vllm
 
 
-class VLLMBackend:
+class VLLMBackend(ChatBackend):
     """A `ChatBackend` running vLLM in this process.
 
     Args:
@@ -126,11 +126,6 @@ class VLLMBackend:
             seed=config.seed,
             stop=list(config.stop) if config.stop else None,
         )
-
-    def chat(
-        self, messages: Messages, images: list[Image.Image] | None = None, config: GenerationConfig | None = None
-    ) -> str:
-        return self.chat_batch([messages], [images or []], config)[0]
 
     def chat_batch(
         self,
