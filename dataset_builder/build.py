@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,23 @@ class BuildResult:
     skipped: int  # bad records dropped by --on-bad-record skip
     filtered: int  # sessions dropped by the quality filters
     up_to_date: bool = False
+    drop_reasons: dict[str, int] = field(default_factory=dict)  # "stage: field: problem" -> records dropped
+
+    def drop_summary(self) -> list[str]:
+        """One line per reason records were dropped, most frequent first (empty when nothing was dropped)."""
+        ordered = sorted(self.drop_reasons.items(), key=lambda item: (-item[1], item[0]))
+        return [f"{count:>6} x {reason}" for reason, count in ordered]
+
+
+def drop_reason_key(stage: str, field_name: str | None, reason: str | None) -> str:
+    """A reason with its record-specific details removed, so equal problems count together.
+
+    `turns[3].statement` and `turns[7].statement` are one field; text after the first '(' or ';' (column numbers,
+    file names, allowed values) is detail.
+    """
+    field_name = re.sub(r"\[\d+\]", "[]", field_name or "<record>")
+    problem = re.split(r"[(;]", reason or "", maxsplit=1)[0].strip().rstrip(":") or "unknown"
+    return f"{stage}: {field_name}: {problem}" if stage != "filter" else f"filter: {field_name}"
 
 
 def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
@@ -75,20 +94,32 @@ def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
     return digest.hexdigest()
 
 
-def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOptions | None = None) -> BuildResult:
-    """Validate the raw records in `raw_dir` and export the Hub-ready folder `output_dir`."""
+def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOptions | None = None,
+                  force: bool = False) -> BuildResult:
+    """Validate the raw records in `raw_dir` and export the Hub-ready folder `output_dir`.
+
+    `output_dir` must be new, empty or a previous Mirror build (see `check_output_dir`); an unchanged input is a
+    no-op unless `force`.
+    """
     options = options or BuildOptions()
     raw_dir, output_dir = Path(raw_dir).resolve(), Path(output_dir).resolve()
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"Raw record folder not found: {raw_dir}")
-    if not raw_files(raw_dir, "sessions"):
+    check_output_dir(raw_dir, output_dir)
+    session_files = raw_files(raw_dir, "sessions")
+    if not session_files:
         raise FileNotFoundError(f"No sessions*.jsonl files in {raw_dir}")
+    if not any(line.strip() for path in session_files for line in path.read_bytes().splitlines()):
+        # `datasets` cannot load a config without rows, so an empty input would give a folder nobody can read.
+        names = ", ".join(path.name for path in session_files)
+        raise ValueError(f"{names} in {raw_dir} holds no session records: nothing to build")
     fingerprint = input_fingerprint(raw_dir, options)
     stamp_path = output_dir / BUILD_STAMP
-    if stamp_path.is_file():
+    if stamp_path.is_file() and not force:
         stamp = json.loads(stamp_path.read_text())
         if stamp.get("fingerprint") == fingerprint:
-            return BuildResult(output_dir, stamp["num_rows"], stamp["skipped"], stamp["filtered"], up_to_date=True)
+            return BuildResult(output_dir, stamp["num_rows"], stamp["skipped"], stamp["filtered"], up_to_date=True,
+                               drop_reasons=stamp.get("drop_reasons", {}))
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     inner_bars = datasets.utils.logging.is_progress_bar_enabled()
@@ -128,10 +159,24 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
             filtered = datasets_by_config["filtered"]
             skipped = sum(1 for stage in filtered["stage"] if stage == "validation")
             dropped = sum(1 for stage in filtered["stage"] if stage == "filter")
+            if not num_rows["sessions"]:
+                # Every record was dropped: a folder without sessions cannot be loaded, so fail and say why.
+                reasons = Counter(drop_reason_key(row["stage"], row["field"], row["reason"])
+                                  for row in filtered if row["stage"] != "kept")
+                raise ValueError("no session record survived validation and filters: " + "; ".join(
+                    f"{count} x {reason}" for reason, count in reasons.most_common()))
+            drop_reasons = dict(Counter(
+                drop_reason_key(row["stage"], row["field"], row["reason"])
+                for row in filtered.select_columns(["stage", "field", "reason"]) if row["stage"] != "kept"
+            ))
             sources = sorted({row["dataset"] for row in datasets_by_config["sessions"]["source"] if row["dataset"]})
             _write_card(work_dir, datasets_by_config, options, sources, skipped, dropped)
-        stamp = {"fingerprint": fingerprint, "num_rows": num_rows, "skipped": skipped, "filtered": dropped}
+        stamp = {"fingerprint": fingerprint, "num_rows": num_rows, "skipped": skipped, "filtered": dropped,
+                 "drop_reasons": drop_reasons,
+                 "files": sorted(p.relative_to(work_dir).as_posix() for p in work_dir.rglob("*") if p.is_file())}
         (work_dir / BUILD_STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        check_output_dir(raw_dir, output_dir)  # again: the folder may have changed during a long build
+        _set_folder_permissions(work_dir)
         _replace_dir(work_dir, output_dir)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -139,7 +184,43 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
     finally:
         if inner_bars:
             datasets.utils.logging.enable_progress_bar()
-    return BuildResult(output_dir, num_rows, skipped, dropped)
+    return BuildResult(output_dir, num_rows, skipped, dropped, drop_reasons=drop_reasons)
+
+
+def check_output_dir(raw_dir: Path, output_dir: Path) -> None:
+    """Refuse any output folder whose replacement could destroy something the build did not make.
+
+    A build swaps a whole folder into place, so the old one is deleted: allowed only for an empty folder or one that
+    holds a previous Mirror build (recognised by its stamp), and never when input and output overlap.
+    """
+    if output_dir == raw_dir:
+        raise ValueError(f"--output is the input folder ({raw_dir}); building there would delete the raw records. "
+                         "Choose a new folder.")
+    if raw_dir.is_relative_to(output_dir):
+        raise ValueError(f"the input folder {raw_dir} is inside --output {output_dir}; replacing the output would "
+                         "delete the raw records. Choose a folder outside the input.")
+    if output_dir.is_relative_to(raw_dir):
+        raise ValueError(f"--output {output_dir} is inside the input folder {raw_dir}; the build would read its own "
+                         "output as input. Choose a folder outside the input.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output {output_dir} is a file, not a folder; choose a new folder.")
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    stamp_path = output_dir / BUILD_STAMP
+    if not stamp_path.is_file():
+        raise FileExistsError(f"--output {output_dir} is not empty and is not a previous Mirror build (no "
+                              f"{BUILD_STAMP}); refusing to replace it. Choose a new or empty folder.")
+    try:
+        built = set(json.loads(stamp_path.read_text(encoding="utf-8"))["files"]) | {BUILD_STAMP}
+    except (ValueError, KeyError, TypeError) as err:
+        raise FileExistsError(f"--output {output_dir} has an unreadable {BUILD_STAMP} ({err}); refusing to replace "
+                              "it. Choose a new or empty folder.") from None
+    foreign = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*")
+                     if p.is_file() and p.relative_to(output_dir).as_posix() not in built)
+    if foreign:
+        raise FileExistsError(f"--output {output_dir} is a previous Mirror build but also holds files the build did "
+                              f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); refusing "
+                              "to replace it. Move them away or choose a new folder.")
 
 
 def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options: BuildOptions) -> None:
@@ -148,6 +229,14 @@ def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options:
     for index in range(num_shards):
         shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
         shard.to_parquet(str(folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+
+
+def _set_folder_permissions(folder: Path) -> None:
+    """Give the finished folder the mode any new folder would get (`mkdtemp` makes it 0700: private to us)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -215,6 +304,9 @@ def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, over
 
     backend = backend or get_image_backend("embedded")
     raw_dir, output_dir = Path(raw_dir), Path(output_dir)
+    if output_dir.resolve() == raw_dir.resolve():
+        raise ValueError(f"--output is the input folder ({raw_dir}); rendering there would rewrite the raw records. "
+                         "Choose a new folder.")
     output_dir.mkdir(parents=True, exist_ok=True)
     for kind in ("sessions", "profiles"):
         for path in raw_files(raw_dir, kind):

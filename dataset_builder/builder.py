@@ -114,7 +114,7 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
         """Yield `(record, None)` for good records and `(None, filtered_row)` for dropped ones."""
         policy, seen = self._policy(), {}
         for path in raw_files(raw_dir, kind):
-            for line, raw in iter_jsonl(path):
+            for line, raw in iter_jsonl(path, name=path.relative_to(raw_dir).as_posix()):
                 try:
                     if isinstance(raw, RecordError):
                         raise raw
@@ -127,8 +127,8 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                     if self.config.on_bad_record == "raise":
                         raise
                     logger.warning("Skipping bad record: %s", err)
-                    yield None, _filtered_row(raw, err.record_id, kind, path.name, line, "validation", err.field,
-                                              err.problem)
+                    yield None, _filtered_row(err.raw_text if isinstance(raw, RecordError) else raw, err.record_id,
+                                              kind, path.name, line, "validation", err.field, err.problem)
                     continue
                 if run_filters and self.config.apply_filters:
                     results, failed = apply_filters(record)
@@ -145,7 +145,8 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
 
 
 def _filtered_row(raw, record_id, kind, source_file, line, stage, field, reason, scores=()) -> dict:
-    text = json.dumps(raw, ensure_ascii=True, sort_keys=True) if isinstance(raw, dict) else None  # ASCII: auditable
+    # ASCII JSON of the record, or the line's own text when it was no JSON object: what was dropped stays auditable.
+    text = json.dumps(raw, ensure_ascii=True, sort_keys=True) if isinstance(raw, dict) else raw
     return {"id": record_id, "kind": kind.rstrip("s"), "kept": False, "source_file": source_file, "line": line,
             "stage": stage, "field": field, "reason": reason, "scores": list(scores), "record": text}
 

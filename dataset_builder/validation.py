@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class RecordError(ValueError):
     def __init__(self, record_id: str | None, field: str | None, problem: str, source: str | None = None, line=None):
         super().__init__(record_id, field, problem)
         self.record_id, self.field, self.problem, self.source, self.line = record_id, field, problem, source, line
+        self.raw_text: str | None = None  # the line as read, when it could not be parsed into a record
 
     def __str__(self) -> str:
         # Built on demand: the builder fills in `source`/`line` after validation raised with only the record.
@@ -63,14 +65,19 @@ class ImagePolicy:
 # Reading JSONL
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+def iter_jsonl(path: Path, name: str | None = None) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
     """Yield `(line_number, record)` or `(line_number, RecordError)` for every non-blank line of `path`.
 
     Lines are decoded strictly as UTF-8; a line that is not is still parsed (with surrogate escapes) so the error
-    can name the record id and the field holding the bad bytes.
+    can name the record id and the field holding the bad bytes. A UTF-8 byte-order mark (editors on Windows write
+    one) is accepted. Errors name the file as `name` (e.g. its path relative to the input folder), so no absolute
+    local path ends up in a built dataset; the offending line's text is kept on the error as `raw_text`.
     """
+    name = name or str(path)
     with open(path, "rb") as handle:
         for line_number, raw_line in enumerate(handle, start=1):
+            if line_number == 1:
+                raw_line = raw_line.removeprefix(b"\xef\xbb\xbf")
             if not raw_line.strip():
                 continue
             try:
@@ -80,12 +87,15 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                yield line_number, RecordError(None, None, f"not valid JSON ({err.msg} at column {err.colno})",
-                                               str(path), line_number)
+                error = RecordError(None, None, f"not valid JSON ({err.msg} at column {err.colno})", name, line_number)
+                error.raw_text = _printable(text.rstrip("\r\n"))
+                yield line_number, error
                 continue
             if not isinstance(record, dict):
-                yield line_number, RecordError(None, None, f"expected a JSON object, got {type(record).__name__}",
-                                               str(path), line_number)
+                error = RecordError(None, None, f"expected a JSON object, got {type(record).__name__}", name,
+                                    line_number)
+                error.raw_text = _printable(text.rstrip("\r\n"))
+                yield line_number, error
                 continue
             if bad_utf8 is not None:
                 record_id = record.get("id") if isinstance(record.get("id"), str) else None
@@ -93,7 +103,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
                 yield line_number, RecordError(
                     _printable(record_id), field_path,
                     f"text is not valid UTF-8 (byte 0x{raw_line[bad_utf8.start]:02x} at byte offset {bad_utf8.start})",
-                    str(path), line_number,
+                    name, line_number,
                 )
                 continue
             yield line_number, record
@@ -131,11 +141,31 @@ _CLEAN_PNGS: set[tuple] = set()
 _MAX_VERDICTS = 1_000_000
 
 
-def load_image(path: Path, policy: ImagePolicy, *, record_id: str, field_name: str, encode: bool = True) -> bytes:
-    """Check one image file and return it as RGB PNG bytes (or b"" when `encode` is False: validation only)."""
+def resolve_image_path(base_dir: Path, value: Any, *, record_id: str | None, field_name: str) -> Path:
+    """The file an image field names, which must lie inside the input folder (no absolute or `..` escapes).
+
+    Records are data from elsewhere: a path leaving the folder could make a build read, and publish, any file. The
+    check is on the path as written (`..` resolved lexically), so a symlink the user placed in the folder on purpose
+    (e.g. `images/` pointing at a large image store) still works.
+    """
+    relative = _check_str(value, record_id, field_name, non_empty=True)
+    base = Path(os.path.abspath(base_dir))
+    path = Path(os.path.normpath(base / relative))
+    if not path.is_relative_to(base):
+        raise RecordError(record_id, field_name, f"image path {relative!r} resolves outside the input folder; "
+                          "image paths must be relative to the folder and stay inside it")
+    return path
+
+
+def load_image(path: Path, policy: ImagePolicy, *, record_id: str, field_name: str, encode: bool = True,
+               display: str | None = None) -> bytes:
+    """Check one image file and return it as RGB PNG bytes (or b"" when `encode` is False: validation only).
+
+    `display` is how errors name the file (the record's relative path), so no absolute local path is recorded.
+    """
 
     def fail(problem: str) -> RecordError:
-        return RecordError(record_id, field_name, f"{problem} ({path})")
+        return RecordError(record_id, field_name, f"{problem} ({display or path})")
 
     if not path.is_file():
         raise fail("image file is missing")
@@ -269,9 +299,9 @@ def _validate_common(raw: dict, base_dir: Path, policy: ImagePolicy, keys, encod
     _check_str(identity["key"], record_id, "identity.key", non_empty=True)
     identity_image = None
     if identity["image"] is not None:
-        path = base_dir / _check_str(identity["image"], record_id, "identity.image")
+        path = resolve_image_path(base_dir, identity["image"], record_id=record_id, field_name="identity.image")
         identity_image = {"bytes": load_image(path, policy, record_id=record_id, field_name="identity.image",
-                                              encode=encode), "path": None}
+                                              encode=encode, display=identity["image"]), "path": None}
     return {
         "id": raw["id"],
         "source": source,
@@ -318,9 +348,9 @@ def validate_session(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolic
                         "`mirror render-faces`, or build with --allow-missing-images)",
                     )
             else:
-                path = base_dir / _check_str(turn["image"], record_id, f"{where}.image")
+                path = resolve_image_path(base_dir, turn["image"], record_id=record_id, field_name=f"{where}.image")
                 image = {"bytes": load_image(path, policy, record_id=record_id, field_name=f"{where}.image",
-                                             encode=encode), "path": None}
+                                             encode=encode, display=turn["image"]), "path": None}
         elif turn["image"] is not None:
             raise RecordError(record_id, f"{where}.image", "therapist turns carry no image (only client turns do)")
         out_turns.append({**turn, "image": image})
