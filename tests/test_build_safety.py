@@ -44,7 +44,7 @@ def raw(tmp_path):
 
 def test_output_equal_to_input_is_refused(raw):
     before = snapshot(raw)
-    with pytest.raises(ValueError, match="input folder.*delete the raw records"):
+    with pytest.raises(ValueError, match=r"input folder.*delete the raw records"):
         build_dataset(raw, raw)
     assert snapshot(raw) == before
 
@@ -80,7 +80,7 @@ def test_previous_build_with_foreign_file_is_refused(raw, tmp_path):
     build_dataset(raw, out)
     (out / "my_analysis.ipynb").write_text("{}")
     before = snapshot(out)
-    with pytest.raises(FileExistsError, match="my_analysis.ipynb"):
+    with pytest.raises(FileExistsError, match=r"my_analysis\.ipynb"):
         build_dataset(raw, out, force=True)
     assert snapshot(out) == before
 
@@ -137,7 +137,7 @@ def test_empty_sessions_file_fails_clearly(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "sessions.jsonl").write_text("\n\n")
-    with pytest.raises(ValueError, match="sessions.jsonl .*holds no session records"):
+    with pytest.raises(ValueError, match=r"sessions\.jsonl .*holds no session records"):
         build_dataset(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     proc = run_build("--input", str(raw), "--output", str(tmp_path / "out"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import sample_profiles, sample_records, with_images, write_raw
 
-from dataset_builder.build import BUILD_STAMP, build_dataset
+from dataset_builder.build import build_dataset
 from dataset_builder.schema import SESSION_FEATURES
 from dataset_builder.validation import RecordError, validate_session
 
