@@ -30,7 +30,7 @@ BUILD_STAMP = ".mirror-build.json"
 SAMPLE_DIR = Path(__file__).parent / "sample"
 
 # Licence of each known seed dataset; it flows into the dataset card.
-SOURCE_LICENSES = {"mirror-sample": "cc-by-4.0", "cactus": "gpl-2.0"}
+SOURCE_LICENSES = {"mirror-sample": "cc-by-4.0", "cactus": "gpl-2.0", "mirror-release": "gpl-2.0"}
 
 
 @dataclass
