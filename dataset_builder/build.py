@@ -29,9 +29,6 @@ BUILD_FORMAT_VERSION = "1"
 BUILD_STAMP = ".mirror-build.json"
 SAMPLE_DIR = Path(__file__).parent / "sample"
 
-# Licence of each known seed dataset; it flows into the dataset card.
-SOURCE_LICENSES = {"mirror-sample": "cc-by-4.0", "cactus": "gpl-2.0", "mirror-release": "gpl-2.0"}
-
 
 @dataclass
 class BuildOptions:
@@ -224,11 +221,23 @@ def check_output_dir(raw_dir: Path, output_dir: Path) -> None:
 
 
 def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options: BuildOptions) -> None:
+    """Shards `<split>-00000-of-0000N.parquet`; `sft` is sharded per variant (`<variant>-00000-of-0000N.parquet`).
+
+    Per-variant files let the card expose `sft` (all files) and `sft_<variant>` (one variant's files) as configs
+    over the same parquet, with no copies (`_write_card`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    num_shards = max(1, math.ceil(dataset.data.nbytes / options.max_shard_size))
-    for index in range(num_shards):
-        shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
-        shard.to_parquet(str(folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+    groups = {split: dataset}
+    if folder.name == "sft":
+        variants = dataset["variant"]
+        order = [v for v in options.sft_variants if v in set(variants)] + sorted(set(variants) - set(options.sft_variants))
+        groups = {variant: dataset.select([i for i, v in enumerate(variants) if v == variant]) for variant in order}
+    for prefix, part in groups.items():
+        nbytes = dataset.data.nbytes * len(part) / max(1, len(dataset))  # `select` keeps the whole table underneath
+        num_shards = max(1, math.ceil(nbytes / options.max_shard_size))
+        for index in range(num_shards):
+            shard = part.shard(num_shards=num_shards, index=index, contiguous=True)
+            shard.to_parquet(str(folder / f"{prefix}-{index:05d}-of-{num_shards:05d}.parquet"))
 
 
 def _set_folder_permissions(folder: Path) -> None:
@@ -251,43 +260,66 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, skipped: int, dropped: int) -> None:
+    """README.md: `configs:` (plus `sft_<variant>` over the per-variant sft files), `dataset_info:` and the card.
+
+    The licence and the provenance, generation, face, demographic and filter sections come from the rows themselves
+    (`model_cards.dataset_card.summarize`); `sources`, `skipped` and `dropped` are recomputed there from the rows.
+    """
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    from model_cards.dataset_card import render_dataset_card
+    from model_cards.dataset_card import feature_columns, render_dataset_card, summarize
 
-    card_data = DatasetCardData()
-    metadata_configs = MetadataConfigs(
-        {
-            name: {"data_files": [{"split": CONFIG_SPLITS[name], "path": f"data/{name}/{CONFIG_SPLITS[name]}-*"}],
-                   **({"default": True} if name == "sessions" else {})}
-            for name in CONFIG_FEATURES
-        }
-    )
-    metadata_configs.to_dataset_card_data(card_data)
-    infos = {}
-    for name, dataset in by_config.items():
-        splits = SplitDict()
-        splits.add(SplitInfo(name=CONFIG_SPLITS[name], num_examples=len(dataset), num_bytes=dataset.data.nbytes))
-        infos[name] = DatasetInfo(features=CONFIG_FEATURES[name], splits=splits)
-    DatasetInfosDict(infos).to_dataset_card_data(card_data)
-    licenses = sorted({SOURCE_LICENSES.get(source, "other") for source in sources}) or ["other"]
-    sessions = by_config["sessions"]
-    resistance_counts = {style: 0 for style in ("none", "emotional", "cognitive", "behavioral")}
-    for style in sessions["resistance"]:
-        resistance_counts[style] = resistance_counts.get(style, 0) + 1
-    stats = {
-        "num_rows": {name: len(dataset) for name, dataset in by_config.items()},
-        "resistance_counts": resistance_counts,
-        "sources": sources,
-        "skipped": skipped,
-        "dropped_by_filters": dropped,
-        "sft_variants": sorted(set(by_config["sft"]["variant"])),
-        "image_backends": sorted({row["image_backend"] for row in sessions["source"] if row["image_backend"]}),
+    descriptions = {
+        "sessions": "one session: profile, resistance style, CBT technique and plan, identity face, turns with "
+        "images, quality scores",
+        "sft": "one training row in TRL's VLM chat format (`messages` + `images`), every variant",
+        "profiles": "a client profile with a resistance style, for simulated evaluation sessions",
+        "filtered": "the audit log: every examined record, kept or dropped, with the stage, field and reason",
     }
-    card = render_dataset_card(card_data.to_dict(), licenses=licenses, pretty_name=options.pretty_name, stats=stats)
+    sft = by_config["sft"]
+    counts = Counter(sft["variant"])
+    rank = {v: i for i, v in enumerate(options.sft_variants)}
+    variant_counts = {v: counts[v] for v in sorted(counts, key=lambda v: (rank.get(v, len(rank)), v))}
+    configs, data_files, table = {}, {}, []
+    for name in CONFIG_FEATURES:
+        split = CONFIG_SPLITS[name]
+        data_files[name] = (f"data/{name}/*.parquet" if name == "sft" else f"data/{name}/{split}-*", split)
+        table.append({"name": name, "split": split, "rows": len(by_config[name]), "description": descriptions[name]})
+        if name == "sft":
+            for variant, count in variant_counts.items():
+                data_files[f"sft_{variant}"] = (f"data/sft/{variant}-*", split)
+                table.append({"name": f"sft_{variant}", "split": split, "rows": count,
+                              "description": f"the `{variant}` rows of `sft` (same files, no copy)"})
+    for name, (path, split) in data_files.items():
+        configs[name] = {"data_files": [{"split": split, "path": path}], **({"default": True} if name == "sessions"
+                                                                             else {})}
+    card_data = DatasetCardData()
+    MetadataConfigs(configs).to_dataset_card_data(card_data)
+    infos = {}
+    for row in table:
+        base = row["name"] if row["name"] in by_config else "sft"
+        dataset = by_config[base]
+        nbytes = dataset.data.nbytes if base == row["name"] else round(dataset.data.nbytes * row["rows"] / len(dataset))
+        splits = SplitDict()
+        splits.add(SplitInfo(name=row["split"], num_examples=row["rows"], num_bytes=nbytes))
+        infos[row["name"]] = DatasetInfo(features=CONFIG_FEATURES[base], splits=splits)
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    person_columns = ["source", "client", "resistance", "identity"]
+    summary = summarize(
+        by_config["sessions"].select_columns([*person_columns, "quality"]).to_list(),
+        by_config["profiles"].select_columns(person_columns).to_list(),
+        by_config["filtered"].select_columns(["kind", "stage", "field", "reason", "scores"]).to_list(),
+    )
+    card = render_dataset_card(
+        card_data,
+        pretty_name=options.pretty_name,
+        summary=summary,
+        configs=table,
+        columns={name: feature_columns(CONFIG_FEATURES[name]) for name in CONFIG_FEATURES},
+    )
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
