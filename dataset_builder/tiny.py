@@ -1,0 +1,105 @@
+"""Tiny random stand-ins, built from configs, for the models the generation pipeline loads by id.
+
+Tests and benches load them through the very code paths that load the real models (`AutoModel`/`AutoProcessor`,
+`transformers.pipeline`, `StableDiffusionXLPipeline.from_pretrained`, `load_ip_adapter`), so the loading, the
+pre-processing and the decision logic are exercised offline, without downloads. Their outputs mean nothing,
+except where a builder pins an output on purpose (`favour` below) so a test can check a decision.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+_CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_tiny_clip_tokenizer(output_dir: str | Path):
+    """A character-level CLIP BPE tokenizer (letters, digits, punctuation; no merges), saved to `output_dir`."""
+    from transformers import CLIPTokenizer
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = {token: i for i, token in enumerate([*symbols, *(s + "</w>" for s in symbols), *_CLIP_SPECIALS])}
+    (output_dir / "vocab.json").write_text(json.dumps(vocab))
+    (output_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(vocab=str(output_dir / "vocab.json"), merges=str(output_dir / "merges.txt"))
+    tokenizer.model_max_length = 77
+    tokenizer.save_pretrained(output_dir)
+    return tokenizer
+
+
+def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32, projection_dim: int = 16) -> Path:
+    """A tiny random CLIP (model + processor) folder that `AutoModel`/`AutoProcessor.from_pretrained` load."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tiny_clip_tokenizer(output_dir)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": projection_dim,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": image_size,
+            "patch_size": 8,
+            "projection_dim": projection_dim,
+        },
+        projection_dim=projection_dim,
+    )
+    CLIPModel(config).save_pretrained(output_dir)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir
+
+
+def build_tiny_image_classifier(
+    output_dir: str | Path, labels: list[str], favour: str | None = None, seed: int = 0
+) -> Path:
+    """A tiny ViT image classifier with `labels`; with `favour`, that label wins for every image (pinned bias).
+
+    It stands in for the age, gender and NSFW classifiers, which `transformers.pipeline("image-classification")`
+    loads by id.
+    """
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model = ViTForImageClassification(config)
+    if favour is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.fill_(-10.0)
+            model.classifier.bias[labels.index(favour)] = 10.0
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
+    return output_dir
