@@ -1,9 +1,20 @@
-"""Card templates and the code that renders them.
+"""Card templates and the code that renders and checks them.
 
 `model_cards` imports no other project package (ARCHITECTURE §2): callers hand it plain data (strings, numbers,
-lists, dicts) and get Markdown back.
+lists, dicts, `datasets.Features`) and get `huggingface_hub` cards or Markdown back.
 """
 
-from model_cards.model_card import ModelCardInfo, is_hub_id, model_card_metadata, render_model_card
+from model_cards.model_card import ModelCardInfo, build_model_card, is_hub_id, model_card_metadata, render_model_card
+from model_cards.validate import CardValidationError, card_problems, check_card, validate_on_hub
 
-__all__ = ["ModelCardInfo", "is_hub_id", "model_card_metadata", "render_model_card"]
+__all__ = [
+    "CardValidationError",
+    "ModelCardInfo",
+    "build_model_card",
+    "card_problems",
+    "check_card",
+    "is_hub_id",
+    "model_card_metadata",
+    "render_model_card",
+    "validate_on_hub",
+]

@@ -1,8 +1,10 @@
-"""Model cards for MIRROR therapist models: a Markdown template plus a small renderer fed with plain data.
+"""Model cards for MIRROR therapist models: `ModelCardData` metadata + a Jinja template, fed with plain data.
 
-The card carries the Hub metadata (license, base_model, datasets, tags, pipeline_tag, library_name) as YAML front
-matter, then what a reader needs: intended use (non-clinical research only, not a medical device), a crisis-safety
-note, how the model was trained (dataset, variant, recipe, hyperparameters, framework versions) and its limitations.
+The card carries the Hub metadata (license, base_model, datasets, tags, pipeline_tag, library_name and, with
+evaluation results, a structured `model-index`), then what a reader needs: intended use (non-clinical research
+only, not a medical device), out-of-scope uses, a crisis-safety note, how the model was trained (dataset, variant,
+recipe, hyperparameters, framework versions), evaluation results, risks and limitations, the base model's licence
+terms and a quick-start snippet (tested: tests/test_cards.py runs it against a tiny model folder).
 """
 
 from __future__ import annotations
@@ -66,12 +68,36 @@ class ModelCardInfo:
     variant_description: str | None = field(
         default=None, metadata={"help": "Overrides the built-in description of the variant."}
     )
+    eval_results: list[Any] = field(
+        default_factory=list,
+        metadata={
+            "help": "Evaluation results for the `model-index` metadata: `huggingface_hub.EvalResult`s (e.g. from "
+            "`evaluation.report.model_index_results`) or dicts of EvalResult's fields."
+        },
+    )
+    evaluation_report: str | None = field(
+        default=None, metadata={"help": "Where the full evaluation report lives (a file in the repo or a URL)."}
+    )
 
     def __post_init__(self):
         if self.finetuning not in FINETUNING_METHODS:
             raise ValueError(f"Unknown fine-tuning method {self.finetuning!r}; expected one of {FINETUNING_METHODS}")
         if not self.model_name or not self.base_model or not self.variant:
             raise ValueError("A model card needs model_name, base_model and variant")
+        self.eval_results = [_as_eval_result(result) for result in self.eval_results]
+
+
+def _as_eval_result(result: Any):
+    from huggingface_hub import EvalResult
+
+    if isinstance(result, EvalResult):
+        return result
+    if isinstance(result, dict):
+        try:
+            return EvalResult(**result)
+        except TypeError as err:
+            raise ValueError(f"Bad evaluation result {result!r}: {err}") from None
+    raise ValueError(f"Evaluation results must be EvalResult objects or dicts, got {type(result).__name__}")
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -92,13 +118,32 @@ def _as_info(info: ModelCardInfo | dict[str, Any]) -> ModelCardInfo:
     return ModelCardInfo(**info)
 
 
+# Terms a reader must know about the base model's licence, for the ones MIRROR recipes use.
+BASE_LICENSE_TERMS = {
+    "llama2": "Use is governed by the Llama 2 Community License and Meta's Acceptable Use Policy "
+    "(https://ai.meta.com/llama/license/), which, among other things, forbid uses that harm people and require "
+    "a separate licence above 700 million monthly active users.",
+    "llama3": "Use is governed by the Meta Llama 3 Community License and its Acceptable Use Policy "
+    '(https://llama.meta.com/llama3/license/); redistributions must say "Built with Meta Llama 3".',
+    "apache-2.0": "The Apache License 2.0 applies (https://www.apache.org/licenses/LICENSE-2.0): keep the licence "
+    "and notices, state changes.",
+    "other": "The base model's own terms apply: read its model card before use or redistribution.",
+}
+
+
 def model_card_metadata(info: ModelCardInfo | dict[str, Any]) -> dict[str, Any]:
     """The card's YAML metadata block (Hub model card spec), as a dict."""
-    info = _as_info(info)
+    return _card_data(_as_info(info)).to_dict()
+
+
+def _card_data(info: ModelCardInfo):
+    from huggingface_hub import ModelCardData
+
     tags = [
         "mirror",
         "cognitive-behavioral-therapy",
         "counseling-research",
+        "research-only",
         "trl",
         "sft",
         info.finetuning,
@@ -106,42 +151,74 @@ def model_card_metadata(info: ModelCardInfo | dict[str, Any]) -> dict[str, Any]:
         "vision-language" if info.vision else "text-only",
     ]
     tags += [tag for tag in info.tags if tag not in tags]
-    metadata: dict[str, Any] = {
-        "license": info.license,
-        "language": list(info.language),
-        "library_name": "peft" if info.adapter else "transformers",
-        "pipeline_tag": "image-text-to-text" if info.vision else "text-generation",
-        "tags": tags,
-    }
-    if is_hub_id(info.base_model):
-        metadata["base_model"] = info.base_model
-    if info.dataset_hub_id:
-        metadata["datasets"] = [info.dataset_hub_id]
+    extra: dict[str, Any] = {"mirror": {"variant": info.variant}}
     if not info.adapter:
-        metadata["base_model_relation"] = "finetune"
-    return metadata
+        extra["base_model_relation"] = "finetune"
+    return ModelCardData(
+        license=info.license,
+        language=list(info.language),
+        library_name="peft" if info.adapter else "transformers",
+        pipeline_tag="image-text-to-text" if info.vision else "text-generation",
+        tags=tags,
+        base_model=info.base_model if is_hub_id(info.base_model) else None,
+        datasets=[info.dataset_hub_id] if info.dataset_hub_id else None,
+        model_name=info.hub_model_id or info.model_name,
+        eval_results=info.eval_results or None,
+        **extra,
+    )
+
+
+def display_name(name: str | None) -> str:
+    """A Hub id as is; a local path as its folder name only (a card must not leak the machine's paths)."""
+    if not name:
+        return ""
+    return name if is_hub_id(name) and not Path(name).is_absolute() else Path(name).name
+
+
+def _recipe_display(recipe: str | None) -> str | None:
+    """`recipes/<model>/<variant>.yaml` for a bundled recipe (wherever the package lives), else the file name."""
+    if not recipe:
+        return None
+    posix = Path(recipe).as_posix()
+    return posix[posix.rindex("recipes/") :] if "recipes/" in posix else Path(recipe).name
+
+
+def build_model_card(info: ModelCardInfo | dict[str, Any]):
+    """The model card for `info` as a `huggingface_hub.ModelCard`."""
+    from huggingface_hub import ModelCard
+
+    from model_cards.dataset_card import PAPER_CITATION
+    from model_cards.licenses import license_name
+
+    info = _as_info(info)
+    card_data = _card_data(info)
+    results = [
+        {
+            "dataset": f"{r.dataset_name} ({r.dataset_config or 'default'}, {r.dataset_split or 'n/a'})",
+            "metric": r.metric_name or r.metric_type,
+            "value": r.metric_value,
+        }
+        for r in info.eval_results
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARD_TEMPLATE),
+        info=info,
+        base_model_display=display_name(info.base_model),
+        base_model_is_hub_id=is_hub_id(info.base_model) and not Path(info.base_model).is_absolute(),
+        dataset_display=info.dataset_hub_id or display_name(info.dataset),
+        recipe_display=_recipe_display(info.recipe),
+        model_ref=info.hub_model_id or f"<user>/{info.model_name}",
+        dataset_ref=info.dataset_hub_id or "<user>/mirror",
+        variant_description=info.variant_description or VARIANT_DESCRIPTIONS.get(info.variant, ""),
+        method={"lora": "LoRA", "qlora": "QLoRA (4-bit base model)", "full": "full fine-tuning"}[info.finetuning],
+        license_full_name=license_name(info.license),
+        license_terms=BASE_LICENSE_TERMS.get(info.license, BASE_LICENSE_TERMS["other"]),
+        results=results,
+        citation=PAPER_CITATION,
+    )
 
 
 def render_model_card(info: ModelCardInfo | dict[str, Any]) -> str:
     """Render the model card (YAML front matter + Markdown) for `info`."""
-    import jinja2
-    import yaml
-
-    info = _as_info(info)
-    metadata = yaml.safe_dump(model_card_metadata(info), sort_keys=False, allow_unicode=True).strip()
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    template = environment.get_template(MODEL_CARD_TEMPLATE.name)
-    return template.render(
-        metadata=metadata,
-        info=info,
-        base_model_is_hub_id=is_hub_id(info.base_model),
-        variant_description=info.variant_description or VARIANT_DESCRIPTIONS.get(info.variant, ""),
-        method={"lora": "LoRA", "qlora": "QLoRA (4-bit base model)", "full": "full fine-tuning"}[info.finetuning],
-    )
+    return str(build_model_card(info))
