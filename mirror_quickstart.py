@@ -32,10 +32,10 @@ def main(args: QuickstartArguments) -> int:
     if args.skip_training:
         return 0
 
-    from training.train import train_tiny
+    from training.train import train_tiny_model
 
     print(f"[3/{steps}] Fine-tuning a tiny random LLaVA (built from config, offline) for {args.max_steps} steps")
-    model_dir = train_tiny(result.output_dir, root / "training", max_steps=args.max_steps)
+    model_dir = train_tiny_model(result.output_dir, root / "training", max_steps=args.max_steps)
     print(f"Model folder: {model_dir}\n  AutoModelForImageTextToText.from_pretrained({str(model_dir)!r})")
 
     from PIL import Image

@@ -146,12 +146,12 @@ def tiny_comparison(args) -> dict:
     ]  # fmt: skip
 
     def ours():
-        script_args, training_args = parse_args(
+        script_args, training_args, model_args = parse_args(
             ["--config", str(TINY_RECIPE), "--model_name_or_path", str(model_dir), "--dataset_name", str(dataset_dir),
              "--output_dir", str(work / "ours"), *common]
         )  # fmt: skip
         timer = step_timer(cuda_sync)
-        trainer = build_trainer(script_args, training_args, callbacks=[timer])
+        trainer = build_trainer(script_args, training_args, model_args, callbacks=[timer])
         trainer.train()
         return timer
 
@@ -162,7 +162,7 @@ def tiny_comparison(args) -> dict:
 
     def baseline():
         # The same SFTConfig, resolved from the same recipe; plain TRL from here on.
-        _, training_args = parse_args(["--config", str(TINY_RECIPE), "--output_dir", str(work / "baseline"), *common])
+        _, training_args, _ = parse_args(["--config", str(TINY_RECIPE), "--output_dir", str(work / "baseline"), *common])
         rows = datasets.load_dataset(str(dataset_dir), "sft", split="train")
         rows = rows.filter(lambda v: v == "base", input_columns="variant").select_columns(["messages", "images"])
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -372,9 +372,9 @@ def model_flops(counts, text_config, vision_config, sequence_lengths: list[float
 def real_size(args) -> dict:
     import torch
     from transformers import LlavaForConditionalGeneration
-    from trl import SFTConfig
+    from trl import ModelConfig, SFTConfig
 
-    from training.train import MirrorTrainArguments, build_trainer
+    from training.train import MirrorScriptArguments, build_trainer
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.scale_down:
@@ -391,10 +391,12 @@ def real_size(args) -> dict:
     steps = args.warmup_steps + args.steps
     rows = synthetic_rows(processor, steps * args.batch_size, args.seq_len)
 
-    script_args = MirrorTrainArguments(
-        dataset_name="synthetic", model_name_or_path="random-llava-1.5-7b", variant="base", finetuning="lora",
-        lora_r=128, lora_alpha=256, lora_dropout=0.05, projector_lr=2e-5, chat_template="llava_eos",
+    script_args = MirrorScriptArguments(
+        dataset_name="synthetic", variant="base", projector_lr=2e-5, chat_template="llava_eos",
     )  # fmt: skip
+    model_args = ModelConfig(
+        model_name_or_path="random-llava-1.5-7b", use_peft=True, lora_r=128, lora_alpha=256, lora_dropout=0.05
+    )
     training_args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="mirror-bench-real-"),
         per_device_train_batch_size=args.batch_size,
@@ -417,7 +419,7 @@ def real_size(args) -> dict:
         seed=0,
     )
     timer = step_timer(cuda_sync)
-    trainer = build_trainer(script_args, training_args, model=model, processing_class=processor,
+    trainer = build_trainer(script_args, training_args, model_args, model=model, processing_class=processor,
                             train_dataset=rows, callbacks=[timer])  # fmt: skip
     timer.trainer = trainer
     counts = parameter_counts(trainer.model)

@@ -58,19 +58,20 @@ class StepCounter:
 def lora_run(tiny_llava_dir, sample_dataset_dir, tmp_path_factory):
     """The tiny LoRA recipe trained 3 steps (checkpoints at 2 and 3), with parameters before and after."""
     output_dir = tmp_path_factory.mktemp("lora-run") / "model"
-    script_args, training_args = tiny_args(
+    script_args, training_args, model_args = tiny_args(
         tiny_llava_dir, sample_dataset_dir, output_dir, "--max_steps", "3", "--save_steps", "2"
     )
-    trainer = build_trainer(script_args, training_args)
+    trainer = build_trainer(script_args, training_args, model_args)
     before = snapshot(trainer.model)
     trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
     result = trainer.train()
     after = snapshot(trainer.model)
-    folder = save_model_folder(trainer, script_args, training_args, metrics=result.metrics)
+    folder = save_model_folder(trainer, script_args, training_args, model_args, metrics=result.metrics)
     return {
         "trainer": trainer,
         "script_args": script_args,
         "training_args": training_args,
+        "model_args": model_args,
         "before": before,
         "after": after,
         "trainable": trainable,
@@ -225,30 +226,44 @@ def test_adapter_reloads_and_merges_to_identical_logits(lora_run, tiny_llava_dir
     assert metadata["library_name"] == "transformers" and metadata["base_model_relation"] == "finetune"
 
 
+def test_model_folder_holds_no_pickle_and_no_checkpoint(lora_run):
+    """Issue 7: checkpoints (torch pickles) live beside the model folder, never inside what gets published."""
+    folder = lora_run["folder"]
+    published = [p.relative_to(folder).as_posix() for p in folder.rglob("*")]
+    assert not [p for p in published if p.endswith((".bin", ".pt", ".pth", ".pkl"))], published
+    assert not [p for p in published if "checkpoint-" in p], published
+    checkpoints = Path(f"{folder}-checkpoints")
+    assert lora_run["trainer"].args.output_dir == str(checkpoints)
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (checkpoints / "checkpoint-2" / "optimizer.pt").is_file()  # resumable: optimizer state kept
+
+
 def test_resume_from_last_checkpoint_continues_the_step_count(lora_run, tiny_llava_dir, sample_dataset_dir, tmp_path):
     output_dir = tmp_path / "resumed"
-    output_dir.mkdir()
-    shutil.copytree(lora_run["training_args"].output_dir + "/checkpoint-2", output_dir / "checkpoint-2")
-    script_args, training_args = tiny_args(
+    checkpoints = tmp_path / "resumed-checkpoints"
+    shutil.copytree(lora_run["trainer"].args.output_dir + "/checkpoint-2", checkpoints / "checkpoint-2")
+    script_args, training_args, model_args = tiny_args(
         tiny_llava_dir, sample_dataset_dir, output_dir, "--max_steps", "4", "--resume_from_checkpoint", "last"
     )
     counter = StepCounter()
-    main(script_args, training_args, callbacks=[counter.callback])
+    main(script_args, training_args, model_args, callbacks=[counter.callback])
     assert counter.steps == [3, 4]  # steps 1-2 came from the checkpoint, only 3 and 4 ran here
-    state = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((checkpoints / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
     assert (output_dir / "adapter_model.safetensors").is_file()
+    published = [p.name for p in output_dir.rglob("*")]
+    assert not [p for p in published if p.endswith((".bin", ".pt", ".pth", ".pkl")) or "checkpoint-" in p]
 
 
 def test_text_variant_trains_a_causal_lm(tiny_lm_dir, sample_dataset_dir, tmp_path):
     from huggingface_hub import metadata_load
 
-    script_args, training_args = tiny_args(
+    script_args, training_args, model_args = tiny_args(
         tiny_lm_dir, sample_dataset_dir, tmp_path / "text", "--variant", "text", "--max_steps", "3",
         "--save_strategy", "no",
     )  # fmt: skip
-    trainer = build_trainer(script_args, training_args)
+    trainer = build_trainer(script_args, training_args, model_args)
     assert not isinstance(trainer.processing_class, __import__("transformers").ProcessorMixin)
     assert "images" not in trainer.train_dataset.column_names
     tokenizer = trainer.processing_class
@@ -262,18 +277,18 @@ def test_text_variant_trains_a_causal_lm(tiny_lm_dir, sample_dataset_dir, tmp_pa
     assert trainable and all(not torch.equal(before[n], after[n]) for n in trainable)
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
     assert math.isfinite(result.metrics["train_loss"])
-    folder = save_model_folder(trainer, script_args, training_args, metrics=result.metrics)
+    folder = save_model_folder(trainer, script_args, training_args, model_args, metrics=result.metrics)
     metadata = metadata_load(folder / "README.md")
     assert metadata["pipeline_tag"] == "text-generation" and "text-only" in metadata["tags"]
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
 
 
 def test_full_finetuning_freezes_the_vision_tower(tiny_llava_dir, sample_dataset_dir, tmp_path):
-    script_args, training_args = tiny_args(
-        tiny_llava_dir, sample_dataset_dir, tmp_path / "full", "--finetuning", "full", "--max_steps", "2",
+    script_args, training_args, model_args = tiny_args(
+        tiny_llava_dir, sample_dataset_dir, tmp_path / "full", "--use_peft", "false", "--max_steps", "2",
         "--save_strategy", "no",
     )  # fmt: skip
-    trainer = build_trainer(script_args, training_args)
+    trainer = build_trainer(script_args, training_args, model_args)
     before = snapshot(trainer.model)
     trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
     assert not any("vision_tower" in name for name in trainable)
@@ -285,17 +300,17 @@ def test_full_finetuning_freezes_the_vision_tower(tiny_llava_dir, sample_dataset
     assert all(not torch.equal(before[n], after[n]) for n in trainable if "multi_modal_projector" in n)
     projector_lrs = {g["initial_lr"] for g in trainer.optimizer.param_groups if g["name"].startswith("projector")}
     assert projector_lrs == {script_args.projector_lr}
-    folder = save_model_folder(trainer, script_args, training_args)
+    folder = save_model_folder(trainer, script_args, training_args, model_args)
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert not (folder / "adapter_config.json").exists()
 
 
-def test_train_tiny_returns_a_folder_from_pretrained_loads(sample_dataset_dir, tmp_path):
+def test_train_tiny_model_returns_a_folder_from_pretrained_loads(sample_dataset_dir, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.train import train_tiny
+    from training.train import train_tiny_model
 
-    folder = train_tiny(sample_dataset_dir, tmp_path / "quickstart", max_steps=2)
+    folder = train_tiny_model(sample_dataset_dir, tmp_path / "quickstart", max_steps=2)
     assert folder == tmp_path / "quickstart" / "model"
     model = AutoModelForImageTextToText.from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)

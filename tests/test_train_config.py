@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import yaml
 
+from recipes import RECIPES_DIR
 from training.modeling import MirrorConfigError
-from training.train import RECIPES_DIR, TINY_RECIPE, build_trainer, make_parser, parse_args
+from training.train import TINY_RECIPE, build_trainer, finetuning_mode, make_parser, parse_args
 
 MODEL_RECIPES = sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != "accelerate")
 
@@ -43,8 +43,8 @@ def no_loading(monkeypatch):
 
 @pytest.mark.parametrize("recipe", MODEL_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_parses(recipe):
-    script_args, training_args = parse_args(["--config", str(recipe), "--use_cpu", "true"])
-    assert script_args.recipe == str(recipe)
+    script_args, training_args, model_args = parse_args(["--config", str(recipe), "--use_cpu", "true"])
+    assert script_args.recipe == str(recipe) and model_args.use_peft is True
     assert script_args.variant == recipe.stem
     assert training_args.assistant_only_loss is True
     if script_args.variant != "text":
@@ -53,28 +53,28 @@ def test_every_recipe_parses(recipe):
 
 @pytest.mark.parametrize("variant", ["base", "planning", "ec_planning"])
 def test_llava_recipes_carry_the_paper_settings(variant):
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         ["--config", str(RECIPES_DIR / "llava-1.5-7b" / f"{variant}.yaml"), "--use_cpu", "true"]
     )
-    assert script_args.model_name_or_path == "llava-hf/llava-1.5-7b-hf"
+    assert model_args.model_name_or_path == "llava-hf/llava-1.5-7b-hf"
     assert script_args.variant == variant
-    assert (script_args.finetuning, script_args.lora_r, script_args.lora_alpha) == ("lora", 128, 256)
+    assert (finetuning_mode(model_args), model_args.lora_r, model_args.lora_alpha) == ("lora", 128, 256)
     assert script_args.chat_template == "llava_eos"
     assert script_args.train_projector and script_args.projector_lr == 2e-5
     assert training_args.learning_rate == 2e-4 and training_args.weight_decay == 0.0
     assert training_args.lr_scheduler_type.value == "cosine" and training_args.warmup_steps == 0.03
     assert training_args.num_train_epochs == 5 and training_args.per_device_train_batch_size == 32
     assert training_args.bf16 is True and training_args.gradient_checkpointing is True
-    assert script_args.dtype == "bfloat16"
+    assert model_args.dtype == "bfloat16"
 
 
 def test_other_families_and_text_baseline_recipes():
-    qwen, _ = parse_args(["--config", str(RECIPES_DIR / "qwen2.5-vl-7b" / "base.yaml"), "--use_cpu", "true"])
+    _, _, qwen = parse_args(["--config", str(RECIPES_DIR / "qwen2.5-vl-7b" / "base.yaml"), "--use_cpu", "true"])
     assert qwen.model_name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
-    text, text_training = parse_args(
+    text, text_training, text_model = parse_args(
         ["--config", str(RECIPES_DIR / "llama-3-8b-instruct" / "text.yaml"), "--use_cpu", "true"]
     )
-    assert text.model_name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct" and text.variant == "text"
+    assert text_model.model_name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct" and text.variant == "text"
     assert text_training.max_length == 2048
 
 
@@ -89,45 +89,20 @@ def test_accelerate_configs(name):
 
 
 def test_cli_overrides_the_recipe():
-    script_args, training_args = parse_args(["--config", str(TINY_RECIPE), "--lora_r", "4", "--learning_rate", "0.5"])
-    assert script_args.lora_r == 4 and training_args.learning_rate == 0.5
-    assert script_args.lora_alpha == 16  # from the recipe
-
-
-def test_parser_works_as_a_subcommand(tmp_path, capsys):
-    """As the `mirror` CLI wires it: top-level argparse, `make_parser(subparsers)`, then `args.func(args)`."""
-    from training import merge
-
-    top = argparse.ArgumentParser(prog="mirror")
-    subparsers = top.add_subparsers(dest="command")
-    make_parser(subparsers)
-    merge.make_parser(subparsers)
-    assert {"train", "merge"} <= set(subparsers.choices)
-
-    args = top.parse_args(["train", "--config", str(TINY_RECIPE), "--lora_r", "4"])
-    assert args.argv == ["--config", str(TINY_RECIPE), "--lora_r", "4"] and callable(args.func)
-
-    args = top.parse_args(
-        [
-            "train",
-            "--config",
-            str(TINY_RECIPE),
-            "--dataset_name",
-            str(tmp_path / "missing"),
-            "--model_name_or_path",
-            "unused",
-        ]
+    _, training_args, model_args = parse_args(
+        ["--config", str(TINY_RECIPE), "--lora_r", "4", "--learning_rate", "0.5"]
     )
-    with pytest.raises(SystemExit, match=r"mirror train: error: Dataset folder .*missing' does not exist"):
-        args.func(args)
+    assert model_args.lora_r == 4 and training_args.learning_rate == 0.5
+    assert model_args.lora_alpha == 16  # from the recipe
 
-    for command, flag in (("train", "--lora_r"), ("merge", "--adapter_dir")):
-        args = top.parse_args([command, "-h"])
-        with pytest.raises(SystemExit) as exit_info:
-            args.func(args)
-        assert exit_info.value.code == 0
-        help_text = capsys.readouterr().out
-        assert help_text.startswith(f"usage: mirror {command}") and flag in help_text
+
+def test_config_takes_a_bundled_recipe_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("llava-1.5-7b/base", "recipes/llava-1.5-7b/base.yaml"):
+        script_args, _, model_args = parse_args(["--config", name, "--use_cpu", "true"])
+        assert script_args.recipe == name and model_args.model_name_or_path == "llava-hf/llava-1.5-7b-hf"
+    with pytest.raises(FileNotFoundError, match=r"no recipe 'llava-1\.5-7b/nope'"):
+        parse_args(["--config", "llava-1.5-7b/nope"])
 
 
 def test_standalone_parser_is_a_trl_parser():
@@ -135,7 +110,7 @@ def test_standalone_parser_is_a_trl_parser():
 
     parser = make_parser(prog="python -m training.train")
     assert isinstance(parser, TrlParser)
-    script_args, _ = parse_args(["--config", str(TINY_RECIPE), "--variant", "text"], parser=parser)
+    script_args, _, _ = parse_args(["--config", str(TINY_RECIPE), "--variant", "text"], parser=parser)
     assert script_args.variant == "text"
 
 
@@ -143,9 +118,9 @@ def test_every_argument_has_help():
     import dataclasses
 
     from training.merge import MergeArguments
-    from training.train import MirrorTrainArguments
+    from training.train import MirrorScriptArguments
 
-    for cls in (MirrorTrainArguments, MergeArguments):
+    for cls in (MirrorScriptArguments, MergeArguments):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
 
@@ -159,9 +134,7 @@ def test_unknown_recipe_key_is_named(tmp_path):
     recipe["lora_alfa"] = 8
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(
-        MirrorConfigError, match=r"Unknown key\(s\) in recipe .*'lora_alfa' \(did you mean 'lora_alpha'\?\)"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown arguments from config file: \['--lora_alfa', '8'\]"):
         parse_args(["--config", str(path)])
 
 
@@ -184,13 +157,13 @@ def test_variant_missing_from_the_dataset(tiny_llava_dir, sample_dataset_dir, tm
     (folder / "README.md").write_text(
         "---\nconfigs:\n- config_name: sft\n  data_files:\n  - split: train\n    path: data/sft/*.parquet\n---\n"
     )
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, folder, tmp_path / "out", "--variant", "planning")
     )
     with pytest.raises(
         ValueError, match=r"no rows for variant 'planning'; it has variants \['base', 'ec_planning', 'text'\]"
     ):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_variant_selection_keeps_the_right_rows(sample_dataset_dir):
@@ -216,25 +189,25 @@ def test_variant_selection_keeps_the_right_rows(sample_dataset_dir):
 
 
 def test_missing_dataset_folder(tiny_llava_dir, tmp_path):
-    script_args, training_args = parse_args(tiny_argv(tiny_llava_dir, tmp_path / "nope", tmp_path / "out"))
+    script_args, training_args, model_args = parse_args(tiny_argv(tiny_llava_dir, tmp_path / "nope", tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_text_only_model_for_a_vision_variant(tiny_lm_dir, sample_dataset_dir, tmp_path):
-    script_args, training_args = parse_args(tiny_argv(tiny_lm_dir, sample_dataset_dir, tmp_path / "out"))
+    script_args, training_args, model_args = parse_args(tiny_argv(tiny_lm_dir, sample_dataset_dir, tmp_path / "out"))
     with pytest.raises(
         MirrorConfigError, match=r"Variant 'base' shows the model the client's face, .* no vision tower"
     ):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_vision_model_for_the_text_variant(tiny_llava_dir, sample_dataset_dir, tmp_path):
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--variant", "text")
     )
     with pytest.raises(MirrorConfigError, match=r"Variant 'text' trains a causal language model"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_vision_model_without_image_processor(tiny_llava_dir, sample_dataset_dir, tmp_path):
@@ -243,9 +216,9 @@ def test_vision_model_without_image_processor(tiny_llava_dir, sample_dataset_dir
     folder = tmp_path / "llava-no-processor"
     shutil.copytree(tiny_llava_dir, folder)
     (folder / "processor_config.json").unlink()  # AutoProcessor now falls back to the bare tokenizer
-    script_args, training_args = parse_args(tiny_argv(folder, sample_dataset_dir, tmp_path / "out"))
+    script_args, training_args, model_args = parse_args(tiny_argv(folder, sample_dataset_dir, tmp_path / "out"))
     with pytest.raises(MirrorConfigError, match="needs a processor with an image processor"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_vision_config_without_image_token(tiny_llava_dir):
@@ -265,11 +238,11 @@ def test_max_length_that_would_cut_image_tokens(tiny_llava_dir, sample_dataset_d
 
     from training.data import longest_row_length
 
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--max_length", "64")
     )
     with pytest.raises(MirrorConfigError, match=r"max_length=64 would cut image tokens .* Set max_length to null"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
     # the boundary: exactly the longest row is accepted
     from transformers import AutoProcessor
@@ -280,58 +253,67 @@ def test_max_length_that_would_cut_image_tokens(tiny_llava_dir, sample_dataset_d
     longest = longest_row_length(rows, processor, processor.chat_template, vision=True)
     assert longest > 64
     for max_length, fails in ((longest - 1, True), (longest, False)):
-        script_args, training_args = parse_args(
+        script_args, training_args, model_args = parse_args(
             tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--max_length", str(max_length))
         )
         if fails:
             with pytest.raises(MirrorConfigError, match=f"at least {longest}"):
-                build_trainer(script_args, training_args)
+                build_trainer(script_args, training_args, model_args)
         else:
-            build_trainer(script_args, training_args)
+            build_trainer(script_args, training_args, model_args)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_qlora_refused_without_gpu_before_loading(tiny_llava_dir, sample_dataset_dir, tmp_path, no_loading):
-    script_args, training_args = parse_args(
-        tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--finetuning", "qlora")
+    script_args, training_args, model_args = parse_args(
+        tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--load_in_4bit", "true")
     )
     with pytest.raises(MirrorConfigError, match=r"QLoRA .* needs a CUDA GPU, and none is available"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_vision_variant_without_assistant_only_loss(tiny_llava_dir, sample_dataset_dir, tmp_path, no_loading):
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--assistant_only_loss", "false")
     )
     with pytest.raises(MirrorConfigError, match="needs assistant_only_loss=True"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_push_to_hub_is_left_to_the_publishing_step(tiny_llava_dir, sample_dataset_dir, tmp_path, no_loading):
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--push_to_hub", "true")
     )
-    with pytest.raises(MirrorConfigError, match=r"Publish the finished folder with push_to_hub\.py"):
-        build_trainer(script_args, training_args)
+    with pytest.raises(MirrorConfigError, match=r"Publish the finished folder with `mirror push`"):
+        build_trainer(script_args, training_args, model_args)
+
+
+def test_checkpoint_dir_inside_the_model_folder_is_refused(tiny_llava_dir, sample_dataset_dir, tmp_path, no_loading):
+    out = tmp_path / "out"
+    script_args, training_args, model_args = parse_args(
+        tiny_argv(tiny_llava_dir, sample_dataset_dir, out, "--checkpoint_dir", str(out / "checkpoints"))
+    )
+    with pytest.raises(MirrorConfigError, match=r"checkpoint_dir .* is inside the model folder .* would be published"):
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_resume_without_checkpoint(tiny_llava_dir, sample_dataset_dir, tmp_path, no_loading):
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--resume_from_checkpoint", "last")
     )
     with pytest.raises(MirrorConfigError, match="has no checkpoint"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 def test_chat_template_without_eos_in_generation_block(tiny_llava_dir, sample_dataset_dir, tmp_path):
     stock_like = (Path(TINY_RECIPE).parents[2] / "training" / "chat_templates" / "llava_eos.jinja").read_text()
     no_eos = tmp_path / "no_eos.jinja"
     no_eos.write_text(stock_like.replace("{{ eos_token }}{% endgeneration %}", "{% endgeneration %}{{ eos_token }}"))
-    script_args, training_args = parse_args(
+    script_args, training_args, model_args = parse_args(
         tiny_argv(tiny_llava_dir, sample_dataset_dir, tmp_path / "out", "--chat_template", str(no_eos))
     )
     with pytest.raises(MirrorConfigError, match="would never learn to stop"):
-        build_trainer(script_args, training_args)
+        build_trainer(script_args, training_args, model_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """`mirror merge`: fold a trained LoRA adapter (and its trained projector) into the base model's weights.
 
-    mirror merge --adapter_dir outputs/mirror-llava-1.5-7b-base --output_dir outputs/mirror-llava-1.5-7b-base-merged
-    python -m training.merge --adapter_dir ... --output_dir ...
+    mirror merge --model outputs/mirror-llava-1.5-7b-base --output_dir outputs/mirror-llava-1.5-7b-base-merged
 
 The merged folder is self-contained and Hub-ready: safetensors weights, processor/tokenizer with the chat template,
 generation_config.json and a README.md model card (library transformers instead of peft).
@@ -9,45 +8,27 @@ generation_config.json and a README.md model card (library transformers instead 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MergeArguments", "main", "make_parser", "merge_adapter"]
+from inference.backends.base import ModelLoadArguments
+
+__all__ = ["ARGUMENTS", "MergeArguments", "main", "merge_adapter"]
 
 
 @dataclass
 class MergeArguments:
-    """Arguments of `mirror merge`."""
+    """What `mirror merge` adds to the model options: `--model` is the LoRA adapter folder written by `mirror train`."""
 
-    adapter_dir: str = field(metadata={"help": "LoRA adapter folder written by `mirror train`."})
     output_dir: str = field(metadata={"help": "Where to write the merged model folder."})
     base_model: str | None = field(
         default=None,
         metadata={"help": "Base model id or folder; default: `base_model_name_or_path` of adapter_config.json."},
     )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "dtype of the merged weights (auto, bfloat16, float16, float32); default: the training dtype.",
-            "choices": ["auto", "bfloat16", "float16", "float32"],
-        },
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    """The `mirror merge` parser: standalone a `trl.TrlParser` over `MergeArguments`; with `subparsers`, a `merge`
-    subcommand whose arguments go to `cli()` (`args.func(args)` merges), as for `mirror train`."""
-    if subparsers is not None:
-        from training.train import add_passthrough_subcommand
-
-        return add_passthrough_subcommand(subparsers, "merge", "Merge a LoRA adapter into its base model.", cli)
-    from trl import TrlParser
-
-    return TrlParser(MergeArguments, prog=prog, description="Merge a MIRROR LoRA adapter into its base model.")
+ARGUMENTS = (ModelLoadArguments, MergeArguments)
 
 
 def _read_record(adapter_dir: Path) -> dict:
@@ -64,6 +45,7 @@ def merge_adapter(
     base_model: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Merge the adapter in `adapter_dir` into its base model and save a Hub-ready folder; returns `output_dir`."""
     import torch
@@ -82,7 +64,7 @@ def merge_adapter(
     mirror_args = record.get("mirror_args", {})
     peft_config = PeftConfig.from_pretrained(str(adapter_dir))
     base_model = base_model or peft_config.base_model_name_or_path
-    dtype = dtype or mirror_args.get("dtype") or "auto"
+    dtype = dtype or record.get("model_args", {}).get("dtype") or "auto"
     vision = (
         mirror_args.get("variant", "base") != "text"
         if mirror_args
@@ -91,7 +73,9 @@ def merge_adapter(
 
     model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = model_class.from_pretrained(base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = model_class.from_pretrained(
+        base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map=device, use_safetensors=True
+    )
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model = model.merge_and_unload()
 
@@ -115,25 +99,17 @@ def merge_adapter(
     return output_dir
 
 
-def main(args: MergeArguments) -> Path:
-    """Run `mirror merge` with parsed arguments; returns the merged folder."""
+def main(model: ModelLoadArguments, args: MergeArguments) -> int:
+    """`mirror merge`: merge the adapter `model.model` into its base model and save it in `args.output_dir`."""
+    if model.revision:
+        raise ValueError("--revision: mirror merge takes a local adapter folder (download a Hub adapter first)")
     output_dir = merge_adapter(
-        args.adapter_dir,
+        model.model,
         args.output_dir,
         base_model=args.base_model,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
+        device=model.device,
     )
     print(f"Merged model saved to {output_dir}")
-    return output_dir
-
-
-def cli(argv: list[str] | None = None, prog: str | None = None) -> Path:
-    """Entry point of `python -m training.merge` and `mirror merge`."""
-    parser = make_parser(prog=prog)
-    (args,) = parser.parse_args_and_config(list(sys.argv[1:] if argv is None else argv))
-    return main(args)
-
-
-if __name__ == "__main__":
-    cli()
+    return 0

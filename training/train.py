@@ -1,73 +1,75 @@
 """`mirror train`: fine-tune a MIRROR therapist with TRL's `SFTTrainer` (LoRA, QLoRA or full fine-tuning).
 
-A thin TRL-style script: a YAML recipe (`--config recipes/<model>/<variant>.yaml`) sets the arguments of two
-dataclasses, `MirrorTrainArguments` (data, model, fine-tuning mode) and TRL's `SFTConfig` (the training loop), and
-command-line flags override the recipe:
+A TRL-style script: `TrlParser((MirrorScriptArguments, SFTConfig, ModelConfig))`, the three dataclasses of TRL's
+own `sft.py` with MIRROR's few additions in `MirrorScriptArguments`. A YAML recipe (`--config`, a path or a bundled
+name such as `llava-1.5-7b/base`) sets their values and command-line flags override it:
 
-    mirror train --config recipes/llava-1.5-7b/base.yaml --dataset_name ./mirror_dataset
+    mirror train --config llava-1.5-7b/base --dataset_name ./mirror_dataset
     python -m training.train --config recipes/tiny/base.yaml --dataset_name ./mirror_dataset --max_steps 5
-    accelerate launch --config_file recipes/accelerate/zero3.yaml -m training.train --config recipes/...
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m training.train --config llava-1.5-7b/base
 
-Vision variants (`base`, `planning`, `ec_planning`) train a VLM through `AutoModelForImageTextToText` and
-`AutoProcessor` with TRL's own vision collator; the `text` baselines train a causal LM with its tokenizer. Every
-configuration error (unknown recipe key, a variant the dataset lacks, a text-only model for a vision variant, a
-`max_length` that would cut image tokens, QLoRA without a GPU) is raised before the first training step.
+The fine-tuning mode is ModelConfig's: `use_peft: true` is LoRA, plus `load_in_4bit: true` QLoRA, `use_peft: false`
+full fine-tuning. Vision variants (`base`, `planning`, `ec_planning`) train a VLM through
+`AutoModelForImageTextToText` and `AutoProcessor` with TRL's own vision collator; the `text` baselines train a
+causal LM with its tokenizer. Every configuration error (unknown recipe key, a variant the dataset lacks, a
+text-only model for a vision variant, a `max_length` that would cut image tokens, QLoRA without a GPU) is raised
+before the first training step.
+
+The model folder (`output_dir`) holds only what is published: safetensors weights, processor, generation config,
+model card. Resumable checkpoints (`checkpoint-*/`, which hold torch pickles) go to `checkpoint_dir`, by default
+the sibling folder `<output_dir>-checkpoints`, so uploading the model folder can never include them.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl import ScriptArguments
+
 from inference.prompts import VARIANTS, VISION_VARIANTS
+from recipes import RECIPES_DIR
 from training.modeling import MirrorConfigError
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = REPO_ROOT / "recipes"
 TINY_RECIPE = RECIPES_DIR / "tiny" / "base.yaml"
-FINETUNING_MODES = ("lora", "qlora", "full")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 TRAINING_RECORD = "mirror_training.json"
-# Keys a recipe may hold besides the dataclass fields: `config` is TrlParser's own, `env` sets environment variables.
-RESERVED_RECIPE_KEYS = ("env",)
+CHECKPOINTS_SUFFIX = "-checkpoints"
 
 __all__ = [
-    "MirrorTrainArguments",
+    "MirrorScriptArguments",
     "build_trainer",
-    "cli",
+    "finetuning_mode",
     "main",
     "make_parser",
     "parse_args",
     "save_model_folder",
     "train_and_save",
-    "train_tiny",
+    "train_tiny_model",
 ]
 
 
 @dataclass
-class MirrorTrainArguments:
-    """What `mirror train` adds to TRL's `SFTConfig`: the Mirror data, the model and the fine-tuning mode."""
+class MirrorScriptArguments(ScriptArguments):
+    """What MIRROR adds to TRL's `ScriptArguments` (dataset), `SFTConfig` (training loop) and `ModelConfig` (model,
+    LoRA, quantization): the variant and rows to train on, the projector, the chat template and what the model
+    folder records."""
 
-    # Data
+    # Data (dataset_train_split comes from ScriptArguments)
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Mirror dataset: a local folder built by the dataset builder, or a Hub dataset id."},
+        metadata={"help": "Mirror dataset: a local folder built by `mirror build`, or a Hub dataset id."},
     )
-    dataset_config: str = field(default="sft", metadata={"help": "Dataset config holding the SFT rows."})
-    dataset_split: str = field(default="train", metadata={"help": "Split of the dataset config to train on."})
+    dataset_config: str | None = field(default="sft", metadata={"help": "Dataset config holding the SFT rows."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset."})
     variant: str = field(
-        default="base",
-        metadata={"help": "Which `sft` variant to train on.", "choices": list(VARIANTS)},
+        default="base", metadata={"help": "Which `sft` variant to train on.", "choices": list(VARIANTS)}
     )
     tasks: list[str] | None = field(
         default=None,
@@ -83,45 +85,12 @@ class MirrorTrainArguments:
         default=None,
         metadata={"help": "Hub id of the dataset to name in the model card; defaults to dataset_name if it is one."},
     )
-    # Model
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Model to fine-tune: a Hub id or a local folder."}
-    )
-    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "dtype the weights are loaded in (bfloat16 on GPU, float32 on CPU).",
-            "choices": list(DTYPES),
-        },
-    )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention implementation (e.g. sdpa, flash_attention_2); default: auto."}
-    )
+    # Model additions
     chat_template: str | None = field(
         default=None,
         metadata={
             "help": "Chat template to train and ship with: a bundled name (`llava_eos`) or a path to a .jinja file; "
             "default: the model's own (patched by TRL with generation markers when needed)."
-        },
-    )
-    # Fine-tuning mode
-    finetuning: str = field(
-        default="lora",
-        metadata={
-            "help": "lora: LoRA on the language model; qlora: LoRA on a 4-bit base model (CUDA + bitsandbytes); "
-            "full: every language-model weight.",
-            "choices": list(FINETUNING_MODES),
-        },
-    )
-    lora_r: int = field(default=128, metadata={"help": "LoRA rank (paper: 128)."})
-    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (paper: 256)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str | None = field(
-        default=None,
-        metadata={
-            "help": "peft `target_modules` regex (matched with re.fullmatch); default: every linear layer of the "
-            "language model, never the vision tower, the projector or the LM head."
         },
     )
     train_projector: bool = field(
@@ -140,10 +109,15 @@ class MirrorTrainArguments:
     freeze_vision_tower: bool = field(
         default=True, metadata={"help": "Keep the vision encoder frozen in full fine-tuning (always frozen in LoRA)."}
     )
-    bnb_4bit_quant_type: str = field(
-        default="nf4", metadata={"help": "QLoRA 4-bit quantization type.", "choices": ["nf4", "fp4"]}
-    )
     # Output
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where resumable checkpoints (checkpoint-*/, holding torch pickles) are written; default: "
+            "`<output_dir>-checkpoints`, next to the model folder, never inside it, so publishing the model folder "
+            "cannot upload them. `resume_from_checkpoint: last` resumes from the newest one there."
+        },
+    )
     generation_temperature: float = field(
         default=0.7, metadata={"help": "Sampling temperature written to generation_config.json (paper: 0.7)."}
     )
@@ -161,128 +135,109 @@ class MirrorTrainArguments:
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line
+def _trl_dataclasses() -> tuple[type, ...]:
+    from trl import ModelConfig, SFTConfig
+
+    return (MirrorScriptArguments, SFTConfig, ModelConfig)
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    """The `mirror train` parser.
+def __getattr__(name: str):
+    # `ARGUMENTS` for the `mirror` CLI, resolved on first use: importing SFTConfig imports transformers' Trainer.
+    if name == "ARGUMENTS":
+        return _trl_dataclasses()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Standalone (`subparsers=None`): a `trl.TrlParser` over (`MirrorTrainArguments`, `SFTConfig`); parse it with
-    `parse_args(argv, parser)`, which handles `--config` and rejects unknown recipe keys, then call `main(*args)`.
 
-    With `subparsers` (the `mirror` CLI): registers a `train` subcommand that hands every argument after `train`
-    (`--config`, overrides, `-h`) to `cli()`, with `func` set, so `args.func(args)` trains; returns that subparser.
-    Registering imports nothing heavy, so `mirror --help` stays fast.
-    """
-    if subparsers is not None:
-        return add_passthrough_subcommand(subparsers, "train", "Fine-tune a therapist model (TRL SFT).", cli)
-    from trl import SFTConfig, TrlParser
+def make_parser(prog: str | None = None):
+    """The `trl.TrlParser` of `mirror train` and `python -m training.train` (`--config` takes a recipe)."""
+    from trl import TrlParser
 
     return TrlParser(
-        (MirrorTrainArguments, SFTConfig),
+        _trl_dataclasses(),
         prog=prog,
-        description="Fine-tune a MIRROR therapist model with TRL's SFTTrainer.",
-        epilog="--config RECIPE.yaml sets defaults from a recipe (e.g. recipes/llava-1.5-7b/base.yaml); flags given "
-        "on the command line override it. See training/README.md.",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="--config RECIPE sets defaults from a recipe (a path, or a bundled name such as llava-1.5-7b/base); "
+        "flags given on the command line override it. See training/README.md.",
     )
 
 
-def add_passthrough_subcommand(subparsers: argparse._SubParsersAction, name: str, help_text: str, run):
-    """A subcommand whose arguments all go, unparsed, to `run(argv)` (which owns the real parser and `-h`)."""
-    # No option prefix on this parser: `--config`, `--max_steps 3`, `-h` are all collected as plain strings.
-    parser = subparsers.add_parser(name, help=help_text, description=help_text, add_help=False, prefix_chars="\x00")
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help=f"arguments of `{name}`; see `{name} -h`")
-
-    def func(args: argparse.Namespace) -> int:
-        run(args.argv, prog=parser.prog)
-        return 0
-
-    parser.set_defaults(func=func)
-    return parser
-
-
-def _config_path(argv: list[str]) -> str | None:
-    if "--config" not in argv:
-        return None
-    index = argv.index("--config")
-    if index + 1 >= len(argv):
-        raise MirrorConfigError("--config needs a recipe path")
-    return argv[index + 1]
-
-
-def check_recipe_keys(parser, config_path: str | os.PathLike) -> dict[str, Any]:
-    """Load a recipe and raise, naming the key, if it holds a key no dataclass field knows (typos never pass)."""
-    import difflib
-
-    import yaml
-
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe {str(path)!r} not found")
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(recipe, dict):
-        raise MirrorConfigError(f"Recipe {str(path)!r} must be a YAML mapping of argument names to values")
-    known = {action.dest for action in parser._actions}
-    unknown = [key for key in recipe if key not in known and key not in RESERVED_RECIPE_KEYS]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise MirrorConfigError(f"Unknown key(s) in recipe {str(path)!r}: {', '.join(hints)}")
-    return recipe
-
-
 def parse_args(argv: list[str] | None = None, parser=None):
-    """Parse `argv` (default `sys.argv[1:]`) with an optional `--config` recipe into the two dataclasses."""
+    """(script_args, training_args, model_args) from `argv`; `--config` may name a bundled recipe. TrlParser
+    refuses recipe keys that no dataclass field takes (ValueError naming them)."""
+    import sys
+
+    from recipes import resolve_recipe
+
     parser = parser or make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = _config_path(argv)
-    if config_path is not None:
-        check_recipe_keys(parser, config_path)
-    script_args, training_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
-    if config_path is not None and script_args.recipe is None:
-        script_args.recipe = config_path
-    return script_args, training_args
+    recipe = None
+    if "--config" in argv:
+        index = argv.index("--config") + 1
+        if index >= len(argv):
+            raise MirrorConfigError("--config needs a recipe: a path or a bundled name such as llava-1.5-7b/base")
+        recipe = argv[index]
+        argv[index] = str(resolve_recipe(recipe))
+    script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
+    if recipe is not None and script_args.recipe is None:
+        script_args.recipe = recipe
+    return script_args, training_args, model_args
 
 
-def cli(argv: list[str] | None = None, prog: str | None = None) -> Path:
-    """Entry point of `python -m training.train` and `mirror train`: parse, train, save; returns the model folder.
+def recipe_arguments(recipe: str | os.PathLike, **overrides: Any):
+    """(script_args, training_args, model_args) from a recipe and keyword overrides, without a command line."""
+    import yaml
 
-    Configuration errors end the process with a one-line message instead of a traceback.
-    """
-    name = prog or "mirror train"
-    try:
-        # Any ValueError while parsing is a configuration error (e.g. TrainingArguments refusing bf16 on a CPU).
-        script_args, training_args = parse_args(argv, make_parser(prog=prog))
-    except (ValueError, FileNotFoundError) as error:
-        hint = " (on a CPU: --use_cpu true --bf16 false, as in recipes/tiny/base.yaml)" if "bf16" in str(error) else ""
-        raise SystemExit(f"{name}: error: {error}{hint}") from error
-    try:
-        return main(script_args, training_args)
-    except (MirrorConfigError, FileNotFoundError) as error:
-        raise SystemExit(f"{name}: error: {error}") from error
+    from recipes import resolve_recipe
+
+    path = resolve_recipe(recipe)
+    values = {**yaml.safe_load(path.read_text(encoding="utf-8")), **overrides}
+    values.pop("env", None)
+    values.setdefault("recipe", str(recipe))
+    return make_parser().parse_dict(values)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Checks that need nothing loaded
 
 
-def check_arguments(script_args: MirrorTrainArguments, training_args) -> None:
+def finetuning_mode(model_args) -> str:
+    """`lora`, `qlora` or `full`, from ModelConfig's `use_peft` and `load_in_4bit` (for the card and the record)."""
+    if not model_args.use_peft:
+        return "full"
+    return "qlora" if model_args.load_in_4bit else "lora"
+
+
+def checkpoint_dir(script_args: MirrorScriptArguments, training_args) -> Path:
+    """Where the trainer writes `checkpoint-*/`: `checkpoint_dir`, else `<output_dir>-checkpoints` beside it."""
+    model_dir = Path(training_args.output_dir)
+    folder = (
+        Path(script_args.checkpoint_dir) if script_args.checkpoint_dir else Path(f"{model_dir}{CHECKPOINTS_SUFFIX}")
+    )
+    if folder.resolve() == model_dir.resolve() or folder.resolve().is_relative_to(model_dir.resolve()):
+        raise MirrorConfigError(
+            f"checkpoint_dir {str(folder)!r} is inside the model folder {str(model_dir)!r}: checkpoints hold torch "
+            "pickles and would be published with the model. Pick a folder outside it (or leave it unset)."
+        )
+    return folder
+
+
+def check_arguments(script_args: MirrorScriptArguments, training_args, model_args) -> None:
     """Configuration errors that can be found from the arguments alone, before anything is loaded."""
     if not script_args.dataset_name:
         raise MirrorConfigError("dataset_name is required: a Mirror dataset folder or Hub id")
-    if not script_args.model_name_or_path:
+    if not model_args.model_name_or_path:
         raise MirrorConfigError("model_name_or_path is required")
     if script_args.variant not in VARIANTS:
         raise MirrorConfigError(f"Unknown variant {script_args.variant!r}; expected one of {list(VARIANTS)}")
-    if script_args.finetuning not in FINETUNING_MODES:
-        raise MirrorConfigError(f"Unknown finetuning {script_args.finetuning!r}; expected one of {FINETUNING_MODES}")
-    if script_args.dtype not in DTYPES:
-        raise MirrorConfigError(f"Unknown dtype {script_args.dtype!r}; expected one of {DTYPES}")
-    if script_args.finetuning == "qlora":
+    if script_args.dataset_streaming:
+        raise MirrorConfigError("dataset_streaming is not supported: Mirror datasets are small enough to load whole")
+    if model_args.load_in_8bit:
+        raise MirrorConfigError("load_in_8bit is not supported: use load_in_4bit (QLoRA) or a 16-bit base model")
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise MirrorConfigError("load_in_4bit (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft")
+    if model_args.load_in_4bit:
         check_qlora_available()
+    checkpoint_dir(script_args, training_args)
     vision = script_args.variant in VISION_VARIANTS
     if vision and not training_args.assistant_only_loss:
         raise MirrorConfigError(
@@ -291,9 +246,8 @@ def check_arguments(script_args: MirrorTrainArguments, training_args) -> None:
         )
     if training_args.push_to_hub:
         raise MirrorConfigError(
-            "push_to_hub is not done by `mirror train`: the Trainer would push before the model card, generation "
-            "config and cleanup are written. Publish the finished folder with push_to_hub.py (or `hf upload REPO "
-            "FOLDER --exclude 'checkpoint-*'`)."
+            "push_to_hub is not done by `mirror train`: the Trainer would push before the model card and generation "
+            "config are written. Publish the finished folder with `mirror push`."
         )
     if vision and (training_args.packing or training_args.padding_free):
         raise MirrorConfigError("packing and padding_free are not supported for vision variants")
@@ -307,26 +261,25 @@ def check_qlora_available() -> None:
 
     if not torch.cuda.is_available():
         raise MirrorConfigError(
-            "QLoRA (finetuning: qlora) loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and "
-            "none is available. Use `--finetuning lora` or `--finetuning full` on this machine."
+            "QLoRA (load_in_4bit) loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and "
+            "none is available. Use `--load_in_4bit false` (LoRA) or `--use_peft false` (full) on this machine."
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise MirrorConfigError("QLoRA (finetuning: qlora) needs bitsandbytes: pip install bitsandbytes")
+        raise MirrorConfigError("QLoRA (load_in_4bit) needs bitsandbytes: pip install bitsandbytes")
 
 
-def _resolve_resume(training_args) -> str | None:
-    """`resume_from_checkpoint`: a checkpoint folder, or `last`/`true` for the newest one in output_dir."""
+def _resolve_resume(script_args: MirrorScriptArguments, training_args) -> str | None:
+    """`resume_from_checkpoint`: a checkpoint folder, or `last`/`true` for the newest one in the checkpoint folder."""
     resume = training_args.resume_from_checkpoint
     if resume is None or str(resume).lower() in ("false", "none", ""):
         return None
     if str(resume).lower() in ("last", "true"):
         from transformers.trainer_utils import get_last_checkpoint
 
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        folder = checkpoint_dir(script_args, training_args)
+        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
         if last is None:
-            raise MirrorConfigError(
-                f"resume_from_checkpoint={resume!r} but {training_args.output_dir!r} has no checkpoint"
-            )
+            raise MirrorConfigError(f"resume_from_checkpoint={resume!r} but {str(folder)!r} has no checkpoint")
         return last
     if not os.path.isdir(resume):
         raise MirrorConfigError(f"Checkpoint folder {resume!r} not found")
@@ -337,75 +290,69 @@ def _resolve_resume(training_args) -> str | None:
 # Building the trainer
 
 
-def load_processing_class(script_args: MirrorTrainArguments, training_args, vision: bool):
+def load_processing_class(script_args: MirrorScriptArguments, training_args, model_args, vision: bool):
     """`AutoProcessor` for vision variants, `AutoTokenizer` for the text baselines."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    kwargs = {"revision": script_args.model_revision, "trust_remote_code": training_args.trust_remote_code}
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code}
     if vision:
         try:
-            return AutoProcessor.from_pretrained(script_args.model_name_or_path, **kwargs)
+            return AutoProcessor.from_pretrained(model_args.model_name_or_path, **kwargs)
         except (OSError, ValueError) as error:
             raise MirrorConfigError(
                 f"Variant {script_args.variant!r} needs a processor with an image processor, but none could be "
-                f"loaded for {script_args.model_name_or_path!r}: {error}"
+                f"loaded for {model_args.model_name_or_path!r}: {error}"
             ) from error
-    return AutoTokenizer.from_pretrained(script_args.model_name_or_path, **kwargs)
+    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, **kwargs)
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
-def load_model(script_args: MirrorTrainArguments, training_args, vision: bool):
-    """`AutoModelForImageTextToText` (vision) or `AutoModelForCausalLM` (text), 4-bit for QLoRA."""
+def load_model(script_args: MirrorScriptArguments, training_args, model_args, vision: bool):
+    """`AutoModelForImageTextToText` (vision) or `AutoModelForCausalLM` (text), 4-bit for QLoRA (TRL's helpers)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from trl import get_quantization_config
 
     from training.modeling import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs: dict[str, Any] = {
-        "revision": script_args.model_revision,
-        "dtype": _torch_dtype(script_args.dtype),
+        "revision": model_args.model_revision,
+        "dtype": dtype,
         "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
     }
-    if script_args.attn_implementation:
-        kwargs["attn_implementation"] = script_args.attn_implementation
-    if script_args.finetuning == "qlora":
-        from accelerate import PartialState
-        from transformers import BitsAndBytesConfig
-
-        compute_dtype = (
-            torch.bfloat16 if script_args.dtype in ("auto", "bfloat16") else _torch_dtype(script_args.dtype)
-        )
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=script_args.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-            # The vision tower and the projector (trained fully) stay in 16 bit, as does the LM head.
-            llm_int8_skip_modules=[*VISION_TOWER_NAMES, *(n.rsplit(".", 1)[-1] for n in PROJECTOR_NAMES), "lm_head"],
-        )
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        if model_args.dtype in ("auto", None):  # 4-bit matmuls need a real compute dtype
+            quantization_config.bnb_4bit_compute_dtype = torch.bfloat16
+        # The vision tower and the projector (trained fully) stay in 16 bit, as does the LM head.
+        quantization_config.llm_int8_skip_modules = [
+            *VISION_TOWER_NAMES,
+            *(n.rsplit(".", 1)[-1] for n in PROJECTOR_NAMES),
+            "lm_head",
+        ]
+        kwargs["quantization_config"] = quantization_config
         if training_args.distributed_state.distributed_type not in ("DEEPSPEED", "FSDP"):
-            kwargs["device_map"] = {"": PartialState().local_process_index}
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}  # one GPU per process
     model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     try:
-        return model_class.from_pretrained(script_args.model_name_or_path, **kwargs)
+        return model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
     except ValueError as error:
         if "Unrecognized configuration class" in str(error):
             kind = "a vision-language model" if vision else "a causal language model"
             raise MirrorConfigError(
                 f"Variant {script_args.variant!r} trains {kind} ({model_class.__name__}), which "
-                f"{script_args.model_name_or_path!r} is not: {error}"
+                f"{model_args.model_name_or_path!r} is not: {error}"
             ) from error
         raise
 
 
 def build_trainer(
-    script_args: MirrorTrainArguments,
+    script_args: MirrorScriptArguments,
     training_args,
+    model_args,
     *,
     model=None,
     processing_class=None,
@@ -415,9 +362,11 @@ def build_trainer(
     """Check the configuration, load data, processor and model, and return a ready `MirrorSFTTrainer`.
 
     `model`, `processing_class` and `train_dataset` may be passed in already built (benchmarks, tests); otherwise
-    they are loaded from `script_args`. Nothing here runs a training step.
+    they are loaded from the arguments. Nothing here runs a training step. The trainer's own arguments are a copy of
+    `training_args` whose `output_dir` is the checkpoint folder; `training_args.output_dir` stays the model folder.
     """
     from transformers import AutoConfig
+    from trl import get_peft_config
 
     from training.data import load_sft_dataset, longest_row_length
     from training.modeling import (
@@ -432,8 +381,8 @@ def build_trainer(
         set_chat_template,
     )
 
-    check_arguments(script_args, training_args)
-    _resolve_resume(training_args)  # a missing checkpoint is a config error too
+    check_arguments(script_args, training_args, model_args)
+    _resolve_resume(script_args, training_args)  # a missing checkpoint is a config error too
     vision = script_args.variant in VISION_VARIANTS
 
     if train_dataset is None:
@@ -442,24 +391,24 @@ def build_trainer(
                 script_args.dataset_name,
                 script_args.variant,
                 config=script_args.dataset_config,
-                split=script_args.dataset_split,
+                split=script_args.dataset_train_split,
                 revision=script_args.dataset_revision,
                 tasks=script_args.tasks,
                 max_samples=script_args.max_samples,
             )
     if processing_class is None:
-        processing_class = load_processing_class(script_args, training_args, vision)
+        processing_class = load_processing_class(script_args, training_args, model_args, vision)
     config = (
         model.config
         if model is not None
         else AutoConfig.from_pretrained(
-            script_args.model_name_or_path,
-            revision=script_args.model_revision,
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
             trust_remote_code=training_args.trust_remote_code,
         )
     )
     if vision:
-        check_vision_model(script_args.model_name_or_path, config, processing_class, script_args.variant)
+        check_vision_model(model_args.model_name_or_path, config, processing_class, script_args.variant)
 
     template = resolve_chat_template(processing_class, script_args.chat_template, training_args.assistant_only_loss)
     set_chat_template(processing_class, template)
@@ -475,7 +424,7 @@ def build_trainer(
             )
 
     if model is None:
-        model = load_model(script_args, training_args, vision)
+        model = load_model(script_args, training_args, model_args, vision)
 
     projector_modules: list[str] = []
     if vision and script_args.train_projector:
@@ -486,37 +435,32 @@ def build_trainer(
                 "`train_projector: false`"
             )
 
-    peft_config = None
-    if script_args.finetuning in ("lora", "qlora"):
-        from peft import LoraConfig
-
-        target = script_args.lora_target_modules or default_lora_target_regex(model)
-        matched = modules_matching(model, target)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        # A string target is a regex (peft matches it with re.fullmatch); the default never reaches the vision
+        # tower, the projector or the LM head.
+        peft_config.target_modules = model_args.lora_target_modules or default_lora_target_regex(model)
+        matched = modules_matching(model, peft_config.target_modules)
         if not matched:
-            raise MirrorConfigError(f"lora_target_modules {target!r} matches no module of {type(model).__name__}")
+            raise MirrorConfigError(
+                f"lora_target_modules {peft_config.target_modules!r} matches no module of {type(model).__name__}"
+            )
         outside = [name for name in matched if any(name.startswith(v + ".") for v in find_vision_tower_modules(model))]
         if outside:
             logger.warning(
                 "lora_target_modules also adapts %d vision-tower module(s), e.g. %s", len(outside), outside[0]
             )
-        peft_config = LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            lora_dropout=script_args.lora_dropout,
-            target_modules=target,
-            modules_to_save=projector_modules or None,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
+        peft_config.modules_to_save = [*projector_modules, *(model_args.lora_modules_to_save or [])] or None
     else:
         if vision and script_args.freeze_vision_tower:
             freeze_modules(model, find_vision_tower_modules(model), keep=projector_modules)
         if vision and not script_args.train_projector:
             freeze_modules(model, find_projector_modules(model, script_args.projector_modules))
 
+    trainer_args = dataclasses.replace(training_args, output_dir=str(checkpoint_dir(script_args, training_args)))
     trainer = MirrorSFTTrainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=train_dataset,
         processing_class=processing_class,
         peft_config=peft_config,
@@ -532,17 +476,18 @@ def build_trainer(
 # Training and the model folder
 
 
-def main(script_args: MirrorTrainArguments, training_args, callbacks: list | None = None) -> Path:
-    """Train as configured and save a Hub-ready model folder in `training_args.output_dir`; returns its path."""
-    trainer = build_trainer(script_args, training_args, callbacks=callbacks)
-    return train_and_save(trainer, script_args, training_args)
+def main(script_args: MirrorScriptArguments, training_args, model_args, callbacks: list | None = None) -> int:
+    """`mirror train`: train as configured and save a Hub-ready model folder in `training_args.output_dir`."""
+    trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    train_and_save(trainer, script_args, training_args, model_args)
+    return 0
 
 
-def train_and_save(trainer, script_args: MirrorTrainArguments, training_args) -> Path:
-    """Run `trainer.train()` (resuming if asked) and write the model folder."""
-    result = trainer.train(resume_from_checkpoint=_resolve_resume(training_args))
-    output_dir = save_model_folder(trainer, script_args, training_args, metrics=result.metrics)
-    trainer.accelerator.print(f"Model saved to {output_dir}")
+def train_and_save(trainer, script_args: MirrorScriptArguments, training_args, model_args) -> Path:
+    """Run `trainer.train()` (resuming if asked) and write the model folder; returns its path."""
+    result = trainer.train(resume_from_checkpoint=_resolve_resume(script_args, training_args))
+    output_dir = save_model_folder(trainer, script_args, training_args, model_args, metrics=result.metrics)
+    trainer.accelerator.print(f"Model saved to {output_dir} (checkpoints for resuming: {trainer.args.output_dir})")
     return output_dir
 
 
@@ -559,11 +504,11 @@ def _framework_versions() -> dict[str, str]:
     return versions
 
 
-def card_hyperparameters(script_args: MirrorTrainArguments, training_args, trainer=None) -> dict[str, Any]:
+def card_hyperparameters(script_args: MirrorScriptArguments, training_args, model_args, trainer=None) -> dict:
     """The hyperparameters a reader of the model card needs, in recipe names."""
     world_size = training_args.world_size
     hp: dict[str, Any] = {
-        "finetuning": script_args.finetuning,
+        "finetuning": finetuning_mode(model_args),
         "learning_rate": training_args.learning_rate,
         "lr_scheduler_type": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
         "warmup_steps": training_args.warmup_steps,
@@ -587,8 +532,8 @@ def card_hyperparameters(script_args: MirrorTrainArguments, training_args, train
     if script_args.variant in VISION_VARIANTS:
         hp["train_projector"] = script_args.train_projector
         hp["projector_lr"] = script_args.projector_lr if script_args.train_projector else None
-    if script_args.finetuning != "full":
-        hp.update(lora_r=script_args.lora_r, lora_alpha=script_args.lora_alpha, lora_dropout=script_args.lora_dropout)
+    if model_args.use_peft:
+        hp.update(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout)
         peft_config = getattr(getattr(trainer, "model", None), "peft_config", {}).get("default") if trainer else None
         if peft_config is not None:
             hp["lora_target_modules"] = peft_config.target_modules
@@ -598,7 +543,7 @@ def card_hyperparameters(script_args: MirrorTrainArguments, training_args, train
     return hp
 
 
-def write_generation_config(folder: Path, model, tokenizer, script_args: MirrorTrainArguments) -> None:
+def write_generation_config(folder: Path, model, tokenizer, script_args: MirrorScriptArguments) -> None:
     """generation_config.json with the paper's therapist sampling defaults and the tokenizer's EOS as a stop."""
     from transformers import GenerationConfig
 
@@ -619,8 +564,9 @@ def write_generation_config(folder: Path, model, tokenizer, script_args: MirrorT
 
 
 def model_card_info(
-    script_args: MirrorTrainArguments,
+    script_args: MirrorScriptArguments,
     training_args,
+    model_args,
     *,
     adapter: bool,
     model_name: str,
@@ -641,9 +587,9 @@ def model_card_info(
             results[key] = round(float(metrics[key]), 4)
     return {
         "model_name": model_name,
-        "base_model": script_args.model_name_or_path,
+        "base_model": model_args.model_name_or_path,
         "variant": script_args.variant,
-        "finetuning": script_args.finetuning,
+        "finetuning": finetuning_mode(model_args),
         "adapter": adapter,
         "vision": script_args.variant in VISION_VARIANTS,
         "license": script_args.model_license,
@@ -662,13 +608,15 @@ def model_card_info(
     }
 
 
-def save_model_folder(trainer, script_args: MirrorTrainArguments, training_args, metrics: dict | None = None) -> Path:
+def save_model_folder(
+    trainer, script_args: MirrorScriptArguments, training_args, model_args, metrics: dict | None = None
+) -> Path:
     """Save the trained model as a Hub-ready folder in `training_args.output_dir`.
 
     Holds safetensors weights only (a LoRA adapter, or full weights), the processor or tokenizer with the chat
     template, generation_config.json with the paper's sampling defaults, `mirror_training.json` (the resolved
-    configuration, for `mirror merge` and reproducibility) and the README.md model card. Checkpoint folders stay
-    next to it for resuming; leave them out when pushing.
+    configuration, for `mirror merge` and reproducibility) and the README.md model card. No pickle: checkpoints
+    for resuming are in the trainer's own `output_dir` (`checkpoint_dir`), outside this folder.
     """
     from accelerate.utils import is_peft_model
 
@@ -684,13 +632,20 @@ def save_model_folder(trainer, script_args: MirrorTrainArguments, training_args,
     base = model.get_base_model() if adapter else model
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     write_generation_config(output_dir, base, tokenizer, script_args)
-    hyperparameters = card_hyperparameters(script_args, training_args, trainer)
+    hyperparameters = card_hyperparameters(script_args, training_args, model_args, trainer)
     name = training_args.hub_model_id.split("/")[-1] if training_args.hub_model_id else output_dir.name
     card = model_card_info(
-        script_args, training_args, adapter=adapter, model_name=name, hyperparameters=hyperparameters, metrics=metrics
+        script_args,
+        training_args,
+        model_args,
+        adapter=adapter,
+        model_name=name,
+        hyperparameters=hyperparameters,
+        metrics=metrics,
     )
     record = {
         "mirror_args": dataclasses.asdict(script_args),
+        "model_args": dataclasses.asdict(model_args),
         "training_args": json.loads(training_args.to_json_string()),
         "card": card,
         "metrics": metrics or {},
@@ -701,39 +656,41 @@ def save_model_folder(trainer, script_args: MirrorTrainArguments, training_args,
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Tiny end-to-end run (quickstart)
+# Tiny end-to-end run (quickstart, tests)
 
 
-def train_tiny(
+def train_tiny_model(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     max_steps: int = 10,
     *,
     variant: str = "base",
     merge: bool = True,
-    extra_args: list[str] | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Fine-tune a tiny random LLaVA, built from config offline, on the sample `sft` rows; returns a model folder.
+    """Fine-tune a tiny random LLaVA, built from config offline, on a Mirror dataset; returns a model folder.
 
-    Uses `recipes/tiny/base.yaml` (LoRA + projector, like the paper's recipe, at toy scale, on CPU). Layout:
-    `output_dir/tiny-llava` (the random base model), `output_dir/adapter` (the LoRA adapter folder with its
-    checkpoints) and, with `merge=True`, `output_dir/model`: the merged, self-contained folder that
-    `AutoModelForImageTextToText.from_pretrained` loads; that is what is returned (the adapter folder otherwise).
+    Uses `recipes/tiny/base.yaml` (LoRA + projector, like the paper's recipe, at toy scale, on CPU); `overrides`
+    are recipe keys. Layout: `output_dir/tiny-llava` (the random base model), `output_dir/adapter` (the LoRA adapter
+    folder), `output_dir/adapter-checkpoints` and, with `merge=True`, `output_dir/model`: the merged,
+    self-contained folder that `AutoModelForImageTextToText.from_pretrained` loads; that is what is returned (the
+    adapter folder otherwise).
     """
     from training.tiny import build_tiny_llava
 
     output_dir = Path(output_dir)
     base = build_tiny_llava(output_dir / "tiny-llava")
-    argv = [
-        "--config", str(TINY_RECIPE),
-        "--model_name_or_path", str(base),
-        "--dataset_name", str(dataset_dir),
-        "--variant", variant,
-        "--output_dir", str(output_dir / "adapter"),
-        "--max_steps", str(max_steps),
-        *(extra_args or []),
-    ]  # fmt: skip
-    adapter_dir = main(*parse_args(argv))
+    script_args, training_args, model_args = recipe_arguments(
+        TINY_RECIPE,
+        model_name_or_path=str(base),
+        dataset_name=str(dataset_dir),
+        variant=variant,
+        output_dir=str(output_dir / "adapter"),
+        max_steps=max_steps,
+        **overrides,
+    )
+    trainer = build_trainer(script_args, training_args, model_args)
+    adapter_dir = train_and_save(trainer, script_args, training_args, model_args)
     if not merge:
         return adapter_dir
     from training.merge import merge_adapter
@@ -741,5 +698,7 @@ def train_tiny(
     return merge_adapter(adapter_dir, output_dir / "model")
 
 
-if __name__ == "__main__":
-    cli()
+if __name__ == "__main__":  # `python -m training.train`, as `accelerate launch -m training.train` runs it
+    import mirror_cli
+
+    raise SystemExit(mirror_cli.main(["train", *__import__("sys").argv[1:]], prog="python -m training.train"))
