@@ -1,0 +1,148 @@
+"""Reference metrics on gold sessions, offline: the therapist's next turn given the gold history.
+
+For every therapist turn of a gold session that answers a client turn, the therapist under test is given the gold
+history before it, the client's face at that turn (vision strategies) and its own strategy's prompt (planning
+strategies use the session's gold technique and plan), and its reply is compared with the gold reply:
+semantic similarity (bundled MiniLM), ROUGE-L and corpus distinct-1/2, through the local `evaluate` metric
+modules in `evaluation/metrics/`. For `ec_planning`, the model's own emotion caption is compared with the gold
+stage direction (caption similarity).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def reference_examples(
+    sessions: list[dict[str, Any]], max_turns_per_session: int | None = None
+) -> list[dict[str, Any]]:
+    """(history, client turn, gold reply) examples from gold session rows (dataset `sessions` config)."""
+    examples = []
+    for session in sessions:
+        turns = session["turns"]
+        count = 0
+        for index in range(1, len(turns)):
+            if turns[index]["speaker"] != "therapist" or turns[index - 1]["speaker"] != "client":
+                continue
+            if max_turns_per_session is not None and count >= max_turns_per_session:
+                break
+            count += 1
+            examples.append(
+                {
+                    "session_id": session["id"],
+                    "resistance": session.get("resistance"),
+                    "turn_index": index,
+                    "client": session["client"],
+                    "cbt_technique": session.get("cbt_technique"),
+                    "cbt_plan": session.get("cbt_plan"),
+                    "history": [
+                        {"speaker": t["speaker"], "statement": t["statement"], "stage_direction": t["stage_direction"]}
+                        for t in turns[: index - 1]
+                    ],
+                    "client_statement": turns[index - 1]["statement"] or "",
+                    "gold_stage_direction": turns[index - 1].get("stage_direction"),
+                    "image": turns[index - 1].get("image"),
+                    "reference": turns[index]["statement"],
+                }
+            )
+    return examples
+
+
+def predict(therapist: Any, examples: list[dict[str, Any]], batch_size: int = 8, progress: bool = True):
+    """The therapist's reply (and ec_planning caption) for each example, generated in batches."""
+    from tqdm.auto import tqdm
+
+    from inference.therapist import PLANNING_STRATEGIES, VISION_STRATEGIES
+
+    vision = therapist.strategy in VISION_STRATEGIES
+    outputs = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="Reference turns", disable=not progress):
+        batch = examples[start : start + batch_size]
+        sessions = []
+        for example in batch:
+            kwargs = {}
+            if therapist.strategy in PLANNING_STRATEGIES and example["cbt_technique"] and example["cbt_plan"]:
+                kwargs = {"cbt_technique": example["cbt_technique"], "cbt_plan": example["cbt_plan"]}
+            session = therapist.start_sessions([example["client"]], **kwargs)[0]
+            session.history = [dict(turn) for turn in example["history"]]
+            sessions.append(session)
+        images = [example["image"] if vision else None for example in batch]
+        if vision and any(image is None for image in images):
+            missing = next(e for e, i in zip(batch, images, strict=True) if i is None)
+            raise ValueError(
+                f"gold session {missing['session_id']}: client turn {missing['turn_index'] - 1} has no "
+                f"image, which strategy {therapist.strategy!r} needs"
+            )
+        replies = therapist.respond_batch(sessions, [e["client_statement"] for e in batch], images)
+        outputs += [{"prediction": reply.text, "caption": reply.emotion} for reply in replies]
+    return outputs
+
+
+def _metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
+    import evaluate
+
+    from .metrics import metric_path
+
+    if not predictions:
+        return {"n_turns": 0}
+    result = {"n_turns": len(predictions)}
+    result["semantic_similarity"] = evaluate.load(metric_path("semantic_similarity")).compute(
+        predictions=predictions, references=references
+    )["semantic_similarity"]
+    result["rouge_l"] = evaluate.load(metric_path("rouge_l")).compute(predictions=predictions, references=references)[
+        "rouge_l"
+    ]
+    result.update(evaluate.load(metric_path("distinct_n")).compute(predictions=predictions))
+    return result
+
+
+def reference_metrics(
+    therapist: Any,
+    sessions: list[dict[str, Any]],
+    *,
+    max_turns_per_session: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Overall and per-resistance reference metrics for one therapist, with the predictions for audit."""
+    import evaluate
+
+    from .metrics import metric_path
+
+    examples = reference_examples(sessions, max_turns_per_session)
+    outputs = predict(therapist, examples, batch_size, progress)
+    result: dict[str, Any] = {
+        "overall": _metrics([o["prediction"] for o in outputs], [e["reference"] for e in examples])
+    }
+    by_resistance: dict[str, Any] = {}
+    for style in sorted({e["resistance"] for e in examples if e["resistance"]}):
+        chosen = [i for i, e in enumerate(examples) if e["resistance"] == style]
+        by_resistance[style] = _metrics(
+            [outputs[i]["prediction"] for i in chosen], [examples[i]["reference"] for i in chosen]
+        )
+    result["by_resistance"] = by_resistance
+    if therapist.strategy == "ec_planning":
+        pairs = [
+            (o["caption"], e["gold_stage_direction"])
+            for o, e in zip(outputs, examples, strict=True)
+            if o["caption"] and e["gold_stage_direction"]
+        ]
+        if pairs:
+            result["overall"]["caption_similarity"] = evaluate.load(metric_path("semantic_similarity")).compute(
+                predictions=[p for p, _ in pairs], references=[r for _, r in pairs]
+            )["semantic_similarity"]
+    result["predictions"] = [
+        {
+            "session_id": e["session_id"],
+            "turn_index": e["turn_index"],
+            "prediction": o["prediction"],
+            "reference": e["reference"],
+            "caption": o["caption"],
+            "gold_stage_direction": e["gold_stage_direction"],
+        }
+        for e, o in zip(examples, outputs, strict=True)
+    ]
+    return result

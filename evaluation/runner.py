@@ -1,0 +1,366 @@
+"""The session runner: profiles x therapists, bounded concurrency, each finished session written atomically at once.
+
+A session record is `sessions/<therapist>/<profile>.json` (written last, atomically, so its presence means the
+session is finished) with its face images in `sessions/<therapist>/<profile>/` (rendered into a `.partial`
+folder and renamed just before the record is written). A killed run resumes: finished sessions are skipped,
+unfinished ones start again from scratch, so every session ends up exactly once. Sessions that failed because
+the client broke the format (or no face passed verification under `on_failure: fail`) are results and are kept;
+sessions that hit an unexpected error (e.g. an endpoint that stayed down) are recorded with status `error` and
+run again on the next resume.
+
+The safety layer is off for simulated clients (the therapist's replies must reach the client unchanged), but the
+crisis detector's verdict on every client turn is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from .client import ClientConfig, ClientFailure, VirtualClient, load_client_prompt
+from .config import EvalConfig, TherapistSpec
+from .faces import FaceLoop, FaceLoopFailure, image_sha256
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip("._") or "_"
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed from names, stable across runs and processes (Python's hash() is salted)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def session_path(run_dir: Path, therapist: str, profile_id: str) -> Path:
+    return Path(run_dir) / "sessions" / safe_name(therapist) / f"{safe_name(profile_id)}.json"
+
+
+def read_session(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def plain_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile without its image (records stay JSON)."""
+    identity = dict(profile.get("identity") or {})
+    identity.pop("image", None)
+    return {**{k: v for k, v in profile.items() if k != "identity"}, "identity": identity}
+
+
+def build_therapists(config: EvalConfig, pool) -> dict[str, Any]:
+    """One MirrorTherapist per therapist spec, safety layer off (simulated clients only)."""
+    from inference.backends.base import GenerationConfig
+    from inference.safety import SafetyConfig
+    from inference.therapist import MirrorTherapist, TherapistConfig, read_default_strategy
+
+    therapists = {}
+    for spec in config.therapists:
+        backend = pool.get(spec.model)
+        strategy = spec.strategy
+        if strategy is None and spec.model.backend in ("transformers", "vllm"):
+            strategy = read_default_strategy(spec.model.model, spec.model.revision)
+        therapists[spec.name] = MirrorTherapist(
+            backend,
+            strategy,
+            GenerationConfig(temperature=spec.temperature, top_p=spec.top_p, max_new_tokens=spec.max_new_tokens),
+            SafetyConfig(enabled=False),
+            TherapistConfig(prompt_version=spec.prompt_version),
+        )
+    return therapists
+
+
+class _LockedDetector:
+    """The crisis detector shared by worker threads."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.lock = detector, threading.Lock()
+
+    def detect(self, text: str):
+        with self.lock:
+            return self.detector.detect(text)
+
+
+class SessionRunner:
+    """Runs simulated sessions for `config` into `run_dir`.
+
+    Args:
+        config: the evaluation config.
+        run_dir: the run folder.
+        pool: a BackendPool (models are loaded once).
+        face_loop: override the face loop (tests pass one with stand-in verifiers); default built from config.
+        detector: override the crisis detector; default built from config when `safety_screening` is on.
+    """
+
+    def __init__(self, config: EvalConfig, run_dir: str | os.PathLike, pool, *, face_loop=None, detector=None):
+        self.config, self.run_dir, self.pool = config, Path(run_dir), pool
+        self.client = VirtualClient(pool.get(config.client_model), config.client)
+        self.therapists = build_therapists(config, pool)
+        self.face_loop = face_loop
+        self.detector = detector
+        self._setup_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lazily built parts
+
+    def _faces(self) -> FaceLoop:
+        with self._setup_lock:
+            if self.face_loop is None:
+                from dataset_builder.images import get_image_backend
+
+                faces = self.config.faces
+                expression = self.pool.get(self.config.expression_model) if self.config.expression_model else None
+                self.face_loop = FaceLoop(
+                    get_image_backend(faces.image_backend, **faces.image_backend_kwargs),
+                    faces.build_verifiers(),
+                    faces,
+                    expression,
+                )
+            return self.face_loop
+
+    def _detector(self):
+        with self._setup_lock:
+            if self.detector is None and self.config.safety_screening:
+                from inference.safety import CrisisDetector, SafetyConfig
+
+                self.detector = _LockedDetector(
+                    CrisisDetector(SafetyConfig(use_embeddings=self.config.safety_use_embeddings))
+                )
+            return self.detector
+
+    # ------------------------------------------------------------------ the run
+
+    def units(self, profiles: list[dict[str, Any]]) -> list[tuple[TherapistSpec, dict[str, Any]]]:
+        return [(spec, profile) for spec in self.config.therapists for profile in profiles]
+
+    def is_done(self, spec: TherapistSpec, profile: dict[str, Any]) -> bool:
+        record = read_session(session_path(self.run_dir, spec.name, profile["id"]))
+        if record is None or record.get("status") == "error":
+            return False
+        return not (self.config.retry_failed and record.get("status") == "failed")
+
+    def run(self, profiles: list[dict[str, Any]], progress: bool = True) -> list[Path]:
+        """Run every unfinished (therapist, profile) session; returns the record paths of all units."""
+        from tqdm.auto import tqdm
+
+        units = self.units(profiles)
+        todo = [(spec, profile) for spec, profile in units if not self.is_done(spec, profile)]
+        bar = tqdm(
+            total=len(units),
+            initial=len(units) - len(todo),
+            desc="Simulated sessions",
+            unit="session",
+            disable=not progress,
+        )
+        if todo and self.config.safety_screening:
+            self._detector()  # load once before the threads start
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            futures = [pool.submit(self.run_one, spec, profile) for spec, profile in todo]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+            finally:
+                bar.close()
+        return [session_path(self.run_dir, spec.name, profile["id"]) for spec, profile in units]
+
+    def run_one(self, spec: TherapistSpec, profile: dict[str, Any]) -> Path:
+        """Simulate one session and write its record; returns the record path."""
+        from inference.therapist import VISION_STRATEGIES, MirrorTherapist
+
+        path = session_path(self.run_dir, spec.name, profile["id"])
+        image_dir = path.with_suffix("")
+        partial = path.with_name(f".{path.stem}.partial")
+        for stale in (partial, image_dir):  # leftovers of an unfinished attempt of this same session
+            if stale.exists():
+                shutil.rmtree(stale)
+        template = self.therapists[spec.name]
+        seed = stable_seed(self.config.seed, spec.name, profile["id"])
+        therapist = MirrorTherapist(
+            template.backend,
+            template.strategy,
+            dataclasses.replace(template.generation, seed=seed),
+            template.safety,
+            template.config,
+        )
+        vision = therapist.strategy in VISION_STRATEGIES
+        client_config: ClientConfig = self.config.client
+        started = time.time()
+        turns: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        record: dict[str, Any] = {
+            "record_version": RECORD_VERSION,
+            "id": f"{spec.name}/{profile['id']}",
+            "profile_id": profile["id"],
+            "therapist": spec.name,
+            "strategy": therapist.strategy,
+            "resistance": profile.get("resistance"),
+            "profile": plain_profile(profile),
+            "models": {
+                "therapist": therapist.backend.name,
+                "therapist_revision": spec.model.revision,
+                "client": self.client.backend.name,
+                "client_revision": self.config.client_model.revision,
+            },
+            "prompt_versions": {
+                "therapist": spec.prompt_version,
+                "client": load_client_prompt(client_config.prompt_version)["version"],
+            },
+            "seeds": {"session": seed},
+            "status": "complete",
+            "end_reason": None,
+            "failure": None,
+            "plan": None,
+            "turns": turns,
+        }
+        try:
+            session = therapist.start_sessions([profile["client"]])[0]
+            if session.plan is not None:
+                record["plan"] = {k: v for k, v in dataclasses.asdict(session.plan).items() if k != "messages"}
+            reference = None
+            if vision:
+                faces = self._faces()
+                record["models"]["image_backend"] = faces.image_backend.name
+                record["models"]["face_verifiers"] = [v.name for v in faces.verifiers]
+                record["prompt_versions"]["expression"] = self.config.faces.expression_prompt_version
+                reference = self._reference_face(profile, faces)
+            while True:
+                client_turn = self.client.reply(profile, history, seed=seed + 7919 * (len(history) + 1))
+                turn: dict[str, Any] = {
+                    "speaker": "client",
+                    "statement": client_turn.statement,
+                    "stage_direction": client_turn.stage_direction,
+                    "raw": client_turn.raw,
+                    "client_attempts": client_turn.attempts,
+                    "end": client_turn.end,
+                }
+                detector = self._detector()
+                if detector is not None:
+                    verdict = detector.detect(client_turn.statement)
+                    turn["safety"] = {
+                        "is_risk": verdict.is_risk,
+                        "category": verdict.category,
+                        "score": verdict.score,
+                        "reason": verdict.reason,
+                    }
+                turns.append(turn)
+                history.append(
+                    {
+                        "speaker": "client",
+                        "statement": client_turn.statement,
+                        "stage_direction": client_turn.stage_direction,
+                    }
+                )
+                if client_turn.end:
+                    record["end_reason"] = "client_end"
+                    break
+                if len(history) >= client_config.max_turns:
+                    record["end_reason"] = "max_turns"
+                    break
+                image = None
+                if vision:
+                    face = faces.render(
+                        identity_key=(profile.get("identity") or {}).get("key") or profile["id"],
+                        gender=profile["client"].get("gender"),
+                        age=profile["client"].get("age"),
+                        stage_direction=client_turn.stage_direction,
+                        statement=client_turn.statement,
+                        reference=reference,
+                        seed=seed + 104729 * len(history),
+                    )
+                    partial.mkdir(parents=True, exist_ok=True)
+                    name = f"turn-{len(history) - 1:02d}.png"
+                    face.image.save(partial / name)
+                    image = face.image
+                    turn["image"] = f"{image_dir.name}/{name}"
+                    turn["image_sha256"] = image_sha256(face.image)
+                    turn["face"] = {
+                        "verified": face.verified,
+                        "expression": face.expression,
+                        "contrast_expression": face.contrast_expression,
+                        "expression_raw": face.expression_raw,
+                        "attempts": face.attempts,
+                    }
+                # Only the verbal statement reaches the therapist; the stage direction is never passed.
+                reply = session.respond(client_turn.statement, image=image, stage_direction=None)
+                turns.append(
+                    {
+                        "speaker": "therapist",
+                        "statement": reply.text,
+                        "stage_direction": None,
+                        "model_reply": reply.model_reply,
+                        "emotion": reply.emotion,
+                        "caption_failed": reply.caption_failed,
+                    }
+                )
+                history.append({"speaker": "therapist", "statement": reply.text, "stage_direction": None})
+                if len(history) >= client_config.max_turns:
+                    record["end_reason"] = "max_turns"
+                    break
+        except ClientFailure as failure:
+            record["status"] = "failed"
+            record["failure"] = {"stage": "client", "reason": failure.reason, "attempts": failure.attempts}
+        except FaceLoopFailure as failure:
+            record["status"] = "failed"
+            record["failure"] = {"stage": "faces", "reason": failure.reason, "attempts": failure.attempts}
+        except Exception as error:  # recorded; the session runs again on resume
+            logger.error("session %s/%s: %s: %s", spec.name, profile["id"], type(error).__name__, error)
+            record["status"] = "error"
+            record["failure"] = {
+                "stage": "error",
+                "reason": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=5),
+            }
+        record["num_turns"] = len(turns)
+        record["duration_s"] = round(time.time() - started, 3)
+        if partial.exists():
+            os.replace(partial, image_dir)
+        atomic_write_json(path, record)
+        return path
+
+    def _reference_face(self, profile: dict[str, Any], faces: FaceLoop):
+        """The client's reference face: the profile's identity image, else a neutral render of the identity."""
+        from dataset_builder.images import FaceRequest
+        from inference.therapist import load_image
+
+        image = (profile.get("identity") or {}).get("image")
+        if image is not None:
+            return load_image(image)
+        key = (profile.get("identity") or {}).get("key") or profile["id"]
+        return faces.image_backend.render(
+            FaceRequest(
+                identity_key=key,
+                expression="neutral expression",
+                gender=profile["client"].get("gender"),
+                age=profile["client"].get("age"),
+                seed=0,
+            )
+        )

@@ -1,0 +1,177 @@
+"""Scripted, deterministic stand-ins for the client and judge models, in process or behind real HTTP.
+
+These are *not* models: they make the evaluation machinery runnable offline (smoke runs, `mirror quickstart`,
+tests, `bench/evaluate.py`) and their scores mean nothing.
+
+- `client`: replays the lines of `evaluation/prompts/scripted_client_v1.yaml` for the profile's resistance style
+  (read from the client prompt), one line per client turn, ending with `[/END]`.
+- `judge`: answers "Score: N" with N a hash of the prompt mapped onto the scale the prompt states.
+- `therapist`: a short canned reply (for the runner bench's text therapist).
+
+`openai_app(responders, latency)` wraps responders in a FastAPI app speaking `/v1/chat/completions`; the `model`
+field of the request picks the responder. `serve(app)` runs it with uvicorn on 127.0.0.1 in a thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+Responder = Callable[[list[dict[str, Any]]], str]
+
+_STYLE = re.compile(r"Resistance style:\s*(\w+)")
+_SCALE = re.compile(r"Scale\s+(-?\d+)\s*-\s*(-?\d+)")
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "\n".join(block.get("text") or "" for block in content if block.get("type") == "text")
+    return content or ""
+
+
+@functools.cache
+def scripted_client_lines(version: str = "v1") -> dict[str, list[str]]:
+    return yaml.safe_load((PROMPT_DIR / f"scripted_client_{version}.yaml").read_text(encoding="utf-8"))["lines"]
+
+
+def client_responder(messages: list[dict[str, Any]]) -> str:
+    """The next scripted client line: the number of client replies so far picks it (a retry repeats it)."""
+    style_match = _STYLE.search(_text(messages[0])) if messages else None
+    lines = scripted_client_lines()
+    lines = lines.get(style_match.group(1) if style_match else "none", lines["none"])
+    # A retry appends (assistant: bad output, user: note); count client turns before it.
+    turns = sum(m["role"] == "assistant" for m in messages)
+    if len(messages) >= 2 and messages[-1]["role"] == "user" and "could not be used" in _text(messages[-1]):
+        turns -= 1
+    return lines[min(turns, len(lines) - 1)]
+
+
+def judge_responder(messages: list[dict[str, Any]]) -> str:
+    """'Score: N', N a hash of the first prompt on the scale it names (default 0-6)."""
+    prompt = _text(messages[0])
+    scale = _SCALE.search(prompt)
+    low, high = (int(scale.group(1)), int(scale.group(2))) if scale else (0, 6)
+    digest = int(hashlib.sha256(prompt.encode("utf-8")).hexdigest(), 16)
+    return f"Score: {low + digest % (high - low + 1)}"
+
+
+def therapist_responder(messages: list[dict[str, Any]]) -> str:
+    return "That sounds hard. What went through your mind when that happened?"
+
+
+RESPONDERS: dict[str, Responder] = {
+    "client": client_responder,
+    "judge": judge_responder,
+    "therapist": therapist_responder,
+}
+
+
+class ScriptedBackend:
+    """A ChatBackend answering from a responder, optionally after `latency` seconds (text only)."""
+
+    supports_images = False
+
+    def __init__(self, role: str, latency: float = 0.0, responder: Responder | None = None) -> None:
+        if responder is None and role not in RESPONDERS:
+            raise ValueError(f"scripted model {role!r}: expected one of {sorted(RESPONDERS)}")
+        self.name = f"scripted-{role}"
+        self.responder = responder or RESPONDERS[role]
+        self.latency = latency
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def chat(self, messages, images=None, config=None) -> str:
+        if images:
+            raise ValueError(f"Backend {self.name!r} is text-only but was given {len(images)} image(s)")
+        with self._lock:
+            self.calls += 1
+        if self.latency:
+            time.sleep(self.latency)
+        return self.responder(messages)
+
+    def chat_batch(self, conversations, images=None, config=None) -> list[str]:
+        return [
+            self.chat(m, i, config) for m, i in zip(conversations, images or [None] * len(conversations), strict=True)
+        ]
+
+
+# ----------------------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+def openai_app(responders: dict[str, Responder], latency: float = 0.0, calls: list | None = None):
+    """A FastAPI app speaking OpenAI's chat-completions API; `model` picks the responder. Each request sleeps
+    `latency` seconds without blocking others (async), so the server is never the bottleneck. `calls` (a list)
+    receives every request body, for tests."""
+    import asyncio
+
+    from fastapi import FastAPI, HTTPException, Request
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await request.json()
+        if calls is not None:
+            calls.append(body)
+        responder = responders.get(body.get("model"))
+        if responder is None:
+            raise HTTPException(404, f"unknown model {body.get('model')!r}; serving {sorted(responders)}")
+        if latency:
+            await asyncio.sleep(latency)
+        text = responder(body.get("messages") or [])
+        return {
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model"} for name in responders]}
+
+    return app
+
+
+class ServedApp:
+    """A uvicorn server on 127.0.0.1 (free port) in a daemon thread; use as a context manager."""
+
+    def __init__(self, app) -> None:
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> ServedApp:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the scripted OpenAI-compatible server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
