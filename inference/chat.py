@@ -11,16 +11,18 @@ client says nothing, as at the start of every session in the dataset), `/plan` s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import os
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .backends.base import GenerationConfig
+from .backends.base import GenerationConfig, ModelLoadArguments
 from .safety import SafetyConfig
-from .therapist import STRATEGIES, MirrorTherapist, TherapistConfig, load_image
+from .therapist import STRATEGIES, VISION_STRATEGIES, MirrorTherapist, TherapistConfig, load_image
 
 # A neutral profile for trying a model without writing one: every field the prompt renders, nothing invented.
 DEFAULT_CLIENT = {
@@ -37,75 +39,141 @@ DEFAULT_CLIENT = {
     "thinking_traps": [],
 }
 HELP = "Commands: /image PATH, /silent, /plan, /prompt, /help, /quit. Anything else is what you say as the client."
+# C0 and C1 control characters and DEL, except newline and tab: model output must not drive the terminal.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass
+class TherapistArguments:
+    """Which therapist to talk to, besides the model: shared by `mirror chat` and `mirror demo`."""
+
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": "Therapist strategy; default: the model folder's, else base / text.", "choices": STRATEGIES},
+    )
+    client_profile: str | None = field(
+        default=None, metadata={"help": "JSON client profile (or a dataset record with a 'client' key)."}
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "Talk to --model on an OpenAI-compatible server instead of loading it (e.g. mirror serve)."},
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Environment variable holding the key for --base_url (not the key itself: command lines are "
+            "visible to other users). Default: the HF token, for Hugging Face hosts only."
+        },
+    )
+    locale: str = field(
+        default=SafetyConfig.locale, metadata={"help": SafetyConfig.__dataclass_fields__["locale"].metadata["help"]}
+    )
+    log_client_text: bool = field(
+        default=False, metadata={"help": "Opt in to logging what the client writes (off: client text is sensitive)."}
+    )
+    verbose: bool = field(
+        default=False, metadata={"help": "Show log messages on stderr (and, in chat, each turn's plan and emotion)."}
+    )
+    log_file: str | None = field(
+        default=None, metadata={"help": "Append log messages to this file (never shown in the conversation)."}
+    )
+
+
+@dataclass
+class ChatArguments:
+    """What only `mirror chat` takes."""
+
+    image: str | None = field(
+        default=None, metadata={"help": "The client's face (PNG/JPEG); needed by the vision strategies."}
+    )
+
+
+ARGUMENTS = (ModelLoadArguments, TherapistArguments, GenerationConfig, ChatArguments)
+
+
+def printable(text: str) -> str:
+    """`text` without control characters (newline and tab kept), safe to print to a terminal."""
+    return CONTROL_CHARACTERS.sub("", text)
 
 
 def load_client_profile(path: str | Path | None) -> dict[str, Any]:
     """A client profile from JSON: a bare client dict, or a dataset record / profile row with a `client` key."""
     if path is None:
         return dict(DEFAULT_CLIENT)
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--client_profile {str(path)!r} is not valid JSON ({error})") from None
     client = data.get("client", data) if isinstance(data, dict) else None
     if not isinstance(client, dict) or "name" not in client:
-        raise SystemExit(f"{path}: expected a client profile (a JSON object with at least 'name')")
+        raise ValueError(f"--client_profile {str(path)!r}: expected a client profile (a JSON object with 'name')")
     return {**DEFAULT_CLIENT, **client}
 
 
-def add_therapist_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and configure a therapist, shared by `mirror chat` and `mirror demo`."""
-    parser.add_argument("--model", required=True, help="Model folder or Hub id (merged model or LoRA adapter).")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="Default: the model folder's, else base / text.")
-    parser.add_argument("--client-profile", help="JSON client profile (or a dataset record with a 'client' key).")
-    parser.add_argument("--revision", help="Hub revision of --model.")
-    parser.add_argument("--device", help="cuda, cpu, mps or auto (default: best available).")
-    parser.add_argument("--dtype", help="bfloat16, float16, float32 or auto.")
-    parser.add_argument(
-        "--base-url", help="Talk to --model on an OpenAI-compatible server instead of loading it (e.g. mirror serve)."
-    )
-    parser.add_argument(
-        "--api-key-env",
-        help="Environment variable holding the key for --base-url (not the key itself: command lines are visible to "
-        "other users). Default: the HF token, for Hugging Face hosts only.",
-    )
-    defaults = GenerationConfig()
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy decoding.")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="Nucleus sampling mass.")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="Reply token budget.")
-    parser.add_argument("--seed", type=int, help="Seed for reproducible sampling.")
-    parser.add_argument("--locale", default=SafetyConfig().locale, help="Locale whose crisis lines are shown.")
-    parser.add_argument("--log-client-text", action="store_true",
-                        help="Opt in to logging what the client writes (off: client text is sensitive).")  # fmt: skip
+def open_face_image(path: str) -> Any:
+    """The client's face from `--image`, or a one-line error saying what is wrong with the file."""
+    from PIL import UnidentifiedImageError
+
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"--image {path!r}: no such file; pass the path of a PNG or JPEG photo of a face")
+    try:
+        return load_image(Path(path).expanduser())
+    except (UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"--image {path!r} is not an image Pillow can read; pass a PNG or JPEG photo") from error
 
 
-def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
-    """The `mirror chat` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
-    description = (__doc__ or "").split("\n\n")[0]
-    if subparsers is None:
-        parser = argparse.ArgumentParser(prog="mirror chat", description=description)
-    else:
-        parser = subparsers.add_parser(
-            "chat", help="Talk to a therapist model in the terminal.", description=description
-        )
-    add_therapist_arguments(parser)
-    parser.add_argument("--image", help="The client's face (PNG/JPEG); needed by the vision strategies.")
-    parser.add_argument("--verbose", action="store_true", help="Show the plan and emotion caption of each turn.")
-    parser.set_defaults(func=main)
-    return parser
+def setup_logging(arguments: TherapistArguments) -> None:
+    """Log messages never land in the conversation: stderr only with --verbose, a file with --log_file."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.addHandler(logging.NullHandler())  # no handler at all would make Python print warnings to stderr
+    root.setLevel(logging.INFO if arguments.verbose or arguments.log_file else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if arguments.log_file:
+        handler = logging.FileHandler(arguments.log_file, encoding="utf-8")
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    if arguments.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    logging.captureWarnings(True)  # library warnings follow the same rule
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if arguments.verbose else "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()  # transformers' records propagate to the handlers above
+        hf_logging.enable_propagation()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
-def build_therapist(args: argparse.Namespace) -> MirrorTherapist:
-    """The therapist that `add_therapist_arguments` describes: a local model, or one behind --base-url."""
-    generation = GenerationConfig(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
-    )
-    safety = SafetyConfig(locale=args.locale, log_client_text=args.log_client_text)
-    if args.base_url:
+def build_therapist(
+    model: ModelLoadArguments, arguments: TherapistArguments, generation: GenerationConfig
+) -> MirrorTherapist:
+    """The therapist the options describe: a local model (checked first, for a clear error), or one behind
+    --base_url."""
+    safety = SafetyConfig(locale=arguments.locale, log_client_text=arguments.log_client_text)
+    if arguments.base_url:
         from .backends.endpoint import EndpointBackend, api_key_from_env
 
-        backend = EndpointBackend(args.base_url, args.model, api_key=api_key_from_env(args.api_key_env))
-        return MirrorTherapist(backend, args.strategy, generation, safety, TherapistConfig())
-    return MirrorTherapist.from_pretrained(
-        args.model, args.strategy, generation, safety, revision=args.revision, device=args.device, dtype=args.dtype
-    )
+        backend = EndpointBackend(arguments.base_url, model.model, api_key=api_key_from_env(arguments.api_key_env))
+        return MirrorTherapist(backend, arguments.strategy, generation, safety, TherapistConfig())
+    model.check_source()
+    try:
+        return MirrorTherapist.from_pretrained(
+            model.model, arguments.strategy, generation, safety, **model.load_kwargs()
+        )
+    except OSError as error:
+        if Path(model.model).expanduser().exists():
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"--model {model.model!r} is not a local folder and could not be fetched from the Hub ({reason}); "
+            "check the path or the model id (and `hf auth login` for a private model)"
+        ) from error
 
 
 def run_session(
@@ -116,7 +184,14 @@ def run_session(
     print(session.disclosure, file=out)
     print(f"[{therapist.strategy} therapist: {therapist.backend.name}. {HELP}]", file=out, flush=True)
     if verbose and session.plan is not None:
-        print(f"[plan] {session.plan.technique}: {session.plan.plan}", file=out)
+        print(printable(f"[plan] {session.plan.technique}: {session.plan.plan}"), file=out)
+    if therapist.strategy in VISION_STRATEGIES and image is None:
+        print(
+            f"[The {therapist.strategy!r} strategy reads the client's face: /image PATH before your first turn "
+            "(or start with --image face.png), or use --strategy text.]",
+            file=out,
+            flush=True,
+        )
     interactive = lines.isatty()
     while True:
         if interactive:
@@ -127,6 +202,8 @@ def run_session(
         text = line.strip()
         if not text:
             continue
+        if not interactive:  # a piped transcript reads as a dialogue
+            print(f"You: {printable(text)}", file=out, flush=True)
         if text in ("/quit", "/exit"):
             break
         if text == "/help":
@@ -134,7 +211,10 @@ def run_session(
             continue
         if text == "/plan":
             plan = session.plan
-            print(f"[plan] {plan.technique}: {plan.plan}" if plan else "[no plan: strategy does not plan]", file=out)
+            print(
+                printable(f"[plan] {plan.technique}: {plan.plan}") if plan else "[no plan: strategy does not plan]",
+                file=out,
+            )
             continue
         if text == "/prompt":
             last = session.replies[-1].messages if session.replies else None
@@ -143,9 +223,9 @@ def run_session(
         if text.startswith("/image"):
             path = text.removeprefix("/image").strip()
             try:
-                image = load_image(path)
+                image = open_face_image(path)
             except (OSError, ValueError) as error:
-                print(f"[cannot open image {path!r}: {error}]", file=out, flush=True)
+                print(f"[cannot open image: {error}]", file=out, flush=True)
                 continue
             print(f"[client face set to {path}]", file=out, flush=True)
             continue
@@ -160,31 +240,23 @@ def run_session(
             continue
         image = None  # the session keeps the face until /image changes it
         if verbose and reply.emotion is not None:
-            print(f"[emotion] {reply.emotion}", file=out)
-        print(f"Therapist: {reply.text}", file=out, flush=True)
+            print(f"[emotion] {printable(reply.emotion)}", file=out)
+        print(f"Therapist: {printable(reply.text)}", file=out, flush=True)
     return session
 
 
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    client = load_client_profile(args.client_profile)
-    image = load_image(args.image) if args.image else None
-    therapist = build_therapist(args)
-    if therapist.strategy in ("base", "planning", "ec_planning") and image is None:
-        print(
-            f"The {therapist.strategy!r} strategy reads the client's face: pass --image face.png "
-            "(or /image PATH before your first turn), or use --strategy text.",
-            file=sys.stderr,
-        )
-    run_session(therapist, client, image, sys.stdin, sys.stdout, verbose=args.verbose)
+def main(
+    model: ModelLoadArguments, arguments: TherapistArguments, generation: GenerationConfig, chat: ChatArguments
+) -> int:
+    setup_logging(arguments)
+    client = load_client_profile(arguments.client_profile)
+    image = open_face_image(chat.image) if chat.image else None
+    therapist = build_therapist(model, arguments, generation)
+    run_session(therapist, client, image, sys.stdin, sys.stdout, verbose=arguments.verbose)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(make_parser().parse_args()))
+    import mirror_cli
+
+    sys.exit(mirror_cli.main(["chat", *sys.argv[1:]], prog="mirror chat"))

@@ -9,16 +9,35 @@ replaces every reply and a banner says so until "New session". Client text is no
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import DEFAULT_CLIENT, add_therapist_arguments, build_therapist, load_client_profile
+from .backends.base import GenerationConfig, ModelLoadArguments
+from .chat import DEFAULT_CLIENT, TherapistArguments, build_therapist, load_client_profile, setup_logging
 from .safety import AI_DISCLOSURE, get_referral
 from .therapist import VISION_STRATEGIES, MirrorTherapist
 
 logger = logging.getLogger(__name__)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class DemoArguments:
+    """What only `mirror demo` takes: where the page is served."""
+
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Interface to bind; 0.0.0.0 exposes the page to the network."}
+    )
+    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    share: bool = field(
+        default=False,
+        metadata={"help": "Create a public Gradio share link (off: it sends all traffic through Gradio's relay)."},
+    )
+
+
+ARGUMENTS = (ModelLoadArguments, TherapistArguments, GenerationConfig, DemoArguments)
 
 # Stable DOM ids, for browser tests and custom CSS.
 IDS = {
@@ -136,44 +155,24 @@ def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None) -
     return demo
 
 
-def _boolean(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
-    """The `mirror demo` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
-    description = (__doc__ or "").split("\n\n")[0]
-    if subparsers is None:
-        parser = argparse.ArgumentParser(prog="mirror demo", description=description)
-    else:
-        parser = subparsers.add_parser(
-            "demo", help="Chat with a therapist model in the browser.", description=description
-        )
-    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; 0.0.0.0 exposes it to the network.")
-    parser.add_argument("--port", type=int, default=7860, help="Port to serve on.")
-    parser.add_argument("--share", type=_boolean, nargs="?", const=True, default=False,
-                        help="Create a public Gradio share link (off by default; sends traffic through Gradio's relay).")  # fmt: skip
-    add_therapist_arguments(parser)
-    parser.set_defaults(func=main)
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    client = load_client_profile(args.client_profile)
-    therapist = build_therapist(args)
-    if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("the demo is reachable beyond this machine: client messages and faces will cross the network")
-    demo = build_demo(therapist, client)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, footer_links=["gradio", "settings"]
+def main(
+    model: ModelLoadArguments, arguments: TherapistArguments, generation: GenerationConfig, demo: DemoArguments
+) -> int:
+    setup_logging(arguments)
+    client = load_client_profile(arguments.client_profile)
+    therapist = build_therapist(model, arguments, generation)
+    if demo.share or demo.host not in LOOPBACK_HOSTS:
+        print("Note: the demo is reachable beyond this machine; client messages and faces will cross the network.")
+    app = build_demo(therapist, client)
+    app.queue(default_concurrency_limit=1).launch(
+        server_name=demo.host, server_port=demo.port, share=demo.share, footer_links=["gradio", "settings"]
     )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(make_parser().parse_args()))
+    import sys
+
+    import mirror_cli
+
+    sys.exit(mirror_cli.main(["demo", *sys.argv[1:]], prog="mirror demo"))

@@ -38,12 +38,12 @@ def free_port() -> int:
 
 
 def test_parser_defaults_are_local_and_private():
-    from inference.web_demo import make_parser
+    from mirror_cli import parse_command
 
-    args = make_parser().parse_args(["--model", "some/model"])
-    assert (args.host, args.port, args.share, args.log_client_text) == ("127.0.0.1", 7860, False, False)
-    assert make_parser().parse_args(["--model", "m", "--share", "False"]).share is False
-    assert make_parser().parse_args(["--model", "m", "--share"]).share is True
+    _, therapist, _, demo = parse_command("demo", ["--model", "some/model"])
+    assert (demo.host, demo.port, demo.share, therapist.log_client_text) == ("127.0.0.1", 7860, False, False)
+    assert parse_command("demo", ["--model", "m", "--share", "False"])[3].share is False
+    assert parse_command("demo", ["--model", "m", "--share"])[3].share is True
 
 
 def test_importing_the_module_does_not_import_gradio():

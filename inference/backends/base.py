@@ -80,6 +80,39 @@ class ModelLoadArguments:
         metadata={"help": "Run Python code shipped with the model repository (off: only for repositories you trust)."},
     )
 
+    def check_source(self) -> None:
+        """Raise a one-line error saying what is wrong, and what to do, when `model` cannot be a loadable model:
+        a missing or mistyped folder, a dataset folder, or a Hub id that cannot be fetched offline."""
+        from pathlib import Path
+
+        path = Path(self.model).expanduser()
+        what = "pass a model folder written by `mirror train` / `mirror merge`, or a Hub model id such as owner/name"
+        if path.is_dir():
+            if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+                return
+            if any(path.glob("data/**/*.parquet")) or any(path.glob("sessions*.jsonl")):
+                raise ValueError(f"--model {self.model!r} is a Mirror dataset folder, not a model; {what}")
+            raise ValueError(f"--model {self.model!r} holds no config.json or adapter_config.json; {what}")
+        if path.exists():
+            raise ValueError(f"--model {self.model!r} is a file, not a model folder; {what}")
+        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(self.model)
+        except HFValidationError:
+            raise FileNotFoundError(f"--model {self.model!r}: no such folder; check the path, or {what}") from None
+        if constants.HF_HUB_OFFLINE:
+            cached = (
+                try_to_load_from_cache(self.model, name, revision=self.revision)
+                for name in ("config.json", "adapter_config.json")
+            )
+            if not any(isinstance(found, str) for found in cached):
+                raise FileNotFoundError(
+                    f"--model {self.model!r} is not a local folder, and HF_HUB_OFFLINE=1 forbids downloading it "
+                    f"(it is not in the local Hub cache): check the path, or run `hf download {self.model}` online"
+                )
+
     def load_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `load_backend` / `TransformersBackend.from_pretrained` besides the model."""
         return {
