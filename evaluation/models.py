@@ -43,6 +43,10 @@ class BackendPool:
     def __init__(self) -> None:
         self._backends: dict[str, Any] = {}
 
+    def register(self, spec: ModelSpec, backend: Any) -> None:
+        """Use `backend` for `spec` (e.g. a wrapped backend that records prompts)."""
+        self._backends[repr(spec)] = backend
+
     def get(self, spec: ModelSpec) -> Any:
         key = repr(spec)
         if key not in self._backends:

@@ -215,13 +215,15 @@ def run_reference(config: EvalConfig, run_dir: Path, therapists: dict[str, Any],
     return out
 
 
-def run_evaluation(config: EvalConfig, *, face_loop=None, detector=None, progress: bool = True) -> Path:
-    """Run (or resume) the whole evaluation; returns the report folder."""
+def run_evaluation(
+    config: EvalConfig, *, face_loop=None, detector=None, pool: BackendPool | None = None, progress: bool = True
+) -> Path:
+    """Run (or resume) the whole evaluation; returns the report folder. `pool` may hold pre-built backends."""
     from .report import build_report, write_report
 
     notes = check_judge(config)
     run_dir, manifest = prepare_run_dir(config)
-    pool = BackendPool()
+    pool = pool or BackendPool()
     sessions: dict[str, list[dict[str, Any]]] = {}
     judgements: dict[str, list[dict[str, Any]]] = {}
     therapists = None

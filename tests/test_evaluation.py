@@ -1,0 +1,339 @@
+"""Evaluation units: parse_score on realistic judge outputs, the virtual client's validation and retries, the judge's
+retries and cache, the face loop's retry-then-record path, the local `evaluate` metric modules, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from evaluation.client import ClientConfig, ClientFailure, VirtualClient, validate_client_output
+from evaluation.faces import Check, FaceLoop, FaceLoopConfig, FaceLoopFailure
+from evaluation.judges import Judge, load_rubric, parse_score
+from evaluation.scripted import ScriptedBackend, judge_responder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROFILE = {
+    "id": "p-01-emotional",
+    "resistance": "emotional",
+    "client": {
+        "name": "Nadia Petrova",
+        "age": 26,
+        "gender": "female",
+        "occupation": "veterinary nurse",
+        "personal_info": "Works long shifts.",
+        "reason_for_counseling": "Headaches.",
+        "distorted_thought": "If I show I'm upset they'll stop relying on me.",
+        "thinking_traps": ["mind reading"],
+    },
+    "identity": {"key": "p-01"},
+}
+
+
+# ------------------------------------------------------------------------------------------------ parse_score
+
+
+def test_parse_score_on_realistic_judge_outputs():
+    cases = yaml.safe_load((FIXTURES / "judge_outputs.yaml").read_text(encoding="utf-8"))
+    kinds = " ".join(case["text"] for case in cases)
+    for needle in ("Score: 4", "{", "Score: 9", "Score: -2", "N/A", "7/10", "rate this a 4"):
+        assert needle in kinds, f"fixture lacks a {needle!r} case"
+    assert any(case["text"] == "" for case in cases)
+
+    got = [parse_score(case["text"], case["low"], case["high"]) for case in cases]
+    for case, value in zip(cases, got, strict=True):
+        assert value == case["expected"], f"{case['text']!r}: got {value}, expected {case['expected']}"
+    parsed = [value for value in got if value is not None]
+    assert len(parsed) / len(cases) == pytest.approx(10 / 21)  # parse rate
+    assert sum(parsed) / len(parsed) == pytest.approx(3.8)  # mean of the readable scores: no zeros added
+
+
+def test_parse_score_edge_cases():
+    assert parse_score("4/6", 0, 6) == 4
+    assert parse_score("Score: 0", 0, 6) == 0  # a real zero is a score
+    assert parse_score("Rating: 6. Score: 6", 0, 6) == 6  # the same value twice is not ambiguous
+    assert parse_score("None of the items apply", 0, 6) is None
+    with pytest.raises(ValueError):
+        parse_score("3", 6, 0)
+
+
+# ---------------------------------------------------------------------------------------------- virtual client
+
+THERAPIST_LINE = "What brings you in today?"
+MALFORMED = {
+    "role prefix": ("Client: [Shrugs] It's fine.", "role prefix"),
+    "empty": ("   ", "empty"),
+    "echo": (f"[Looks away] {THERAPIST_LINE}", "echoes"),
+    "therapist part": ("[Nods] Fine.\nTherapist: Tell me more.", "therapist's part"),
+    "missing stage direction": ("I guess work has been a lot.", "missing stage direction"),
+    "name prefix": ("Nadia: [Sighs] Fine.", "role prefix"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_each_malformed_client_output_is_retried_then_recorded(kind):
+    output, reason = MALFORMED[kind]
+    backend = ScriptedBackend("bad-client", responder=lambda messages: output)
+    client = VirtualClient(backend, ClientConfig(max_retries=2))
+    history = [
+        {"speaker": "client", "statement": "", "stage_direction": "Sits down"},
+        {"speaker": "therapist", "statement": THERAPIST_LINE, "stage_direction": None},
+    ]
+    with pytest.raises(ClientFailure) as failure:
+        client.reply(PROFILE, history, seed=1)
+    assert backend.calls == 3, "bounded: one call plus max_retries"
+    assert [a["raw"] for a in failure.value.attempts] == [output] * 3
+    assert all(reason in a["error"] for a in failure.value.attempts)
+    assert reason in failure.value.reason
+
+
+def test_first_reply_must_be_non_verbal_and_retry_recovers():
+    answers = iter(["[Sits down] Hi, I'm Nadia.", "[Sits down, arms folded]"])
+    backend = ScriptedBackend("client", responder=lambda messages: next(answers))
+    turn = VirtualClient(backend, ClientConfig(max_retries=3)).reply(PROFILE, [], seed=0)
+    assert turn.stage_direction == "Sits down, arms folded" and turn.statement == ""
+    assert [a["error"] for a in turn.attempts] == ["first reply must be non-verbal only", None]
+
+
+def test_end_token_only_after_two_exchanges():
+    with pytest.raises(ValueError, match="before the minimum"):
+        validate_client_output("[Stands up] I'm done. [/END]", first=False, may_end=False)
+    turn = validate_client_output("[Stands up] Thanks, I'll try it. [/END]", first=False, may_end=True)
+    assert turn.end and turn.statement == "Thanks, I'll try it." and turn.stage_direction == "Stands up"
+
+
+# ------------------------------------------------------------------------------------------------------ judges
+
+
+def _record(statement="I guess it's fine."):
+    return {
+        "id": "t/p-01-emotional",
+        "profile": PROFILE,
+        "turns": [
+            {"speaker": "client", "statement": "", "stage_direction": "Arms folded"},
+            {"speaker": "therapist", "statement": "What brings you here?", "stage_direction": None},
+            {"speaker": "client", "statement": statement, "stage_direction": "Shrugs"},
+        ],
+    }
+
+
+def test_judge_one_call_per_item_at_temperature_zero_and_cached_rerun_calls_no_model(tmp_path):
+    configs = []
+
+    def responder(messages):
+        return judge_responder(messages)
+
+    backend = ScriptedBackend("judge", responder=responder)
+    original = backend.chat
+
+    def recording_chat(messages, images=None, config=None):
+        configs.append(config)
+        return original(messages, images, config)
+
+    backend.chat = recording_chat
+    rubrics = [load_rubric(name) for name in ("ctrs", "alliance", "panas")]
+    judge = Judge(backend, rubrics, cache_dir=tmp_path / "cache", backoff=0)
+    first = judge.judge_session(_record())
+    assert len(first["items"]) == 6 + 3 + 40 == backend.calls
+    assert {c.temperature for c in configs} == {0.0}
+    assert all(item["score"] is not None and not item["cached"] for item in first["items"].values())
+
+    again = Judge(backend, rubrics, cache_dir=tmp_path / "cache", backoff=0).judge_session(_record())
+    assert backend.calls == 49, "a cached rerun must call no model"
+    assert {k: v["score"] for k, v in again["items"].items()} == {k: v["score"] for k, v in first["items"].items()}
+    assert all(item["cached"] for item in again["items"].values())
+
+    Judge(backend, rubrics, cache_dir=tmp_path / "cache", backoff=0).judge_session(_record("Something else."))
+    # A different transcript is a new key for every item that reads it; PANAS "before" reads only the profile.
+    assert backend.calls == 49 + 6 + 3 + 20
+
+
+def test_judge_retries_unreadable_answers_with_backoff_then_records_missing(tmp_path):
+    answers = {"n": 0}
+    waits = []
+
+    def responder(messages):
+        answers["n"] += 1
+        text = messages[0]["content"][0]["text"]
+        if "Goal" in text:
+            return "N/A" if len(messages) == 1 else "Score: 5"  # readable on the retry
+        return "I would rather not say."
+
+    rubric = load_rubric("alliance")
+    judge = Judge(
+        ScriptedBackend("judge", responder=responder),
+        [rubric],
+        tmp_path,
+        max_retries=2,
+        backoff=0.5,
+        sleep=waits.append,
+    )
+    result = judge.judge_session(_record())
+    goal, bond = result["items"]["alliance/goal"], result["items"]["alliance/bond"]
+    assert goal["score"] == 5 and goal["raw"] == ["N/A", "Score: 5"] and goal["attempts"] == 2
+    assert bond["score"] is None and bond["attempts"] == 3 and bond["raw"] == ["I would rather not say."] * 3
+    assert waits == [0.5, 1.0]  # exponential backoff between retry rounds
+
+
+# ------------------------------------------------------------------------------------------------- face loop
+
+
+class RejectingVerifier:
+    name = "always-reject"
+
+    def __init__(self):
+        self.seen = []
+
+    def check(self, image, *, description, reference):
+        self.seen.append(image.copy())
+        return Check(self.name, False, 0.05, 0.2, "stand-in that rejects every face")
+
+
+def test_face_loop_retries_with_new_seeds_then_records_unverified():
+    from dataset_builder.images import get_image_backend
+
+    verifier = RejectingVerifier()
+    loop = FaceLoop(get_image_backend("embedded"), [verifier], FaceLoopConfig(max_attempts=4))
+    result = loop.render(
+        identity_key="p-01",
+        gender="female",
+        age=26,
+        stage_direction="Looks away, jaw tight",
+        statement="Fine.",
+        reference=None,
+        seed=100,
+    )
+    assert not result.verified and isinstance(result.image, Image.Image)
+    assert [a["seed"] for a in result.attempts] == [100, 101, 102, 103]
+    assert all(not a["passed"] and a["checks"][0]["score"] == 0.05 for a in result.attempts)
+    assert len(verifier.seen) == 4
+
+    strict = FaceLoop(
+        get_image_backend("embedded"), [RejectingVerifier()], FaceLoopConfig(max_attempts=2, on_failure="fail")
+    )
+    with pytest.raises(FaceLoopFailure, match="always-reject") as failure:
+        strict.render(
+            identity_key="p-01",
+            gender="female",
+            age=26,
+            stage_direction="Frowns",
+            statement="",
+            reference=None,
+            seed=0,
+        )
+    assert len(failure.value.attempts) == 2
+
+
+def test_identity_verifier_loads_a_model_by_path_tiny_stand_in(tmp_path):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from dataset_builder.images import FaceRequest, get_image_backend
+    from evaluation.faces import IdentityVerifier
+
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    CLIPVisionModel(config).save_pretrained(tmp_path / "tiny-id")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "tiny-id"
+    )
+    renderer = get_image_backend("embedded")
+    reference = renderer.render(FaceRequest("p-01", "neutral", "female", 26))
+    face = renderer.render(FaceRequest("p-01", "sad, looking down", "female", 26, seed=3))
+    same = IdentityVerifier(str(tmp_path / "tiny-id"), threshold=0.3).check(face, description="", reference=face)
+    assert same.passed and same.score == pytest.approx(1.0, abs=1e-4)
+    impossible = IdentityVerifier(str(tmp_path / "tiny-id"), threshold=1.01)
+    loop = FaceLoop(renderer, [impossible], FaceLoopConfig(max_attempts=3))
+    result = loop.render(
+        identity_key="p-01", gender="female", age=26, stage_direction="sad", statement="", reference=reference, seed=0
+    )
+    assert not result.verified and len(result.attempts) == 3
+    assert all(a["checks"][0]["name"].startswith("identity(") for a in result.attempts)
+
+
+# ----------------------------------------------------------------------------------------------- metric modules
+
+
+def test_metric_modules_load_with_evaluate_by_path():
+    import evaluate
+
+    from evaluation.metrics import METRICS_DIR, metric_path
+
+    for module in METRICS_DIR.glob("*/*.py"):
+        if module.name != "__init__.py":
+            for line in module.read_text().splitlines():
+                assert not (line.startswith("import ") and "," in line), f"{module}: one import per line"
+    rouge = evaluate.load(metric_path("rouge_l")).compute(
+        predictions=["the cat sat on the mat", "nothing alike"], references=["the cat was on the mat", "zzz"]
+    )
+    assert rouge["scores"] == pytest.approx([5 / 6, 0.0]) and rouge["rouge_l"] == pytest.approx(5 / 12)
+    distinct = evaluate.load(metric_path("distinct_n")).compute(predictions=["a b a b", "a b"])
+    assert distinct == {"distinct_1": pytest.approx(2 / 6), "distinct_2": pytest.approx(2 / 4)}
+    semantic = evaluate.load(metric_path("semantic_similarity")).compute(
+        predictions=["I feel anxious about work.", "I feel anxious about work."],
+        references=["I feel anxious about work.", "The recipe needs two eggs."],
+    )
+    assert semantic["scores"][0] == pytest.approx(1.0, abs=1e-4) and semantic["scores"][1] < 0.4
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def test_bootstrap_ci_and_missing_values():
+    from evaluation.report import bootstrap_ci, session_scores
+
+    mean, low, high = bootstrap_ci([1, 2, 3, 4, 5], samples=500, seed=0)
+    assert mean == 3 and 1 <= low < 3 < high <= 5
+    assert bootstrap_ci([], 10) == (None, None, None) and bootstrap_ci([2.0], 10) == (2.0, None, None)
+    judgement = {
+        "items": {
+            "ctrs/understanding": {"score": 4, "group": "general"},
+            "ctrs/interpersonal_effectiveness": {"score": None, "group": "general"},
+            "ctrs/collaboration": {"score": 2, "group": "general"},
+        }
+    }
+    scores = session_scores(judgement)
+    assert scores["ctrs/interpersonal_effectiveness"] == (None, 0, 1)
+    assert scores["ctrs/general"] == (None, 2, 3), "a group score with a missing item is missing, not a partial mean"
+
+
+def test_rubric_files_are_versioned_and_complete():
+    ctrs, alliance, panas = (load_rubric(name, "v1") for name in ("ctrs", "alliance", "panas"))
+    assert (ctrs.low, ctrs.high, alliance.low, alliance.high, panas.low, panas.high) == (0, 6, 1, 7, 1, 5)
+    assert [i.key for i in ctrs.items("p", "t")] == [
+        "ctrs/understanding",
+        "ctrs/interpersonal_effectiveness",
+        "ctrs/collaboration",
+        "ctrs/guided_discovery",
+        "ctrs/focus",
+        "ctrs/strategy",
+    ]
+    items = panas.items("profile", "TRANSCRIPT")
+    assert len(items) == 40 and len({i.key for i in items}) == 40
+    assert all(("TRANSCRIPT" in i.prompt) == ("/after/" in i.key) for i in items)
+    with pytest.raises(FileNotFoundError, match="v9"):
+        load_rubric("ctrs", "v9")
+
+
+def test_report_dir_json_is_plain(tmp_path):
+    from evaluation.report import write_report
+
+    report = {
+        "run": {"dataset": "d", "client_model": "c", "judge_model": "j", "confidence": 0.95, "notes": ["n"]},
+        "therapists": {
+            "t": {
+                "strategy": "text",
+                "sessions": {"total": 0, "complete": 0, "failed": 0, "error": 0, "mean_turns": None},
+                "scores": {},
+                "by_resistance": {},
+                "items": {},
+                "reference": None,
+            }
+        },
+    }
+    folder = write_report(report, tmp_path / "r")
+    assert json.loads((folder / "report.json").read_text())["plots"] == {}
+    assert "> n" in (folder / "report.md").read_text()
