@@ -157,7 +157,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     "sft": {
         "id": "Row id: `<session id>/<variant>/<task>/<turn index>`.",
         "session_id": "Session the row comes from.",
-        "variant": "SFT variant: `base`, `planning`, `ec_planning` or `text` (also one config per variant).",
+        "variant": "SFT variant (`base`, `planning`, `ec_planning`, `text`, ...); each also has its own config "
+        "`sft_<variant>`.",
         "task": "`response` (the therapist's next statement), `emotion_caption` (ec_planning: caption the face) or "
         "`plan` (planning variants: write the session plan).",
         "resistance": "Resistance style of the session.",
