@@ -17,7 +17,14 @@ from pathlib import Path
 
 import datasets
 
-from inference.prompts import DEFAULT_PROMPT_VERSION, emotion_caption_messages, therapist_messages
+from inference.prompts import (
+    DEFAULT_PROMPT_VERSION,
+    PLAN_VARIANTS,
+    VISION_VARIANTS,
+    emotion_caption_messages,
+    plan_messages,
+    therapist_messages,
+)
 
 from .filters import apply_filters
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
@@ -158,14 +165,22 @@ def _kept_row(record: dict, kind: str) -> dict:
 
 
 def sft_rows(record: dict, variants=SFT_VARIANTS, prompt_version: str = DEFAULT_PROMPT_VERSION) -> Iterator[dict]:
-    """One SFT row per therapist turn and variant (plus emotion-caption rows for `ec_planning`).
+    """One SFT row per therapist turn and variant, plus emotion-caption rows for `ec_planning` and one `plan` row
+    per session and plan variant.
 
     The image of a vision row is the client's face at the latest client turn before the therapist speaks; a
-    therapist turn with no client turn before it has no face to read and gets only a `text` row.
+    therapist turn with no client turn before it has no face to read and gets rows of the text variants only. A
+    `plan` row (profile in, technique + plan out) is text only for every variant, as the therapist asks for the plan
+    at session start, before any face is seen; it teaches a fine-tuned planning model to write its own plan.
     """
     turns = record["turns"]
     base = {"session_id": record["id"], "resistance": record["resistance"]}
     plan = {"cbt_technique": record["cbt_technique"], "cbt_plan": record["cbt_plan"]}
+    for variant in variants:
+        if variant in PLAN_VARIANTS:
+            yield {**base, "id": f"{record['id']}/{variant}/plan/00", "variant": variant, "task": "plan",
+                   "turn_index": 0, "messages": plan_messages(record["client"], **plan, version=prompt_version),
+                   "images": []}
     last_client = None
     for index, turn in enumerate(turns):
         if turn["speaker"] == "client":
@@ -178,8 +193,9 @@ def sft_rows(record: dict, variants=SFT_VARIANTS, prompt_version: str = DEFAULT_
             continue
         history = turns[:index]
         for variant in variants:
+            vision = variant in VISION_VARIANTS
             image = last_client["image"] if last_client is not None else None
-            if variant != "text" and image is None:
+            if vision and image is None:
                 continue
             emotion = (last_client["stage_direction"] or last_client["expression"]) if last_client else None
             if variant == "ec_planning" and not emotion:
@@ -187,8 +203,8 @@ def sft_rows(record: dict, variants=SFT_VARIANTS, prompt_version: str = DEFAULT_
             messages = therapist_messages(
                 record["client"], history, variant, reply=turn["statement"],
                 emotion=emotion if variant == "ec_planning" else None,
-                version=prompt_version, **(plan if variant in ("planning", "ec_planning") else {}),
+                version=prompt_version, **(plan if variant in PLAN_VARIANTS else {}),
             )
             yield {**base, "id": f"{record['id']}/{variant}/response/{index:02d}", "variant": variant,
                    "task": "response", "turn_index": index, "messages": messages,
-                   "images": [] if variant == "text" else [image]}
+                   "images": [image] if vision else []}

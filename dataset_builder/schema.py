@@ -9,12 +9,12 @@ from __future__ import annotations
 from datasets import Features, Image, List, Value
 
 from inference.prompts import CBT_TECHNIQUES, VARIANTS
+from inference.prompts import SFT_TASKS as SFT_TASKS  # re-exported: the task names are defined once, there
 
 RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")
 SPEAKERS = ("therapist", "client")
 TECHNIQUES = CBT_TECHNIQUES
 SFT_VARIANTS = VARIANTS
-SFT_TASKS = ("response", "emotion_caption")
 
 # Field order here is the field order of the raw JSON record; validation uses these key sets.
 SOURCE_FIELDS = {

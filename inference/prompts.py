@@ -17,9 +17,20 @@ import yaml
 PROMPT_DIR = Path(__file__).parent / "prompts"
 DEFAULT_PROMPT_VERSION = "v1"
 
-VARIANTS = ("base", "planning", "ec_planning", "text")
+# Therapist prompt variants. Vision variants show the model the client's face; `text` and `cactus_plan` are the
+# text-only baselines (`cactus_plan`: a CACTUS-style therapist that plans first, the `text` prompt plus the plan).
+VARIANTS = ("base", "planning", "ec_planning", "text", "cactus_plan")
 VISION_VARIANTS = ("base", "planning", "ec_planning")
-PLAN_VARIANTS = ("planning", "ec_planning")
+TEXT_VARIANTS = ("text", "cactus_plan")
+PLAN_VARIANTS = ("planning", "ec_planning", "cactus_plan")
+# Tasks of the `sft` rows: `response` (the therapist's next statement), `emotion_caption` (ec_planning: the client's
+# face in words) and `plan` (planning variants: the session's CBT technique and plan from the client profile).
+SFT_TASKS = ("response", "emotion_caption", "plan")
+# The record `mirror train` writes into a model folder (resolved configuration, variant); inference reads the
+# variant from it. Defined here because `inference` imports no other project package.
+TRAINING_RECORD_NAME = "mirror_training.json"
+# How the text blocks of one message are joined when a text-only chat template needs a plain string content.
+TEXT_BLOCK_SEPARATOR = "\n"
 
 CBT_TECHNIQUES = (
     "Efficiency Evaluation",
@@ -58,6 +69,30 @@ def strip_stage_directions(text: str | None) -> str:
     return _SPACES.sub(" ", _STAGE_DIRECTION.sub(" ", text)).strip()
 
 
+def join_text_blocks(content: str | list[dict[str, Any]], *, strict: bool = False) -> str | list[dict[str, Any]]:
+    """The one text flattening of a message content, used by training (text variants) and every backend.
+
+    A string stays as is; a list of only text blocks becomes their texts joined with `TEXT_BLOCK_SEPARATOR`. A list
+    with other blocks (an image) is returned unchanged, or raises `ValueError` with `strict=True`.
+    """
+    if isinstance(content, str):
+        return content
+    if any(block.get("type") != "text" for block in content):
+        if strict:
+            kinds = sorted({str(block.get("type")) for block in content})
+            raise ValueError(f"Expected text-only content, found block types {kinds}")
+        return content
+    return TEXT_BLOCK_SEPARATOR.join(block.get("text") or "" for block in content)
+
+
+def flatten_text_messages(messages: list[dict[str, Any]], *, strict: bool = False) -> list[dict[str, Any]]:
+    """Messages with every text-only content turned into a plain string (`join_text_blocks`), the form stock
+    text-LM chat templates and OpenAI-compatible text servers expect; other contents are left as they are."""
+    return [
+        {**message, "content": join_text_blocks(message.get("content") or "", strict=strict)} for message in messages
+    ]
+
+
 def format_history(history: list[dict[str, Any]], version: str = DEFAULT_PROMPT_VERSION) -> str:
     """Render the verbal history, one `Speaker: statement` line per turn, stage directions removed."""
     prompt = load_prompt(version)
@@ -91,8 +126,9 @@ def therapist_prompt_text(
 ) -> str:
     """The text of the therapist's user turn for one reply.
 
-    `variant` is one of `VARIANTS`. `planning` and `ec_planning` need the session's technique and plan;
-    `ec_planning` also needs `emotion`, a caption of the client's current face (the model's own at inference).
+    `variant` is one of `VARIANTS`. The plan variants (`planning`, `ec_planning`, `cactus_plan`) need the session's
+    technique and plan; `ec_planning` also needs `emotion`, a caption of the client's current face (the model's own
+    at inference). `cactus_plan` is the `text` prompt with the plan section: no image, the text instruction.
     """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown therapist variant {variant!r}; expected one of {list(VARIANTS)}")
@@ -137,7 +173,9 @@ def therapist_messages(
     text = therapist_prompt_text(
         client, history, variant, cbt_technique=cbt_technique, cbt_plan=cbt_plan, emotion=emotion, version=version
     )
-    content = ([{"type": "image", "text": None}] if variant in VISION_VARIANTS else []) + [{"type": "text", "text": text}]
+    content = ([{"type": "image", "text": None}] if variant in VISION_VARIANTS else []) + [
+        {"type": "text", "text": text}
+    ]
     messages = [{"role": "user", "content": content}]
     if reply is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": strip_stage_directions(reply)}]})
@@ -152,7 +190,10 @@ def emotion_caption_messages(
     messages = [
         {
             "role": "user",
-            "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt["emotion_caption_instruction"]}],
+            "content": [
+                {"type": "image", "text": None},
+                {"type": "text", "text": prompt["emotion_caption_instruction"]},
+            ],
         }
     ]
     if caption is not None:
@@ -168,3 +209,29 @@ def plan_request_text(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERS
         reason_for_counseling=strip_stage_directions(client.get("reason_for_counseling")),
         techniques=", ".join(CBT_TECHNIQUES),
     )
+
+
+def plan_answer_text(cbt_technique: str, cbt_plan: str, version: str = DEFAULT_PROMPT_VERSION) -> str:
+    """The answer to `plan_request_text` in the format the therapist parses (`Technique: ...` / `Plan: ...`)."""
+    if cbt_technique not in CBT_TECHNIQUES:
+        raise ValueError(f"Unknown CBT technique {cbt_technique!r}; expected one of {list(CBT_TECHNIQUES)}")
+    plan = strip_stage_directions(cbt_plan)
+    if not plan:
+        raise ValueError("A plan answer needs a non-empty cbt_plan")
+    return load_prompt(version)["plan_answer"].format(cbt_technique=cbt_technique, cbt_plan=plan)
+
+
+def plan_messages(
+    client: dict[str, Any],
+    *,
+    cbt_technique: str | None = None,
+    cbt_plan: str | None = None,
+    version: str = DEFAULT_PROMPT_VERSION,
+) -> list[dict[str, Any]]:
+    """The once-per-session plan request (text only, also for VLMs: the plan depends on the profile alone); with
+    `cbt_technique` and `cbt_plan`, the answer is appended (the `plan` task rows of the `sft` config)."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": plan_request_text(client, version)}]}]
+    if cbt_technique is not None or cbt_plan is not None:
+        answer = plan_answer_text(cbt_technique or "", cbt_plan or "", version)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages

@@ -8,8 +8,13 @@ Strategies (ARCHITECTURE §5, §6):
 - `ec_planning`: planning, plus a caption of the client's emotional state from the current face (the model's
   own, `emotion_caption_messages`) put in the prompt before it replies.
 - `text`: a plain LLM therapist on the verbal history only (the `text` prompt variant).
-- `cactus_plan`: a CACTUS-style text therapist that plans first: the planning prompt without image or
-  image-reading instruction (see `cactus_plan_messages`).
+- `cactus_plan`: a CACTUS-style text therapist that plans first: the `cactus_plan` prompt variant, the `text`
+  prompt plus the session's technique and plan.
+
+Planning strategies take the session plan from the client profile when it carries `cbt_technique` and `cbt_plan`
+(the paper's protocol; the evaluation profiles do), else from the caller, else ask the model once per session
+(`plan_messages`, the same request the `plan` rows of the `sft` config train) and count parse failures
+(`MirrorTherapist.plan_parse_failure_rate`).
 
 Every prompt comes from `inference.prompts`, the module that also renders the SFT dataset, so a fine-tuned model
 is asked at inference exactly what it was trained on, and bracketed stage directions never reach the model (the
@@ -37,12 +42,12 @@ from .backends.base import ChatBackend, GenerationConfig, Messages
 from .prompts import (
     CBT_TECHNIQUES,
     DEFAULT_PROMPT_VERSION,
+    TRAINING_RECORD_NAME,
     emotion_caption_messages,
     load_prompt,
-    plan_request_text,
+    plan_messages,
     strip_stage_directions,
     therapist_messages,
-    therapist_prompt_text,
 )
 from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
 
@@ -51,9 +56,8 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("base", "planning", "ec_planning", "text", "cactus_plan")
 VISION_STRATEGIES = ("base", "planning", "ec_planning")
 PLANNING_STRATEGIES = ("planning", "ec_planning", "cactus_plan")
-# The prompt variant (inference.prompts.VARIANTS) each strategy renders; cactus_plan derives from "planning".
-STRATEGY_VARIANT = {"base": "base", "planning": "planning", "ec_planning": "ec_planning", "text": "text"}
-TRAINING_RECORD_NAME = "mirror_training.json"
+# The prompt variant (inference.prompts.VARIANTS) each strategy renders.
+STRATEGY_VARIANT = {strategy: strategy for strategy in STRATEGIES}
 MIRROR_CONFIG_NAME = "mirror_config.json"
 UNCLEAR_EMOTION = "unclear"
 
@@ -88,6 +92,7 @@ class SessionPlan:
     technique: str
     plan: str
     raw: str | None = None  # the model's answer; None when the plan was given, not generated
+    source: str = "generated"  # "profile" (the client profile's plan), "given" (by the caller) or "generated"
     technique_parsed: bool = True  # False: no known technique found, `technique` is the default
     plan_parsed: bool = True  # False: no plan text found, `plan` is the technique name
     messages: Messages | None = None  # the plan request sent to the model
@@ -196,27 +201,16 @@ def cactus_plan_messages(
     cbt_plan: str,
     version: str = DEFAULT_PROMPT_VERSION,
 ) -> Messages:
-    """The CACTUS-style text therapist's prompt: the `planning` prompt minus the image and its instruction.
-
-    Built from the same prompt file: the `planning` text without its image preamble, with the text instruction in
-    place of the vision one. It is therefore the `text` prompt with the session's plan section added, so the two
-    text baselines differ only by the plan.
-    """
-    prompt = load_prompt(version)
-    text = therapist_prompt_text(
-        client, history, "planning", cbt_technique=cbt_technique, cbt_plan=cbt_plan, version=version
+    """The CACTUS-style text therapist's prompt: the `cactus_plan` prompt variant (the `text` prompt plus the
+    session's plan section), so the two text baselines differ only by the plan."""
+    return therapist_messages(
+        client, history, "cactus_plan", cbt_technique=cbt_technique, cbt_plan=cbt_plan, version=version
     )
-    preamble = prompt["image_preamble"].strip() + "\n\n"
-    instruction = "\n\n" + prompt["instruction_vision"].strip()
-    if not (text.startswith(preamble) and text.endswith(instruction)):
-        raise RuntimeError(f"prompt version {version!r} changed layout; update cactus_plan_messages")
-    text = text[len(preamble) : -len(instruction)] + "\n\n" + prompt["instruction_text"].strip()
-    return [{"role": "user", "content": [{"type": "text", "text": text}]}]
 
 
 def plan_request_messages(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> Messages:
     """The once-per-session planning request (text only, also for VLMs: the plan depends on the profile)."""
-    return [{"role": "user", "content": [{"type": "text", "text": plan_request_text(client, version)}]}]
+    return plan_messages(client, version=version)
 
 
 def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | None:
@@ -230,24 +224,47 @@ def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | N
 
 
 def read_default_strategy(path_or_id: str, revision: str | None = None) -> str | None:
-    """The strategy a model folder declares: `mirror_config.json` {"variant"|"strategy": ...}, else the model
-    card's front matter (`variant`, `strategy` or `mirror: {variant: ...}`). None when it declares none."""
+    """The strategy a model folder declares: `mirror_config.json` {"variant"|"strategy": ...}, else the training
+    record `mirror train` writes, else the model card's front matter (`variant`, `strategy` or
+    `mirror: {variant: ...}`). None when it declares none (none of these files exists).
+
+    Never a silent guess: a Hub model whose files cannot be read (unknown or private repository, 401/403, offline
+    without a cache, timeout) raises `OSError` naming the model, and a declared strategy MIRROR does not know raises
+    `ValueError`; otherwise a `planning` model would quietly run with the `base` prompt. Pass the strategy
+    explicitly to skip detection.
+    """
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    local = Path(path_or_id).expanduser()
+    where = f"{path_or_id!r}" + (f" (revision {revision!r})" if revision else "")
 
     def find(filename: str) -> Path | None:
-        local = Path(path_or_id).expanduser()
         if local.is_dir():
             return local / filename if (local / filename).is_file() else None
         try:
             return Path(hf_hub_download(path_or_id, filename, revision=revision))
-        except Exception:  # absent file, offline without cache, private repo: the folder declares nothing
+        except RemoteEntryNotFoundError:  # the repository is readable and has no such file: it declares nothing
             return None
+        except Exception as error:
+            raise OSError(
+                f"Cannot detect the therapist strategy of model {where}: reading {filename} failed "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}). Check the "
+                "model id, your access (HF_TOKEN) and the network, or pass the strategy explicitly (--strategy)."
+            ) from error
 
     values: dict[str, Any] = {}
     # `mirror train` records the variant in mirror_training.json; mirror_config.json is for hand-made folders.
     config_path = find(MIRROR_CONFIG_NAME) or find(TRAINING_RECORD_NAME)
     if config_path:
-        values = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            values = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path.name} of model {where} is not valid JSON: {error}") from error
+        # The training record nests the run's arguments (`mirror_args`) and the card data (`card`) with the variant.
+        for section in ("card", "mirror_args"):
+            if isinstance(values.get(section), dict):
+                values = {**values, **values[section]}
     elif card_path := find("README.md"):
         from huggingface_hub import metadata_load
 
@@ -255,8 +272,10 @@ def read_default_strategy(path_or_id: str, revision: str | None = None) -> str |
         values = {**values, **(values.get("mirror") or {})} if isinstance(values.get("mirror"), dict) else values
     strategy = values.get("strategy") or values.get("variant")
     if strategy is not None and strategy not in STRATEGIES:
-        logger.warning("%s declares unknown strategy %r; ignoring it", path_or_id, strategy)
-        return None
+        raise ValueError(
+            f"Model {where} declares strategy {strategy!r}, which is not one of {list(STRATEGIES)}; pass the "
+            "strategy explicitly"
+        )
     return strategy
 
 
@@ -301,6 +320,15 @@ class MirrorTherapist:
         self.detector = detector
         if self.detector is None and self.safety.enabled:
             self.detector = CrisisDetector(self.safety)
+        # Plans this therapist generated and how many of them failed to parse (the rate is reported in logs and
+        # by the evaluation; a fine-tuned model without `plan` rows fails almost always).
+        self.plans_generated = 0
+        self.plan_parse_failures = 0
+
+    @property
+    def plan_parse_failure_rate(self) -> float | None:
+        """Share of the plans generated so far that named no known technique or no plan; None before any."""
+        return self.plan_parse_failures / self.plans_generated if self.plans_generated else None
 
     @classmethod
     def from_pretrained(
@@ -344,31 +372,43 @@ class MirrorTherapist:
     ) -> TherapistSession:
         """Open a session; show `session.disclosure` to the client first.
 
-        Planning strategies generate the technique and plan now, once, unless both are given (e.g. to evaluate
-        with a profile's reference plan).
+        `client` is a client profile (`client`, `cbt_technique`, `cbt_plan`, ... as in the `profiles` config) or
+        just its `client` mapping. Planning strategies take the session plan from `cbt_technique` + `cbt_plan` when
+        given, else from the profile when it carries both (the paper's protocol), else generate it now, once.
         """
         return self.start_sessions([client], cbt_technique=cbt_technique, cbt_plan=cbt_plan)[0]
 
     def start_sessions(
         self, clients: list[dict[str, Any]], *, cbt_technique: str | None = None, cbt_plan: str | None = None
     ) -> list[TherapistSession]:
-        """Open several sessions, generating their plans in one batch (evaluation over many profiles)."""
+        """Open several sessions (profiles or client mappings, see `start_session`), generating the plans that are
+        needed in one batch (evaluation over many profiles)."""
+        if (cbt_technique is None) != (cbt_plan is None):
+            raise ValueError("Pass both cbt_technique and cbt_plan, or neither")
+        profiles = [_split_profile(item) for item in clients]
         plans: list[SessionPlan | None] = [None] * len(clients)
         if self.strategy in PLANNING_STRATEGIES:
-            if cbt_technique and cbt_plan:
-                technique = match_technique(cbt_technique)
-                if technique is None:
-                    raise ValueError(f"cbt_technique must be one of {list(CBT_TECHNIQUES)}, got {cbt_technique!r}")
-                plans = [SessionPlan(technique, cbt_plan) for _ in clients]
-            else:
-                plans = self.generate_plans(clients)
+            to_generate = []
+            for index, (_, technique, plan_text) in enumerate(profiles):
+                if cbt_technique and cbt_plan:
+                    plans[index] = _given_plan(cbt_technique, cbt_plan, "given")
+                elif technique and plan_text:
+                    plans[index] = _given_plan(technique, plan_text, "profile")
+                else:
+                    to_generate.append(index)
+            if to_generate:
+                generated = self.generate_plans([profiles[index][0] for index in to_generate])
+                for index, plan in zip(to_generate, generated, strict=True):
+                    plans[index] = plan
         sessions = []
-        for client, plan in zip(clients, plans, strict=True):
+        for (client, _, _), plan in zip(profiles, plans, strict=True):
             safety = SafetySession(self.safety, detector=self.detector)
             sessions.append(TherapistSession(self, dict(client), plan, safety))
         return sessions
 
     def generate_plans(self, clients: list[dict[str, Any]]) -> list[SessionPlan]:
+        """Ask the model for each client's technique and plan (the `plan` task's request); parse failures fall back
+        to `config.default_technique`, are counted and logged with the running failure rate."""
         version = self.config.prompt_version
         requests = [plan_request_messages(client, version) for client in clients]
         plan_config = dataclasses.replace(self.generation, max_new_tokens=self.config.plan_max_new_tokens)
@@ -377,7 +417,9 @@ class MirrorTherapist:
         for request, answer in zip(requests, answers, strict=True):
             plan = parse_plan(answer, self.config.default_technique)
             plan.messages = request
+            self.plans_generated += 1
             if plan.parse_failed:
+                self.plan_parse_failures += 1
                 logger.warning(
                     "plan parse failure (technique_parsed=%s plan_parsed=%s); using technique %r",
                     plan.technique_parsed,
@@ -385,6 +427,13 @@ class MirrorTherapist:
                     plan.technique,
                 )
             plans.append(plan)
+        if plans:
+            logger.info(
+                "plan parse failures so far: %d of %d generated plans (%.1f %%)",
+                self.plan_parse_failures,
+                self.plans_generated,
+                100 * self.plan_parse_failure_rate,
+            )
         return plans
 
     def prompt_messages(
@@ -397,8 +446,6 @@ class MirrorTherapist:
         """The therapist prompt for the next reply under this strategy (what the model is sent)."""
         version = self.config.prompt_version
         technique, plan_text = (plan.technique, plan.plan) if plan else (None, None)
-        if self.strategy == "cactus_plan":
-            return cactus_plan_messages(client, history, cbt_technique=technique, cbt_plan=plan_text, version=version)
         return therapist_messages(
             client,
             history,
@@ -509,6 +556,21 @@ class MirrorTherapist:
 
     def __repr__(self) -> str:
         return f"MirrorTherapist(backend={self.backend!r}, strategy={self.strategy!r})"
+
+
+def _split_profile(item: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """(client mapping, cbt_technique, cbt_plan) of a client profile or of a bare client mapping."""
+    if not isinstance(item, dict):
+        raise ValueError(f"A client must be a mapping (a profile or its `client` field), got {type(item).__name__}")
+    client = item["client"] if isinstance(item.get("client"), dict) else item
+    return client, item.get("cbt_technique") or None, item.get("cbt_plan") or None
+
+
+def _given_plan(technique: str, plan: str, source: str) -> SessionPlan:
+    matched = match_technique(technique)
+    if matched is None:
+        raise ValueError(f"cbt_technique must be one of {list(CBT_TECHNIQUES)}, got {technique!r}")
+    return SessionPlan(matched, plan, source=source)
 
 
 class TherapistSession:

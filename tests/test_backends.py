@@ -45,7 +45,7 @@ def make_lora_adapter(base_dir, output_dir, seed: int = 1):
     """A LoRA adapter on the tiny LLaVA's language model (regex target: a plain q_proj list would also hit CLIP),
     with non-zero B matrices so the adapter really changes the outputs."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(base_dir, use_safetensors=True)
@@ -53,6 +53,7 @@ def make_lora_adapter(base_dir, output_dir, seed: int = 1):
         r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
     )
     get_peft_model(model, config).save_pretrained(output_dir)
+    AutoProcessor.from_pretrained(base_dir).save_pretrained(output_dir)  # as `mirror train` does: no fallback
     return output_dir
 
 

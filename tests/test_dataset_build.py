@@ -88,7 +88,7 @@ print(json.dumps(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["sessions"] == [4, "PngImageFile", "RGB", True]
-    assert out["sft"][1] == ["base", "ec_planning", "planning", "text"] and out["sft"][2] is True
+    assert out["sft"][1] == ["base", "cactus_plan", "ec_planning", "planning", "text"] and out["sft"][2] is True
     assert out["profiles"][0] == 2
     assert out["filtered"] == [6, 6]
 
@@ -102,13 +102,14 @@ def test_sft_rows_accepted_by_trl_and_free_of_stage_directions(small_built):
     sft = load_dataset(str(small_built), "sft", split="train")
     n_therapist = sum(1 for s in sessions for t in s["turns"] if t["speaker"] == "therapist")
     responses = sft.filter(lambda r: r["task"] == "response")
-    for variant in ("base", "planning", "ec_planning", "text"):
+    for variant in ("base", "planning", "ec_planning", "text", "cactus_plan"):
         assert sum(1 for v in responses["variant"] if v == variant) == n_therapist, variant
     for row in sft:
         prepared = prepare_multimodal_messages(row["messages"], row["images"])
         blocks = [b for m in prepared for b in m["content"]]
         image_blocks = [b for b in blocks if b["type"] == "image"]
-        assert len(image_blocks) == len(row["images"]) == (0 if row["variant"] == "text" else 1)
+        text_only = row["variant"] in ("text", "cactus_plan") or row["task"] == "plan"  # plan rows: profile only
+        assert len(image_blocks) == len(row["images"]) == (0 if text_only else 1)
         assert all(b["image"] is not None for b in image_blocks)
         assert [m["role"] for m in prepared] == ["user", "assistant"]
         if row["task"] == "response":

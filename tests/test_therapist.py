@@ -380,3 +380,158 @@ def test_therapist_over_an_endpoint_matches_local(llava, detector, monkeypatch):
     _, local_replies = run_session(MirrorTherapist(llava, "base", GREEDY, detector=detector))
     assert [r.text for r in remote_replies] == [r.text for r in local_replies]
     assert torch.is_grad_enabled()  # the backend's inference_mode did not leak
+
+
+# ------------------------------------------------------------------------------- plans from profiles (issue 8)
+
+PROFILE = {
+    "id": "eval-x",
+    "client": CLIENT,
+    "resistance": "emotional",
+    "cbt_technique": "Evidence-Based Questioning",
+    "cbt_plan": "1. Agree an agenda. 2. Weigh the evidence for the thought.",
+}
+
+
+@pytest.mark.parametrize("strategy", ["planning", "ec_planning", "cactus_plan"])
+def test_session_started_from_a_profile_uses_its_plan(strategy, detector):
+    answers = ["[looks down]", "Go on."] if strategy == "ec_planning" else ["Go on."]
+    backend = Scripted(answers, supports_images=strategy != "cactus_plan")
+    therapist = MirrorTherapist(backend, strategy, GREEDY, detector=detector)
+    session = therapist.start_session(PROFILE)
+    assert backend.calls == [], "no plan is generated when the profile carries one"
+    assert (session.plan.technique, session.plan.plan, session.plan.source) == (
+        PROFILE["cbt_technique"],
+        PROFILE["cbt_plan"],
+        "profile",
+    )
+    assert session.client == CLIENT
+    reply = session.respond("fine", image=None if strategy == "cactus_plan" else face())
+    prompt = " ".join(b["text"] for b in reply.messages[0]["content"] if b["type"] == "text")
+    assert f"CBT technique for this session: {PROFILE['cbt_technique']}" in prompt and PROFILE["cbt_plan"] in prompt
+    assert therapist.plan_parse_failure_rate is None, "no plan generated, no rate"
+    # A plan given by the caller wins over the profile's; a profile without a plan is planned by the model.
+    given = therapist.start_session(PROFILE, cbt_technique="Reality Testing", cbt_plan="1. test it").plan
+    assert (given.technique, given.source) == ("Reality Testing", "given")
+
+
+def test_plan_parse_failure_rate_is_counted(detector):
+    backend = Scripted(["Technique: Reality Testing\nPlan: 1. test", "no idea", "Technique: Pie Chart Technique"])
+    therapist = MirrorTherapist(backend, "planning", GREEDY, detector=detector)
+    profile_without_plan = {**PROFILE, "cbt_technique": None, "cbt_plan": None}
+    sessions = therapist.start_sessions([CLIENT, profile_without_plan, {**CLIENT, "name": "Sam"}])
+    assert [s.plan.source for s in sessions] == ["generated"] * 3
+    assert [s.plan.parse_failed for s in sessions] == [False, True, True]  # the third names no plan
+    assert therapist.plans_generated == 3 and therapist.plan_parse_failure_rate == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------ no silent strategy or processor fallback
+
+
+class _HubStub:
+    """A real HTTP server on 127.0.0.1 answering every Hub file request with one status (and error code)."""
+
+    def __init__(self, status: int, error_code: str | None = None):
+        import http.server
+        import threading
+
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                stub.requests.append(self.path)
+                self.send_response(status)
+                if error_code:
+                    self.send_header("X-Error-Code", error_code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.requests: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _point_hub_at(monkeypatch, url):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # loopback only
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
+
+
+def test_unreachable_model_strategy_detection_raises_naming_the_model(monkeypatch):
+    # Offline, no cache: the model's files cannot be read.
+    with pytest.raises(OSError, match=r"strategy of model 'mirror-test/no-such-therapist'") as offline:
+        read_default_strategy("mirror-test/no-such-therapist")
+    assert "--strategy" in str(offline.value)
+    # Online, a Hub answering 401 for every file (private repository, bad token): an error, not the base prompt.
+    with _HubStub(401) as url:
+        _point_hub_at(monkeypatch, url)
+        with pytest.raises(OSError, match=r"mirror-test/private-therapist.*revision 'v2'"):
+            read_default_strategy("mirror-test/private-therapist", revision="v2")
+
+
+def test_strategy_detection_on_a_readable_repo_without_declaration_is_none(monkeypatch):
+    with _HubStub(404, "EntryNotFound") as url:
+        _point_hub_at(monkeypatch, url)
+        assert read_default_strategy("mirror-test/plain-model") is None
+
+
+def test_declared_unknown_strategy_and_training_record(tiny_llava_dir, tmp_path):
+    declared = tmp_path / "declared"
+    shutil.copytree(tiny_llava_dir, declared)
+    (declared / "mirror_config.json").write_text(json.dumps({"variant": "telepathy"}))
+    with pytest.raises(ValueError, match="telepathy"):
+        read_default_strategy(str(declared))
+    (declared / "mirror_config.json").unlink()
+    # What `mirror train` writes: the variant sits under mirror_args / card.
+    record = {"mirror_args": {"variant": "cactus_plan"}, "card": {"variant": "cactus_plan"}}
+    (declared / "mirror_training.json").write_text(json.dumps(record))
+    assert read_default_strategy(str(declared)) == "cactus_plan"
+
+
+def test_adapter_processor_mismatch_is_refused(tiny_llava_dir, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    adapter = make_lora_adapter(tiny_llava_dir, tmp_path / "adapter")
+    bare = tmp_path / "bare-adapter"  # weights only: no processor saved with them
+    bare.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(adapter / name, bare / name)
+    with pytest.raises(ValueError, match="holds no processor"):
+        TransformersBackend.from_pretrained(bare, device=DEVICE)
+    # The base model's processor only as an explicit, logged choice.
+    with caplog.at_level("WARNING"):
+        chosen = TransformersBackend.from_pretrained(bare, device=DEVICE, processor_source=str(tiny_llava_dir))
+    assert chosen.supports_images and "processor_source" in caplog.text
+    # Training saved another chat template with the adapter (a tokenizer only): the base processor's differs.
+    other = tmp_path / "other-template"
+    shutil.copytree(bare, other)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llava_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="image processor"):  # a tokenizer alone is not a VLM's processor
+        TransformersBackend.from_pretrained(other, device=DEVICE)
+    with pytest.raises(ValueError, match="different chat template"):
+        TransformersBackend.from_pretrained(other, device=DEVICE, processor_source=str(tiny_llava_dir))
+    # Unreadable processor files next to the adapter: an error, not the base model's processor.
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    (broken / "processor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        TransformersBackend.from_pretrained(broken, device=DEVICE)

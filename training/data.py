@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from inference.prompts import VARIANTS, VISION_VARIANTS
+from inference.prompts import SFT_TASKS, VARIANTS, VISION_VARIANTS, flatten_text_messages
 from training.modeling import MirrorConfigError
 
 logger = logging.getLogger(__name__)
 
 SFT_CONFIG = "sft"
-SFT_TASKS = ("response", "emotion_caption")
+# Tasks whose rows carry no image in every variant: the plan is asked for before any face is seen.
+TEXT_ONLY_TASKS = ("plan",)
 _PATH_PREFIXES = (".", "/", "~")
 
 
@@ -81,38 +82,39 @@ def load_sft_dataset(
         dataset = dataset.select(range(min(max_samples, len(dataset))))
 
     if variant in VISION_VARIANTS:
-        _check_one_image_per_row(dataset, variant)
+        _check_images_per_row(dataset, variant)
         return dataset.select_columns(["messages", "images"])
     return to_text_messages(dataset.select_columns(["messages"]))
 
 
-def _check_one_image_per_row(dataset, variant: str) -> None:
-    """Vision rows carry exactly one image (the client's face); counted without decoding any image."""
+def _check_images_per_row(dataset, variant: str) -> None:
+    """Vision rows carry exactly one image (the client's face), `plan` rows none; counted without decoding any
+    image."""
     import datasets
 
-    counts = dataset.select_columns(["images"]).cast_column("images", datasets.List(datasets.Image(decode=False)))
-    bad = [i for i, images in enumerate(counts["images"]) if len(images) != 1]
+    counts = dataset.select_columns(["images", "task"]).cast_column(
+        "images", datasets.List(datasets.Image(decode=False))
+    )
+    expected = [0 if task in TEXT_ONLY_TASKS else 1 for task in counts["task"]]
+    bad = [i for i, (images, n) in enumerate(zip(counts["images"], expected, strict=True)) if len(images) != n]
     if bad:
         raise MirrorConfigError(
-            f"Variant {variant!r} needs exactly one image per row; {len(bad)} row(s) differ (first: row {bad[0]}). "
-            "The dataset folder may be incomplete: rebuild it with images embedded."
+            f"Variant {variant!r} needs exactly one image per row (none on `plan` rows); {len(bad)} row(s) differ "
+            f"(first: row {bad[0]}). The dataset folder may be incomplete: rebuild it with images embedded."
         )
 
 
 def _flatten_content(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    flat = []
-    for message in messages:
-        content = message["content"]
-        if not isinstance(content, str):
-            if any(block["type"] != "text" for block in content):
-                raise ValueError("A `text` variant row holds a non-text content block; expected text only")
-            content = "".join(block["text"] or "" for block in content)
-        flat.append({"role": message["role"], "content": content})
-    return {"messages": flat}
+    try:
+        flat = flatten_text_messages(messages, strict=True)
+    except ValueError as error:
+        raise ValueError(f"A text variant row holds a non-text content block: {error}") from error
+    return {"messages": [{"role": message["role"], "content": message["content"]} for message in flat]}
 
 
 def to_text_messages(dataset):
-    """Text-only rows with plain-string contents, the form every stock text chat template accepts."""
+    """Text-only rows with plain-string contents, the form every stock text chat template accepts (flattened by
+    `inference.prompts.flatten_text_messages`, exactly as the inference backends flatten a prompt)."""
     return dataset.map(_flatten_content, input_columns="messages", desc="Flattening text messages")
 
 

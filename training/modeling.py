@@ -6,8 +6,10 @@ Qwen2.5-VL, Idefics3/SmolVLM, Gemma 3, ...), not only on LLaVA.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,10 @@ PROJECTOR_NAMES = ("multi_modal_projector", "visual.merger", "connector", "mm_pr
 # Module names of the vision encoder, frozen in full fine-tuning unless asked otherwise.
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual")
 
+# The one folder of bundled chat templates (`llava_eos`); training/tiny.py and the tests read templates through here.
 BUNDLED_CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
+# Metrics TRL's SFTTrainer computes over the full vocabulary at every step (`log_token_metrics: false` skips them).
+TOKEN_METRICS = ("entropy", "mean_token_accuracy")
 
 
 class MirrorConfigError(ValueError):
@@ -240,21 +245,238 @@ def parameter_groups(
     return result
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Faithful training: fp32 trainable weights, a frozen vision tower without a graph, LLaVA's pad-to-square
+
+
+def upcast_trainable_parameters(model) -> list[str]:
+    """Cast every trainable floating-point parameter to float32; returns the names of those that were cast.
+
+    With a bf16 base model peft upcasts the LoRA weights to fp32, but a fully trained projector (peft
+    `modules_to_save`) stays bf16, and outside DeepSpeed ZeRO-3 nothing keeps fp32 master weights: at lr 2e-5 most
+    bf16 updates round away. Mixed precision (`bf16: true`, autocast) still runs the matmuls in bf16. ZeRO-3
+    parameters (partitioned, `ds_id`) are left to DeepSpeed, which keeps fp32 master weights itself.
+    """
+    import torch
+
+    cast = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or not param.is_floating_point() or param.dtype == torch.float32:
+            continue
+        if hasattr(param, "ds_id"):
+            continue
+        param.data = param.data.float()
+        cast.append(name)
+    return cast
+
+
+def half_precision_frozen_parameters(model) -> bool:
+    """Whether the frozen weights are bf16/fp16 (the trainable fp32 ones then need autocast: `bf16`/`fp16`)."""
+    import torch
+
+    return any(
+        param.dtype in (torch.bfloat16, torch.float16) for param in model.parameters() if not param.requires_grad
+    )
+
+
+def run_frozen_vision_towers_without_graph(model) -> list[str]:
+    """Run every fully frozen vision tower of `model` under `torch.no_grad()`; returns their module names.
+
+    `enable_input_require_grads` (TRL calls it for PEFT + activation checkpointing) hooks the input embeddings of
+    every sub-model, the vision tower's patch embedding included, so a frozen CLIP builds an autograd graph, is
+    recomputed by checkpointing and back-propagated through for nothing (ARCHITECTURE §7). Nothing below the
+    projector needs a gradient, so the tower runs without a graph. A tower with a trainable parameter inside (LoRA on
+    it, or Qwen2.5-VL whose projector `visual.merger` lives in `visual`) is left alone.
+    """
+    import torch
+
+    wrapped = []
+    for name in find_vision_tower_modules(model):
+        module = model.get_submodule(name)
+        params = list(module.parameters())
+        if not params or any(param.requires_grad for param in params):
+            if params:
+                logger.info("Vision tower %s has trainable parameters: it keeps its autograd graph", name)
+            continue
+        if not getattr(module, "_mirror_runs_without_graph", False):
+            forward = module.forward
+
+            @functools.wraps(forward)
+            def forward_without_graph(*args, _forward=forward, **kwargs):
+                with torch.no_grad():
+                    return _forward(*args, **kwargs)
+
+            module.forward = forward_without_graph
+            module._mirror_runs_without_graph = True
+        wrapped.append(name)
+    return wrapped
+
+
+def pad_to_square_image_processor(image_processor):
+    """A copy of a CLIP-style image processor that first pads each image to a square, centred, with the image mean
+    as background (LLaVA-1.5's `expand2square`), then resizes and crops as before.
+
+    transformers' LLaVA processors centre-crop by default: the same for the square 336 px faces of the Mirror
+    dataset, but a non-square image loses its sides. The result is a `LlavaImageProcessor` with `do_pad=True`, so it
+    is saved with the model and inference preprocesses exactly as training did.
+    """
+    from transformers import LlavaImageProcessorPil
+
+    keys = ("size", "crop_size", "resample", "do_resize", "do_center_crop", "do_rescale", "rescale_factor",
+            "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
+    settings = {key: getattr(image_processor, key) for key in keys if getattr(image_processor, key, None) is not None}
+    if "image_mean" not in settings:
+        raise MirrorConfigError(
+            f"pad_to_square needs an image processor with `image_mean` (the padding colour); "
+            f"{type(image_processor).__name__} has none"
+        )
+    return LlavaImageProcessorPil(**settings, do_pad=True)
+
+
+def set_pad_to_square(processing_class) -> None:
+    """Make a VLM processor pad images to a square (see `pad_to_square_image_processor`) in place."""
+    image_processor = getattr(processing_class, "image_processor", None)
+    if image_processor is None:
+        raise MirrorConfigError(
+            f"pad_to_square needs a processor with an image processor; got {type(processing_class).__name__}"
+        )
+    processing_class.image_processor = pad_to_square_image_processor(image_processor)
+
+
+def decoder_layers(model) -> list:
+    """The decoder layers of the language model of `model` (PEFT-wrapped or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise MirrorConfigError(f"Cannot find the decoder layers of {type(base).__name__} to compile")
+    return list(layers)
+
+
+def compile_decoder_layers(model, backend: str = "inductor", mode: str | None = None) -> int:
+    """Regional compilation: `torch.compile` each decoder layer in place (one compiled graph reused by every layer,
+    so compile time stays that of one layer); returns how many layers were compiled. Pair it with
+    `pad_to_multiple_of` so sequence lengths vary in few steps and recompilations stay rare."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(backend=backend, mode=mode, dynamic=True)
+    return len(layers)
+
+
+def without_token_metrics(model) -> None:
+    """Skip TRL's per-step entropy and top-1 accuracy over the full vocabulary (its fused LM head computes them on
+    every step only to log them): re-patch the fused LM head to compute log-probabilities only; the trainer then
+    drops the two metrics from its logs (`log_token_metrics: false`)."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    add_fused_lm_head(base, outputs=("log_probs",))
+    fused = base.forward
+
+    @functools.wraps(fused)
+    def forward(*args, **kwargs):
+        output = fused(*args, **kwargs)
+        if kwargs.get("fused_lm_head") and getattr(output, "entropy", 0) is None:
+            # TRL's compute_loss reads these for its metrics; zeros cost nothing and the metrics are not logged.
+            output.entropy = torch.zeros_like(output.log_probs.detach())
+            output.is_top1 = torch.zeros_like(output.log_probs.detach(), dtype=torch.bool)
+        return output
+
+    base.forward = forward
+
+
+def mirror_sft_config_class():
+    """`MirrorSFTConfig`: TRL's `SFTConfig` plus the training-speed settings `MirrorSFTTrainer` applies."""
+    from trl import SFTConfig
+
+    @dataclass
+    class MirrorSFTConfig(SFTConfig):
+        """TRL's `SFTConfig` with MIRROR's training-loop additions (all off by default, so the loss is TRL's).
+
+        Speed levers already in `SFTConfig`: `per_device_train_batch_size` x `gradient_accumulation_steps`,
+        `activation_checkpointing` with `activation_checkpointing_kwargs: {every_n_layers: N}` (checkpoint every N-th
+        decoder layer only), `pad_to_multiple_of`, `model_init_kwargs: {use_kernels: true}` (Hub kernels).
+        """
+
+        compile_decoder_layers: bool = field(
+            default=False,
+            metadata={
+                "help": "Regional compilation: torch.compile each decoder layer (use with pad_to_multiple_of, e.g. 64)."
+            },
+        )
+        compile_backend: str = field(
+            default="inductor", metadata={"help": "torch.compile backend of compile_decoder_layers."}
+        )
+        log_token_metrics: bool = field(
+            default=True,
+            metadata={
+                "help": "Log TRL's per-step entropy and token accuracy, computed over the full vocabulary; false "
+                "skips that work (the loss is unchanged)."
+            },
+        )
+
+    return MirrorSFTConfig
+
+
+def apply_training_speedups(trainer) -> dict[str, Any]:
+    """What `MirrorSFTTrainer` does to its model once TRL has wrapped it (PEFT, input-grad hooks); returns a summary.
+
+    Always: trainable weights in fp32 and frozen vision towers without a graph. On request (`MirrorSFTConfig`):
+    regional compilation of the decoder layers and no full-vocabulary token metrics.
+    """
+    model, args = trainer.model, trainer.args
+    summary: dict[str, Any] = {"fp32_parameters": upcast_trainable_parameters(model)}
+    if summary["fp32_parameters"] and half_precision_frozen_parameters(model) and not (args.bf16 or args.fp16):
+        raise MirrorConfigError(
+            "The model is loaded in 16 bit (dtype bfloat16/float16) but mixed precision is off: trainable weights "
+            "are kept in fp32 and need autocast. Set `bf16: true` (or `fp16: true`), or load with dtype float32."
+        )
+    summary["vision_towers_without_graph"] = run_frozen_vision_towers_without_graph(model)
+    if getattr(args, "compile_decoder_layers", False):
+        summary["compiled_layers"] = compile_decoder_layers(
+            model, backend=getattr(args, "compile_backend", "inductor")
+        )
+    if not getattr(args, "log_token_metrics", True):
+        without_token_metrics(model)
+    logger.info(
+        "fp32 trainable tensors cast: %d; vision towers without graph: %s",
+        len(summary["fp32_parameters"]),
+        summary["vision_towers_without_graph"],
+    )
+    return summary
+
+
 def _sft_trainer_class():
     from trl import SFTTrainer
 
     class MirrorSFTTrainer(SFTTrainer):
-        """TRL's `SFTTrainer` with one addition: the multimodal projector trains at its own learning rate.
+        """TRL's `SFTTrainer` with MIRROR's additions.
 
-        The projector's parameters get their own optimizer param group (LLaVA's `mm_projector_lr`, 2e-5 in the
-        paper, against 2e-4 for LoRA). The learning-rate schedule scales every group alike. Everything else, the
-        collator included, is TRL's.
+        - The multimodal projector trains at its own learning rate: its parameters get their own optimizer param
+          group (LLaVA's `mm_projector_lr`, 2e-5 in the paper, against 2e-4 for LoRA). The learning-rate schedule
+          scales every group alike.
+        - Every trainable parameter is fp32 (the projector too, not only LoRA) and a frozen vision tower runs
+          without an autograd graph (`apply_training_speedups`).
+        - `MirrorSFTConfig` settings: regional compilation, no full-vocabulary token metrics.
+
+        Everything else, the collator and the loss included, is TRL's.
         """
 
         def __init__(self, *args, projector_modules: list[str] | None = None, projector_lr: float | None = None, **kw):
             self.projector_modules = list(projector_modules or [])
             self.projector_lr = projector_lr
             super().__init__(*args, **kw)
+            # After TRL's PEFT wrap and input-grad hooks, before any optimizer or distributed wrapper exists: on every
+            # launch path (single GPU, DDP, FSDP, DeepSpeed) the optimizer then sees fp32 trainable weights.
+            self.mirror_speedups = apply_training_speedups(self)
+
+        def log(self, logs, start_time=None):
+            if not getattr(self.args, "log_token_metrics", True):
+                for metrics in self._metrics.values():
+                    for key in TOKEN_METRICS:
+                        metrics.pop(key, None)
+            return super().log(logs, start_time)
 
         def create_optimizer(self, model=None):
             if self.projector_lr is None or not self.projector_modules:
@@ -282,8 +504,8 @@ def _sft_trainer_class():
 
 def __getattr__(name: str):
     # `MirrorSFTTrainer` subclasses TRL's trainer, whose import is heavy: build the class on first use.
-    if name == "MirrorSFTTrainer":
-        cls = _sft_trainer_class()
+    if name in ("MirrorSFTTrainer", "MirrorSFTConfig"):
+        cls = _sft_trainer_class() if name == "MirrorSFTTrainer" else mirror_sft_config_class()
         globals()[name] = cls
         return cls
     raise AttributeError(name)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHAT_TEMPLATE_DIR = Path(__file__).parent / "chat_templates"
+from training.modeling import read_chat_template
+
+TOKENIZER_KINDS = ("byte_level", "metaspace")
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 
@@ -26,21 +28,36 @@ _CORPUS = [
 
 def load_chat_template(name: str = "llava_eos") -> str:
     """Read a bundled chat template (`training/chat_templates/<name>.jinja`)."""
-    return (CHAT_TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+    return read_chat_template(name)
 
 
-def build_tiny_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`."""
+def build_tiny_tokenizer(vocab_size: int = 400, kind: str = "byte_level"):
+    """A BPE tokenizer trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`.
+
+    `byte_level` (GPT-2 style) covers any text with its 256-byte alphabet. `metaspace` is SentencePiece-style, as
+    Llama/Vicuna (LLaVA-1.5's language model) tokenize: spaces become `▁` and belong to the *next* word
+    (`"ASSISTANT: Thank"` -> `... ":", "▁Thank"`), words never merge across a space, and characters outside
+    the vocabulary fall back to `<unk>`. Token-boundary bugs that the byte-level tokenizer hides (a trailing space
+    in a generation prompt) show up with it.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"Unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    if kind == "byte_level":
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+        tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+        alphabet = sorted(set("▁\n" + "".join(chr(c) for c in range(32, 127))))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
@@ -75,8 +92,14 @@ def _tiny_llama_config(tokenizer, **overrides):
     return LlamaConfig(**kwargs)
 
 
-def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template."""
+def build_tiny_llava(
+    output_dir: str | Path, seed: int = 0, *, tokenizer_kind: str = "byte_level", pad_to_square: bool = False
+) -> Path:
+    """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template.
+
+    `tokenizer_kind`: see `build_tiny_tokenizer`. `pad_to_square`: the processor pads each image to a square with
+    the image mean first (LLaVA-1.5's own preprocessing) instead of centre-cropping it.
+    """
     import torch
     from transformers import (
         CLIPImageProcessorPil,
@@ -89,7 +112,7 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
 
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(kind=tokenizer_kind)
     image_size, patch_size = 28, 14
     vision_config = CLIPVisionConfig(
         hidden_size=32,
@@ -124,6 +147,10 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
         crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
     )
+    if pad_to_square:
+        from training.modeling import pad_to_square_image_processor
+
+        image_processor = pad_to_square_image_processor(image_processor)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -138,14 +165,14 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
     return output_dir
 
 
-def build_tiny_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_causal_lm(output_dir: str | Path, seed: int = 0, *, tokenizer_kind: str = "byte_level") -> Path:
     """Save a tiny random Llama causal LM with tokenizer and chat template (text-only baselines, judges)."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(kind=tokenizer_kind)
     tokenizer.chat_template = load_chat_template()
     model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
     model.generation_config = GenerationConfig(

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from ..prompts import join_text_blocks
 from .base import ChatBackend, GenerationConfig, Messages, check_images, pair_images
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def to_openai_messages(messages: Messages, images: list[Image.Image] | None = No
                 else:
                     raise ValueError(f"Unsupported content block type {block.get('type')!r}")
             if all(part["type"] == "text" for part in parts):
-                content = "\n".join(part["text"] for part in parts)
+                content = join_text_blocks(parts)  # the one text flattening (inference.prompts)
             else:
                 content = parts
         converted.append({"role": message["role"], "content": content})

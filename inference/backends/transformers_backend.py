@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -20,13 +21,18 @@ from typing import Any
 
 from PIL import Image
 
+from ..prompts import flatten_text_messages
 from .base import ChatBackend, GenerationConfig, Messages, pair_images
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # Pickle-based weight files are never downloaded: loading them can execute code.
 UNSAFE_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.msgpack", "*.h5"]
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+# dtype names accepted everywhere a dtype is given as text (recipes, `mirror merge`, the backends): defined once.
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -54,6 +60,20 @@ def resolve_device(device: str | None) -> str:
     return "cpu"
 
 
+def parse_dtype(dtype: Any) -> Any:
+    """A dtype name (`DTYPE_NAMES`) or a `torch.dtype` as `from_pretrained(dtype=...)` takes it: a `torch.dtype`, or
+    "auto" (the checkpoint's own). The one dtype parser of training, merging and inference."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return getattr(torch, dtype)
+    raise ValueError(f"Unknown dtype {dtype!r}; expected one of {list(DTYPE_NAMES)}")
+
+
 def resolve_dtype(dtype: Any, device: str) -> Any:
     """`None` means float32 on CPU (bf16 matmuls are slow there and fp16 is partly unsupported), else the
     checkpoint's own dtype ("auto")."""
@@ -61,12 +81,7 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
 
     if dtype is None:
         return torch.float32 if device == "cpu" else "auto"
-    if isinstance(dtype, str) and dtype != "auto":
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16', 'float32' or 'auto'")
-        return resolved
-    return dtype
+    return parse_dtype(dtype)
 
 
 def is_vision_config(config: Any) -> bool:
@@ -111,14 +126,9 @@ def resolve_model_source(
 
 
 def flatten_text_content(messages: Messages) -> Messages:
-    """Turn text-only block lists into plain strings: most text-LM chat templates expect string contents."""
-    flat = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list) and all(block.get("type") == "text" for block in content):
-            message = {**message, "content": "\n".join(block.get("text") or "" for block in content)}
-        flat.append(message)
-    return flat
+    """Turn text-only block lists into plain strings: most text-LM chat templates expect string contents. The same
+    flattening as the training rows of the text variants (`inference.prompts.flatten_text_messages`)."""
+    return flatten_text_messages(messages)
 
 
 def attach_images(messages: Messages, images: list[Image.Image]) -> Messages:
@@ -151,22 +161,81 @@ def truncate_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
+def saved_chat_template(folder: Path) -> str | None:
+    """The chat template saved in a model or adapter folder (`chat_template.jinja`, else the one inside
+    `chat_template.json` / `processor_config.json` / `tokenizer_config.json`), or None."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for name in ("chat_template.json", "processor_config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, str) and template:
+                return template
+    return None
+
+
+def _processor_template(processor: Any) -> str | None:
+    template = getattr(processor, "chat_template", None) or getattr(
+        getattr(processor, "tokenizer", None), "chat_template", None
+    )
+    return template.get("default") if isinstance(template, dict) else template
+
+
 def load_processor(
-    adapter_dir: Path | None, model_source: str, revision: str | None, vision: bool, trust_remote_code: bool = False
+    adapter_dir: Path | None,
+    model_source: str,
+    revision: str | None,
+    vision: bool,
+    trust_remote_code: bool = False,
+    *,
+    processor_source: str | None = None,
 ):
-    """The processor (VLMs) or tokenizer (LMs), preferring the one saved next to an adapter: training may have
-    changed the chat template there (e.g. the EOS-terminated LLaVA template)."""
+    """The processor (VLMs) or tokenizer (LMs) the model was trained with; never a silent substitute.
+
+    An adapter folder written by `mirror train` holds the processor with the chat template training used (e.g. the
+    EOS-terminated LLaVA template): it is loaded from there, and a processor that is missing, incomplete (a VLM
+    adapter without an image processor) or unreadable is an error, because the base model's processor may lay the
+    prompt out differently from training. `processor_source` (a folder or Hub id) is the caller's explicit choice of
+    another processor: it is logged, and refused when its chat template differs from the one saved with the
+    adapter. A merged model folder loads its own processor.
+    """
     from transformers import AutoProcessor, AutoTokenizer
 
     loader = AutoProcessor if vision else AutoTokenizer
-    if adapter_dir is not None and any((adapter_dir / name).is_file() for name in _PROCESSOR_FILES):
-        try:
-            processor = loader.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
-            if not vision or hasattr(processor, "image_processor"):
-                return processor
-        except (OSError, ValueError, KeyError):
-            pass  # partial files next to the adapter: the base model's processor is complete
-    return loader.from_pretrained(model_source, revision=revision, trust_remote_code=trust_remote_code)
+    kind = "processor" if vision else "tokenizer"
+    if processor_source is not None:
+        logger.warning(
+            "Loading the %s from %r, as asked (processor_source), not from the model folder", kind, processor_source
+        )
+        processor = loader.from_pretrained(processor_source, trust_remote_code=trust_remote_code)
+        trained = saved_chat_template(adapter_dir) if adapter_dir is not None else None
+        if trained is not None and _processor_template(processor) != trained:
+            raise ValueError(
+                f"processor_source {processor_source!r} has a different chat template from the one saved with the "
+                f"adapter {str(adapter_dir)!r}: the model would be prompted in a layout it was not trained on. Use "
+                "the adapter's own processor (leave processor_source unset)."
+            )
+        return processor
+    if adapter_dir is None:
+        return loader.from_pretrained(model_source, revision=revision, trust_remote_code=trust_remote_code)
+    if not any((adapter_dir / name).is_file() for name in _PROCESSOR_FILES):
+        raise ValueError(
+            f"Adapter folder {str(adapter_dir)!r} holds no {kind} ({', '.join(_PROCESSOR_FILES)}): the base model's "
+            f"{kind} may lay the prompt out differently from training. Save the training {kind} with the adapter "
+            f"(`mirror train` does), or pass processor_source={model_source!r} to use the base model's on purpose."
+        )
+    try:
+        processor = loader.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"The {kind} saved with adapter {str(adapter_dir)!r} cannot be loaded: {error}") from error
+    if vision and getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"The processor saved with adapter {str(adapter_dir)!r} has no image processor (a tokenizer only?); "
+            f"save the full training processor with the adapter, or pass processor_source={model_source!r}."
+        )
+    return processor
 
 
 class TransformersBackend(ChatBackend):
@@ -201,6 +270,7 @@ class TransformersBackend(ChatBackend):
         *,
         base_model: str | None = None,
         merge_adapter: bool = True,
+        processor_source: str | None = None,
     ) -> TransformersBackend:
         """Load a merged model folder / Hub id, or a PEFT LoRA adapter folder / Hub id on top of its base.
 
@@ -214,6 +284,8 @@ class TransformersBackend(ChatBackend):
             base_model: override the adapter's `base_model_name_or_path` (e.g. when it was a path on another machine).
             merge_adapter: merge LoRA weights into the base after loading; inference is then as fast as a merged
                 checkpoint. Turn off to keep the `PeftModel` (e.g. to switch adapters).
+            processor_source: load the processor from this folder or Hub id instead of the model folder (an
+                explicit, logged choice; refused when its chat template differs from the adapter's).
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -242,7 +314,9 @@ class TransformersBackend(ChatBackend):
             model = model.to(device)
         model.eval()
 
-        processor = load_processor(adapter_dir, model_source, model_revision, vision, trust_remote_code)
+        processor = load_processor(
+            adapter_dir, model_source, model_revision, vision, trust_remote_code, processor_source=processor_source
+        )
         name = path_or_id + (f"@{revision}" if revision else "")
         return cls(model, processor, name=name, supports_images=vision)
 
