@@ -64,7 +64,7 @@ def drop_reason_key(stage: str, field_name: str | None, reason: str | None) -> s
     """A reason with its record-specific details removed, so equal problems count together.
 
     `turns[3].statement` and `turns[7].statement` are one field; text after the first '(' or ';' (column numbers,
-    file names, allowed values) is detail.
+    file names, allowed values) is detail, and so are quoted values (`unknown value 'stubborn'`).
     """
     field_name = re.sub(r"\[\d+\]", "[]", field_name or "<record>")
     problem = re.split(r"[(;]", reason or "", maxsplit=1)[0].strip().rstrip(":") or "unknown"
