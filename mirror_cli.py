@@ -100,7 +100,10 @@ def parse_command(name: str, argv: list[str], prog: str | None = None) -> tuple[
         from training.train import parse_args
 
         return parse_args(argv, parser)
-    return parser.parse_args_into_dataclasses(argv)
+    *arguments, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)} (see `{parser.prog} --help`)")
+    return tuple(arguments)
 
 
 def run(name: str, argv: list[str], prog: str | None = None) -> int:

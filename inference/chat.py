@@ -77,18 +77,12 @@ class TherapistArguments:
     log_file: str | None = field(
         default=None, metadata={"help": "Append log messages to this file (never shown in the conversation)."}
     )
-
-
-@dataclass
-class ChatArguments:
-    """What only `mirror chat` takes."""
-
     image: str | None = field(
         default=None, metadata={"help": "The client's face (PNG/JPEG); needed by the vision strategies."}
     )
 
 
-ARGUMENTS = (ModelLoadArguments, TherapistArguments, GenerationConfig, ChatArguments)
+ARGUMENTS = (ModelLoadArguments, TherapistArguments, GenerationConfig)
 
 
 def printable(text: str) -> str:
@@ -245,12 +239,10 @@ def run_session(
     return session
 
 
-def main(
-    model: ModelLoadArguments, arguments: TherapistArguments, generation: GenerationConfig, chat: ChatArguments
-) -> int:
+def main(model: ModelLoadArguments, arguments: TherapistArguments, generation: GenerationConfig) -> int:
     setup_logging(arguments)
     client = load_client_profile(arguments.client_profile)
-    image = open_face_image(chat.image) if chat.image else None
+    image = open_face_image(arguments.image) if arguments.image else None
     therapist = build_therapist(model, arguments, generation)
     run_session(therapist, client, image, sys.stdin, sys.stdout, verbose=arguments.verbose)
     return 0

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import GenerationConfig, ModelLoadArguments
-from .chat import DEFAULT_CLIENT, TherapistArguments, build_therapist, load_client_profile, setup_logging
+from .chat import (
+    DEFAULT_CLIENT,
+    TherapistArguments,
+    build_therapist,
+    load_client_profile,
+    open_face_image,
+    setup_logging,
+)
 from .safety import AI_DISCLOSURE, get_referral
 from .therapist import VISION_STRATEGIES, MirrorTherapist
 
@@ -79,9 +86,10 @@ def safety_html(in_crisis: bool) -> str:
     return _banner(html.escape(SAFETY_ON), "monitoring", "#9ca3af", "#f9fafb")
 
 
-def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None) -> Any:
+def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None, face: Any = None) -> Any:
     """The Gradio Blocks app for `therapist`; `client_profile` is the client the model is told it talks to
-    (default: a neutral profile). Each browser tab gets its own session."""
+    (default: a neutral profile), `face` a PIL image the face box starts with. Each browser tab gets its own
+    session."""
     import gradio as gr
 
     if not therapist.safety.enabled:
@@ -119,6 +127,7 @@ def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None) -
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 image = gr.Image(
+                    value=face,
                     sources=["upload", "webcam"],
                     type="pil",
                     label="Your face" + (" (required)" if needs_face else " (not used by this model)"),
@@ -160,10 +169,11 @@ def main(
 ) -> int:
     setup_logging(arguments)
     client = load_client_profile(arguments.client_profile)
+    face = open_face_image(arguments.image) if arguments.image else None
     therapist = build_therapist(model, arguments, generation)
     if demo.share or demo.host not in LOOPBACK_HOSTS:
         print("Note: the demo is reachable beyond this machine; client messages and faces will cross the network.")
-    app = build_demo(therapist, client)
+    app = build_demo(therapist, client, face)
     app.queue(default_concurrency_limit=1).launch(
         server_name=demo.host, server_port=demo.port, share=demo.share, footer_links=["gradio", "settings"]
     )

@@ -72,10 +72,15 @@ def test_model_output_is_shown_without_control_characters():
 def test_chat_options_come_from_the_dataclasses():
     from mirror_cli import parse_command
 
-    model, therapist, generation, chat = parse_command(
+    model, therapist, generation = parse_command(
         "chat", ["--model", "m", "--strategy", "cactus_plan", "--temperature", "0", "--image", "f.png"]
     )
-    assert (model.model, therapist.strategy, generation.temperature, chat.image) == ("m", "cactus_plan", 0, "f.png")
+    assert (model.model, therapist.strategy, generation.temperature, therapist.image) == (
+        "m",
+        "cactus_plan",
+        0,
+        "f.png",
+    )
     assert (generation.top_p, generation.max_new_tokens) == (0.9, 128)  # the paper's defaults
     assert model.trust_remote_code is False and therapist.verbose is False and therapist.log_file is None
     with pytest.raises(SystemExit):

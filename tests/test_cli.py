@@ -1,0 +1,147 @@
+"""The `mirror` command: every subcommand built from its dataclasses, and user mistakes as one line + exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mirror_cli
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTERED = [name for name, (module, _, _) in mirror_cli.COMMANDS.items() if mirror_cli._available(module)]
+
+
+def run_mirror(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+    command = [sys.executable, "-c", "import sys, mirror_cli; sys.exit(mirror_cli.main())", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_top_level_help_lists_the_registered_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mirror_cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in REGISTERED:
+        assert f"    {name}" in out and mirror_cli.COMMANDS[name][2].split()[0] in out
+    assert {"build", "render-faces", "train", "merge", "chat", "demo", "quickstart"} <= set(REGISTERED)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_help_shows_each_options_help_and_default(name, capsys, monkeypatch):
+    """Help text and defaults come from the dataclass fields, once; both flag spellings are accepted."""
+    import dataclasses
+
+    monkeypatch.setenv("COLUMNS", "100000")  # no line wrapping, so each help text appears whole
+    parser = mirror_cli.make_command_parser(name)
+    with pytest.raises(SystemExit) as exit_info:
+        mirror_cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"usage: mirror {name}")
+    arguments, _, description = mirror_cli.command_parts(name)
+    assert " ".join(description.split()) in text  # every command has a description (quickstart included)
+    for cls in arguments:
+        for item in dataclasses.fields(cls):
+            if not item.init:
+                continue
+            assert f"--{item.name}" in text, f"{name}: --{item.name} missing"
+            if "_" in item.name:
+                assert f"--{item.name.replace('_', '-')}" in text
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.dest.startswith("no_"):
+            continue
+        assert action.help, f"{name}: {action.option_strings} has no help"
+        assert " ".join(action.help.replace("%%", "%").split()) in text
+        if not action.required:
+            assert f"(default: {action.default})" in text or f"(default: {action.default!r})" in text, action.dest
+
+
+def test_train_help_names_config_in_its_usage(capsys):
+    with pytest.raises(SystemExit):
+        mirror_cli.main(["train", "--help"])
+    assert capsys.readouterr().out.startswith("usage: mirror train [--config RECIPE]")
+
+
+def test_kebab_and_snake_case_flags_are_the_same_option():
+    snake = mirror_cli.parse_command("chat", ["--model", "m", "--max_new_tokens", "7", "--client_profile", "p"])
+    kebab = mirror_cli.parse_command("chat", ["--model", "m", "--max-new-tokens", "7", "--client-profile", "p"])
+    assert snake == kebab and snake[2].max_new_tokens == 7
+
+
+def test_build_max_pixels_default_is_the_validators():
+    from dataset_builder.validation import ImagePolicy
+
+    (args,) = mirror_cli.parse_command("build", ["--input", "i", "--output", "o"])
+    assert args.max_pixels == ImagePolicy.max_pixels
+
+
+def test_library_errors_become_one_line_and_exit_2(monkeypatch, capsys):
+    import training.merge
+
+    def fails(*args):
+        raise FileNotFoundError("no adapter in 'x'\n  (second line of detail)")
+
+    monkeypatch.setattr(training.merge, "main", fails)
+    assert mirror_cli.main(["merge", "--model", "x", "--output_dir", "y"]) == 2
+    err = capsys.readouterr().err
+    assert err == "mirror merge: error: no adapter in 'x' (second line of detail)\n"
+
+    monkeypatch.setenv("MIRROR_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        mirror_cli.main(["merge", "--model", "x", "--output_dir", "y"])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import training.merge
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.merge, "main", interrupted)
+    assert mirror_cli.main(["merge", "--model", "x", "--output_dir", "y"]) == 130
+    assert capsys.readouterr().err.strip() == "mirror merge: interrupted"
+
+
+def test_train_runs_from_another_folder_with_a_bundled_recipe_name(tmp_path):
+    """The quickstart's closing hint works from any folder: recipes are package data, named without a path."""
+    for recipe in ("llava-1.5-7b/base", "recipes/llava-1.5-7b/base.yaml"):
+        result = run_mirror("train", "--config", recipe, "--dataset_name", str(tmp_path / "none"), "--use_cpu",
+                            "true", "--bf16", "false", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2
+        assert result.stderr.startswith("mirror train: error: Dataset folder") and "does not exist" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def _dataset_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "mirror_dataset"
+    (folder / "data" / "sft").mkdir(parents=True)
+    (folder / "data" / "sft" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (folder / "README.md").write_text("---\nconfigs: []\n---\n")
+    return folder
+
+
+CASES = {
+    "missing image": (lambda t: ["--model", "someone/model", "--image", str(t / "nope.png")], "no such file"),
+    "text file as image": (lambda t: ["--model", "someone/model", "--image", str(t / "notes.txt")], "not an image"),
+    "unknown model offline": (lambda t: ["--model", "someone/no-such-model"], "HF_HUB_OFFLINE=1"),
+    "mistyped local path": (lambda t: ["--model", str(t / "outputs" / "mirror-tiny-bse")], "no such folder"),
+    "dataset folder as model": (lambda t: ["--model", str(_dataset_folder(t))], "is a Mirror dataset folder"),
+}
+
+
+@pytest.mark.parametrize("command", ["chat", "demo"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_mistakes_are_one_line_exit_2(command, case, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a picture\n")
+    argv, expected = CASES[case]
+    result = run_mirror(command, *argv(tmp_path))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mirror {command}: error: ") and expected in lines[0], lines
