@@ -232,5 +232,5 @@ def api_key_from_env(variable: str | None) -> str | None:
         return None
     api_key = os.environ.get(variable)
     if not api_key:
-        raise SystemExit(f"--api-key-env {variable}: that environment variable is empty")
+        raise ValueError(f"--api_key_env {variable}: that environment variable is empty or unset")
     return api_key
