@@ -17,7 +17,12 @@ DEFAULT_IMAGE_SIZE = 336  # LLaVA-1.5's CLIP input resolution
 
 @dataclass(frozen=True)
 class FaceRequest:
-    """What to draw: the same `identity_key` must always give the same person."""
+    """What to draw: the same `identity_key` (with its gender and age) must always give the same person.
+
+    `expression` is the turn's facial description ("sceptical, small smirk, gaze averted"). `seed` is the turn's
+    variation: backends may use it for pose, gaze or sampling noise, never for who the person is, so two turns of a
+    session differ while the client stays recognisable.
+    """
 
     identity_key: str
     expression: str

@@ -6,13 +6,19 @@ across a session and *what the face shows* follows the turn's expression text.
 
 Design:
 
-* Identity comes only from a SHA-256 of the identity key (plus the optional gender and age cues), never from
-  Python's salted `hash()` or global random state, so the same key is the same person in every process.
-* Expression comes only from `parse_expression`, a keyword lexicon that maps free text (stage directions or
-  facial descriptions) to one of `CATEGORIES` and a frozen `ExpressionParams`.
-* Expressions may change only brows, eyelids, gaze, mouth, tears/sweat and head pose. Head tilt rotates the head
-  layer alone, head turn and pitch slide the inner-face features, so background, clothing and hair are
-  pixel-identical between any two expressions without tilt. `identity_regions` names boxes where that holds.
+* Identity lives in the face. Everyone shares one neutral backdrop and one plain top, and the crop is tight, so
+  two clients differ by face shape, skin, hair, eye colour, brows, glasses and beard, never by the backdrop. Hair,
+  greying and lines follow the client's age; gender presentation follows the profile. Identity comes only from a
+  SHA-256 of the identity key (plus gender and age), never from Python's salted `hash()` or global random state.
+* Expression comes from `parse_expression`, driven by the data table `expressions.yaml`: a leading category word
+  wins, otherwise weighted cues vote; then feature rows ("raised eyebrow", "tight mouth", "held back") set the
+  individual brows, lids, gaze, mouth and head parameters, so blended and masked expressions keep their details.
+* Expressions change only the inner face (brows, eyes, lids, gaze, nose position, mouth, tears) and the head
+  pose. The head is drawn on its own layer in a canonical frame; hair, ears, outline and neck in that frame never
+  depend on the expression (`identity_regions`, checked with `render(..., posed=False)`). Pose then tilts and
+  shifts the whole head layer, which is what makes an expression visible at a glance.
+* `request.seed` adds a small, deterministic variation (head pose, gaze, the side an averted gaze goes to), so
+  consecutive turns of a session never give identical images while the person stays the same.
 * Drawing happens at `supersample` times the output size and is reduced with LANCZOS, which is what gives
   Pillow's aliased primitives smooth edges.
 """
@@ -25,6 +31,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from importlib import resources
 from typing import TypeVar
 
 from PIL import Image, ImageDraw
@@ -36,48 +43,35 @@ __all__ = [
     "CATEGORY_PRIORITY",
     "EmbeddedFaceRenderer",
     "ExpressionParams",
+    "expression_boxes",
     "face_box",
     "identity_regions",
     "parse_expression",
+    "vary",
 ]
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
 T = TypeVar("T")
 
-CATEGORIES = ("neutral", "sad", "angry", "anxious", "surprised", "happy", "sceptical", "withdrawn")
-
-# Tie-break when two categories score equally: visible distress first (it is what a therapist must not miss and
-# what a mixed cue such as "smiles through tears" mostly shows), then the asymmetric/withdrawn cues, then the
-# positive ones; neutral only wins when nothing else matched.
-CATEGORY_PRIORITY = ("sad", "angry", "anxious", "surprised", "sceptical", "withdrawn", "happy", "neutral")
-
 
 # --------------------------------------------------------------------------------------------------------------
-# Expression: text -> parameters
+# Expression: text -> parameters (the rules are data: expressions.yaml)
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ExpressionParams:
-    """Everything an expression may change. Left/right are as seen by the viewer; 0 (or 1 for scales) is neutral.
-
-    Brow raise and tilt are in [-1, 1] (positive tilt lifts the inner end, the "worried" shape); eye openness is a
-    scale of the neutral lid opening; gaze is in [-1, 1] (positive x looks to the viewer's right, positive y looks
-    down); mouth curve > 0 smiles; asymmetry > 0 lifts the right corner; head tilt is in degrees (Pillow's
-    counter-clockwise convention); head turn/pitch slide the inner face right/down.
-    """
+    """Everything an expression may change; the field meanings and ranges are documented in `expressions.yaml`."""
 
     category: str = "neutral"
     intensity: float = 1.0
-    brow_raise_left: float = 0.0
-    brow_raise_right: float = 0.0
-    brow_tilt_left: float = 0.0
-    brow_tilt_right: float = 0.0
+    brow_raise: float = 0.0
+    brow_tilt: float = 0.0
     brow_knit: float = 0.0
-    eye_open_left: float = 1.0
-    eye_open_right: float = 1.0
-    lower_lid_raise: float = 0.0
+    brow_asym: float = 0.0
+    eye_open: float = 1.0
+    lid_raise: float = 0.0
     gaze_x: float = 0.0
     gaze_y: float = 0.0
     mouth_curve: float = 0.0
@@ -85,278 +79,137 @@ class ExpressionParams:
     mouth_width: float = 1.0
     mouth_asym: float = 0.0
     lip_press: float = 0.0
+    lip_bite: float = 0.0
+    jaw_clench: float = 0.0
     head_tilt: float = 0.0
     head_turn: float = 0.0
     head_pitch: float = 0.0
-    tears: bool = False
-    sweat: bool = False
+    tears: float = 0.0
 
 
 _NEUTRAL = ExpressionParams()
-
-# One preset per category at full intensity; `parse_expression` scales the distance from neutral.
-_PRESETS: dict[str, ExpressionParams] = {
-    "neutral": _NEUTRAL,
-    "sad": ExpressionParams(
-        category="sad",
-        brow_raise_left=0.15,
-        brow_raise_right=0.15,
-        brow_tilt_left=1.0,
-        brow_tilt_right=1.0,
-        brow_knit=0.3,
-        eye_open_left=0.72,
-        eye_open_right=0.72,
-        gaze_y=0.45,
-        mouth_curve=-0.8,
-        mouth_width=0.92,
-        lip_press=0.2,
-        head_pitch=0.35,
-    ),
-    "angry": ExpressionParams(
-        category="angry",
-        brow_raise_left=-0.55,
-        brow_raise_right=-0.55,
-        brow_tilt_left=-1.0,
-        brow_tilt_right=-1.0,
-        brow_knit=1.0,
-        eye_open_left=0.95,
-        eye_open_right=0.95,
-        lower_lid_raise=0.45,
-        mouth_curve=-0.45,
-        mouth_width=0.88,
-        lip_press=0.9,
-    ),
-    "anxious": ExpressionParams(
-        category="anxious",
-        brow_raise_left=0.45,
-        brow_raise_right=0.45,
-        brow_tilt_left=0.75,
-        brow_tilt_right=0.75,
-        brow_knit=0.6,
-        eye_open_left=1.25,
-        eye_open_right=1.25,
-        gaze_x=-0.6,
-        mouth_curve=-0.25,
-        mouth_width=0.82,
-        mouth_asym=-0.15,
-        lip_press=0.75,
-        sweat=True,
-    ),
-    "surprised": ExpressionParams(
-        category="surprised",
-        brow_raise_left=1.0,
-        brow_raise_right=1.0,
-        eye_open_left=1.45,
-        eye_open_right=1.45,
-        mouth_open=0.9,
-        mouth_width=0.62,
-    ),
-    "happy": ExpressionParams(
-        category="happy",
-        brow_raise_left=0.15,
-        brow_raise_right=0.15,
-        eye_open_left=0.85,
-        eye_open_right=0.85,
-        lower_lid_raise=0.55,
-        mouth_curve=1.0,
-        mouth_open=0.3,
-        mouth_width=1.12,
-    ),
-    "sceptical": ExpressionParams(
-        category="sceptical",
-        brow_raise_left=-0.45,
-        brow_raise_right=0.95,
-        brow_tilt_left=-0.35,
-        brow_tilt_right=-0.2,
-        eye_open_left=0.62,
-        eye_open_right=1.08,
-        lower_lid_raise=0.2,
-        gaze_x=-0.35,
-        mouth_curve=-0.1,
-        mouth_asym=1.0,
-        mouth_width=0.95,
-        lip_press=0.5,
-    ),
-    "withdrawn": ExpressionParams(
-        category="withdrawn",
-        brow_raise_left=-0.1,
-        brow_raise_right=-0.1,
-        eye_open_left=0.68,
-        eye_open_right=0.68,
-        gaze_x=0.9,
-        gaze_y=0.5,
-        mouth_curve=-0.2,
-        mouth_width=0.88,
-        lip_press=0.55,
-        head_tilt=-6.0,
-        head_turn=0.55,
-        head_pitch=0.6,
-    ),
-}
+_FIELDS = frozenset(f.name for f in fields(ExpressionParams)) - {"category", "intensity"}
+Cue = tuple[re.Pattern[str], float]
 
 
-def _lexicon(*entries: tuple[str, float]) -> tuple[tuple[re.Pattern[str], float], ...]:
-    return tuple((re.compile(rf"\b(?:{pattern})\b"), weight) for pattern, weight in entries)
+@dataclass(frozen=True)
+class _Table:
+    categories: tuple[str, ...]
+    priority: tuple[str, ...]
+    presets: dict[str, ExpressionParams]
+    leading: dict[str, str]
+    leading_alone: dict[str, str]
+    cues: dict[str, tuple[Cue, ...]]
+    masking_tension: re.Pattern[str]
+    diminish: Cue
+    amplify: Cue
+    features: tuple[tuple[re.Pattern[str], dict[str, float], bool], ...]  # (cue, values, is_cap)
 
 
-# Weights: 2 for a named emotion or an unmistakable facial cue, 1.5 for a facial cue that leans one way, 1 for body
-# language. Sceptical cues that contain another category's word ("half smile", "raised eyebrow") get 2.5 so they
-# beat it. Patterns run on lower-cased text with hyphens turned into spaces ("wide-eyed" -> "wide eyed").
-_POSS = r"(?:his|her|their|my|the|one|an|a)"
-_LEXICON: dict[str, tuple[tuple[re.Pattern[str], float], ...]] = {
-    "neutral": _lexicon(
-        (r"neutral|expressionless|impassive|composed|straight face|poker face|calm(?:ly)?|steady|still", 1.0),
-    ),
-    "sad": _lexicon(
-        (r"sad(?:ly|ness)?|sorrow\w*|grie\w+|tear(?:s|ful|fully|y|ing up)?|cry|cries|crying|sob\w*|weep\w*", 2.0),
-        (r"well(?:s|ing)? up|welling|watery eyes|eyes? (?:glisten|are wet)\w*|glisten\w*|choked up|chokes up", 2.0),
-        (r"(?:lower )?lip (?:trembl|quiver)\w*|(?:trembl|quiver)\w* (?:lower )?lip|wipes? \w+ eyes", 2.0),
-        (r"dejected|despair\w*|hopeless\w*|miserable|gloomy|heartbroken|hurt|defeated|mournful|downcast", 2.0),
-        (r"corners of (?:the|her|his|their) mouth (?:turned )?down\w*|mouth corners? down\w*|sniff\w*", 1.5),
-        (r"sigh\w*|slump\w*|heavy|deflat\w*|droop\w*|sags?|sagging|shoulders? (?:drop|fall)\w*", 1.0),
-    ),
-    "angry": _lexicon(
-        (r"angr\w+|anger|furious|fury|rage|enraged|irritat\w+|annoy\w*|frustrat\w+|hostile|livid|resent\w*", 2.0),
-        (r"glar\w+|scowl\w*|frown\w*|furrow\w*|knit(?:ted)? brows?|brows? (?:drawn|knit|pulled) together", 2.0),
-        (r"clench\w* (?:\w+ )?jaw|jaw (?:is )?(?:clench\w*|tight\w*|set)|grit\w* teeth|gritted|bared teeth", 2.0),
-        (r"narrow\w* (?:\w+ )?eyes|eyes narrow\w*|flared nostrils|nostrils flar\w*|stern|seething", 1.5),
-        (r"clench\w* fists?|fists? clench\w*|snaps?|snapped|slams?|jabs?|bristl\w+|tight lipped|defiant\w*", 1.0),
-    ),
-    "anxious": _lexicon(
-        (r"anxious\w*|anxiety|nervous\w*|worr\w+|fear\w*|afraid|scared|panic\w*|uneas\w+|apprehensi\w+", 2.0),
-        (r"tense|tension|jittery|on edge|dread\w*|frightened|alarmed|distress\w*|overwhelmed", 2.0),
-        (
-            r"bit(?:es|ing|ten)? (?:\w+ )?(?:lower )?lip|chew\w* (?:\w+ )?lip|fidget\w*|wring\w*|darting|eyes dart\w*",
-            2.0,
-        ),
-        (r"restless\w*|trembl\w*|shak\w+|swallow\w*|gulps?|sweat\w*|clutch\w*|grips?|gripping|picks? at", 1.0),
-        (
-            r"taps? (?:\w+ )?(?:foot|feet|fingers)|bounc\w* (?:\w+ )?(?:leg|knee)|shifts? in (?:\w+ )?(?:seat|chair)",
-            1.0,
-        ),
-        (r"lips? (?:pressed|pressing|pursed)(?: together)?|press\w* (?:\w+ )?lips(?: together)?|hesita\w+", 1.0),
-    ),
-    "surprised": _lexicon(
-        (r"surpris\w+|shock\w*|astonish\w*|amaze\w*|startl\w+|stunned|taken aback|caught off guard|aghast", 2.0),
-        (r"(?:eye)?brows (?:shoot|shot|fly|flies|go|jump)\w* up|raised (?:eye)?brows|(?:eye)?brows raised", 2.0),
-        (r"raises (?:both |\w+ )?(?:eye)?brows|wide eyed|eyes (?:go |went )?wide|eyes widen\w*|widen\w* eyes", 2.0),
-        (r"jaw drops?|mouth (?:falls? )?open|open mouthed|gasp\w*|double take|blinks? rapidly", 2.0),
-    ),
-    "happy": _lexicon(
-        (r"happ\w+|smil\w+|grin\w*|laugh\w*|chuckl\w+|relie\w+|pleased|glad|cheerful|joy\w*|delight\w*", 2.0),
-        (r"beam\w*|lights? up|lit up|brighten\w*|content(?:ed)?|hopeful|grateful|warm(?:ly|th)?|at ease", 2.0),
-        (r"eyes crinkl\w*|relax\w*|soften\w*|eas(?:es|ing)|nods? eagerly|open posture", 1.0),
-    ),
-    "sceptical": _lexicon(
-        (r"sceptic\w*|skeptic\w*|doubt\w*|dubious|unconvinced|disbelie\w+|incredul\w+|suspicious\w*", 2.0),
-        (r"smirk\w*|sneer\w*|scoff\w*|contempt\w*|disdain\w*|dismissive\w*|sardonic\w*|sarcas\w+|snort\w*", 2.0),
-        (r"roll\w* (?:\w+ )?eyes|eye roll\w*|eyes roll\w*|side eye|half smile|crooked smile|wry\w*|lopsided", 2.5),
-        (rf"rais\w* {_POSS} (?:eye)?brow|arch\w* {_POSS} (?:eye)?brow|one (?:eye)?brow (?:raised|up|arched)", 2.5),
-        (r"(?:raised|cocked|arched) (?:eye)?brow|(?:eye)?brow (?:raised|cocked|arched)|purs\w* (?:\w+ )?lips", 2.5),
-    ),
-    "withdrawn": _lexicon(
-        (r"withdraw\w*|withdrawn|detached|disengag\w+|distant|closed off|shut down|shuts down|numb|guarded", 2.0),
-        (
-            r"look\w* away|glanc\w* away|turn\w* (?:\w+ )?(?:head )?away|avert\w*|gaze averted|avoid\w* eye contact",
-            2.0,
-        ),
-        (
-            r"no eye contact|eyes (?:on|to) the (?:floor|ground|window)|stares? (?:out|down|blankly|into (?:space|the "
-            r"distance))|stares? (?:down )?at (?:the floor|the ground|\w+ hands|\w+ lap)|blank stare",
-            2.0,
-        ),
-        (
-            r"head (?:down|bowed|hung|low)|bows? (?:\w+ )?head|hangs? (?:\w+ )?head|looks? down|lowers? (?:\w+ )?gaze",
-            2.0,
-        ),
-        (r"shrug\w*|arms? (?:crossed|folded)|cross\w* (?:\w+ )?arms|fold\w* (?:\w+ )?arms|hunch\w*|curl\w* up", 1.0),
-        (r"leans? back|pulls? back|quiet\w*|silent\w*|indifferen\w+|flat|monotone|mumbl\w*|turns? aside", 1.0),
-    ),
-}
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(rf"\b(?:{pattern})")
 
-# Feature modifiers: cues that set one feature whichever category wins ("angry, looks away" still averts gaze).
-_GAZE_AWAY = re.compile(
-    r"\b(?:look\w* away|glanc\w* away|turn\w* (?:\w+ )?(?:head )?away|avert\w*|gaze averted|avoid\w* eye contact|"
-    r"no eye contact|looks? (?:to the side|out the window)|stares? out)\b"
-)
-_GAZE_DOWN = re.compile(
-    r"\b(?:downcast|looks? down|looking down|eyes (?:on|to) the (?:floor|ground)|stares? (?:at|down)\w* (?:at )?"
-    r"(?:the floor|the ground|\w+ hands|\w+ lap)|head (?:down|bowed|hung|low)|bows? (?:\w+ )?head|"
-    r"hangs? (?:\w+ )?head|lowers? (?:\w+ )?(?:gaze|eyes|head))\b"
-)
-_EYES_UP = re.compile(r"\b(?:roll\w* (?:\w+ )?eyes|eye roll\w*|eyes roll\w*)\b")
-_EYES_CLOSED = re.compile(r"\b(?:(?:close|shut)\w* (?:\w+ )?eyes|eyes (?:are )?(?:closed|shut))\b")
-_TEARS = re.compile(
-    r"\b(?:tear(?:s|ful|fully|y|ing up)?|cry|cries|crying|sob\w*|weep\w*|well(?:s|ing)? up|welling|watery eyes|"
-    r"eyes? (?:glisten|are wet)\w*|glisten\w*|wipes? \w+ eyes)\b"
-)
-_DIMINISH = re.compile(r"\b(?:slight\w*|small|faint\w*|hint of|barely|a little|a bit|somewhat|subtl\w+|mild\w*)\b")
-_AMPLIFY = re.compile(r"\b(?:very|deeply|intense\w*|visibly|openly|broad\w*|utterly|completely|extremely)\b")
+
+@lru_cache(maxsize=1)
+def _table() -> _Table:
+    """Load and check `expressions.yaml` once; a bad table is a ValueError naming the row."""
+    import yaml
+
+    raw = yaml.safe_load(resources.files(__package__).joinpath("expressions.yaml").read_text(encoding="utf-8"))
+    categories = tuple(raw["categories"])
+
+    def params(where: str, values: dict, category: str = "neutral") -> ExpressionParams:
+        unknown = set(values) - _FIELDS
+        if unknown:
+            raise ValueError(f"expressions.yaml {where}: unknown fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
+        return replace(_NEUTRAL, category=category, **{k: float(v) for k, v in values.items()})
+
+    if sorted(raw["priority"]) != sorted(categories) or set(raw["presets"]) != set(categories):
+        raise ValueError("expressions.yaml: `priority` and `presets` must name exactly the `categories`")
+    features = []
+    for k, row in enumerate(raw["features"]):
+        values = row.get("set") or row.get("cap")
+        params(f"features[{k}]", values)  # validates the field names
+        features.append((_compile(row["cue"]), {n: float(v) for n, v in values.items()}, "cap" in row))
+    return _Table(
+        categories=categories,
+        priority=tuple(raw["priority"]),
+        presets={c: params(f"presets.{c}", v or {}, c) for c, v in raw["presets"].items()},
+        leading={word: c for c, words in raw["leading"].items() for word in words},
+        leading_alone={word: c for c, words in raw["leading_alone"].items() for word in words},
+        cues={c: tuple((_compile(p), float(w)) for p, w in raw["cues"].get(c, [])) for c in categories},
+        masking_tension=_compile(raw["masking_tension"]),
+        diminish=(_compile(raw["intensity"]["diminish"][0]), float(raw["intensity"]["diminish"][1])),
+        amplify=(_compile(raw["intensity"]["amplify"][0]), float(raw["intensity"]["amplify"][1])),
+        features=tuple(features),
+    )
+
+
+CATEGORIES: tuple[str, ...] = _table().categories
+CATEGORY_PRIORITY: tuple[str, ...] = _table().priority
 _NEGATORS = frozenset({"no", "not", "never", "without", "nor", "isn't", "doesn't", "don't", "didn't", "won't"})
 
 
-def _negated(text: str, start: int) -> bool:
-    """A cue is negated when one of the two words before it is a negator ("not smiling", "without a smile")."""
-    return any(word in _NEGATORS for word in text[:start].split()[-2:])
+def _hits(pattern: re.Pattern[str], text: str) -> int:
+    """Matches not preceded, within two words of the same clause, by a negator ("not smiling", "without a smile")."""
+    return sum(1 for m in pattern.finditer(text) if not _negated(text[: m.start()]))
 
 
-def _matches(pattern: re.Pattern[str], text: str) -> bool:
-    return any(not _negated(text, m.start()) for m in pattern.finditer(text))
+def _negated(before: str) -> bool:
+    return bool(_NEGATORS.intersection(re.split(r"[,;.:]", before)[-1].split()[-2:]))
 
 
-def _scaled(preset: ExpressionParams, intensity: float) -> ExpressionParams:
-    """Move every numeric field `intensity` of the way from neutral to the preset (booleans are kept)."""
-    values: dict[str, object] = {"intensity": intensity}
-    for field in fields(ExpressionParams):
-        target = getattr(preset, field.name)
-        if isinstance(target, float) and field.name != "intensity":
-            start = getattr(_NEUTRAL, field.name)
-            values[field.name] = start + intensity * (target - start)
-    return replace(preset, **values)
+def _intensity(clause: str) -> float:
+    dim, amp = _table().diminish, _table().amplify
+    return dim[1] if _hits(dim[0], clause) else amp[1] if _hits(amp[0], clause) else 1.0
+
+
+def _toward(values: dict[str, float], intensity: float) -> dict[str, float]:
+    """Move each value `intensity` of the way from its neutral value (1 for scales, 0 otherwise)."""
+    return {k: getattr(_NEUTRAL, k) + intensity * (v - getattr(_NEUTRAL, k)) for k, v in values.items()}
+
+
+def _category(clauses: list[str], text: str) -> str:
+    table = _table()
+    first = clauses[0] if clauses else ""
+    if any(_hits(pattern, first) for pattern, _ in table.cues["masking"]):  # "small uneasy smile": not "uneasy"
+        return "masking"
+    if first in table.leading_alone:
+        return table.leading_alone[first]
+    for word in first.split():
+        if word in table.leading and not _negated(first[: first.index(word)]):
+            return table.leading[word]
+    scores = {c: sum(w * _hits(p, text) for p, w in table.cues[c]) for c in table.categories}
+    best = max(table.priority, key=lambda c: (scores[c], -table.priority.index(c)))
+    if scores[best] == 0:
+        return "neutral"
+    if best == "happy" and _hits(table.masking_tension, text):
+        return "masking"
+    return best
 
 
 def parse_expression(text: str) -> ExpressionParams:
-    """Map a free-text expression or stage direction to drawing parameters.
+    """Map a free-text expression ("tearful eyes held back, jaw set") to drawing parameters.
 
-    Every lexicon cue that is not negated adds its weight to its category; the highest score wins and ties go to
-    the earlier category in `CATEGORY_PRIORITY`. Text with no cue is neutral. The winner's preset is scaled by an
-    intensity (0.65 for "slight/small/faint ...", 1.15 for "very/deeply/visibly ..."), then feature modifiers that
-    name one feature outright (averted or lowered gaze, eye roll, closed eyes, tears) are applied on top, so a
-    mixed description keeps its most specific visible detail.
+    See `expressions.yaml` for the three steps (category, scaled preset, feature rows). The result does not depend
+    on any seed: `vary` adds the per-turn variation.
     """
     norm = re.sub(r"[-_/]+", " ", (text or "").lower().replace("\u2019", "'"))
-    scores = dict.fromkeys(CATEGORIES, 0.0)
-    for category, cues in _LEXICON.items():
-        for pattern, weight in cues:
-            scores[category] += weight * sum(1 for m in pattern.finditer(norm) if not _negated(norm, m.start()))
-    best = max(CATEGORY_PRIORITY, key=lambda c: (scores[c], -CATEGORY_PRIORITY.index(c)))
-    if scores[best] == 0.0:
-        best = "neutral"
-    intensity = 0.65 if _matches(_DIMINISH, norm) else 1.15 if _matches(_AMPLIFY, norm) else 1.0
-    params = _scaled(_PRESETS[best], intensity)
-
-    if _matches(_GAZE_AWAY, norm):
-        params = replace(params, gaze_x=0.9, gaze_y=max(params.gaze_y, 0.2))
-    if _matches(_GAZE_DOWN, norm):
-        params = replace(
-            params,
-            gaze_y=0.85,
-            eye_open_left=min(params.eye_open_left, 0.75),
-            eye_open_right=min(params.eye_open_right, 0.75),
-            head_pitch=max(params.head_pitch, 0.4),
-        )
-    if _matches(_EYES_UP, norm):
-        params = replace(params, gaze_x=0.2, gaze_y=-1.0)
-    if _matches(_EYES_CLOSED, norm):
-        params = replace(params, eye_open_left=0.0, eye_open_right=0.0)
-    if _matches(_TEARS, norm):
-        params = replace(params, tears=True)
-    return params
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Identity: key -> a person
-# --------------------------------------------------------------------------------------------------------------
+    clauses = [c.strip() for c in re.split(r"[,;.:]+|\bbut\b", norm) if c.strip()]
+    category = _category(clauses, norm)
+    intensity = _intensity(clauses[0]) if clauses else 1.0
+    preset = _table().presets[category]
+    values = _toward({k: getattr(preset, k) for k in _FIELDS}, intensity)
+    for clause in clauses:
+        scale = _intensity(clause)
+        for pattern, row, is_cap in _table().features:
+            if not _hits(pattern, clause):
+                continue
+            if is_cap:
+                values.update({k: min(values[k], v) for k, v in row.items()})
+            else:
+                values.update(_toward(row, scale))
+    return replace(_NEUTRAL, category=category, intensity=intensity, **values)
 
 
 def _unit(key: str, field: str) -> float:
@@ -365,14 +218,40 @@ def _unit(key: str, field: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def vary(params: ExpressionParams, identity_key: str, seed: int) -> ExpressionParams:
+    """Small, seeded variation of one turn: which side an averted gaze goes to, and a little head pose and gaze.
+
+    The same (key, seed) always gives the same result. The jitter is small next to any expression's own change.
+    """
+    key = f"{identity_key}\x00{seed}"
+
+    def jitter(field: str, amount: float) -> float:
+        return (2 * _unit(key, field) - 1) * amount
+
+    side = 1.0 if _unit(key, "side") < 0.5 else -1.0
+    return replace(
+        params,
+        gaze_x=max(-1.0, min(1.0, params.gaze_x * side + jitter("gaze_x", 0.12))),
+        gaze_y=max(-1.0, min(1.0, params.gaze_y + jitter("gaze_y", 0.1))),
+        head_turn=params.head_turn * side + jitter("turn", 0.15),
+        head_tilt=params.head_tilt + jitter("tilt", 2.5),
+        head_pitch=params.head_pitch + jitter("pitch", 0.15),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Identity: key, gender, age -> a person
+# --------------------------------------------------------------------------------------------------------------
+
+
 def _pick(key: str, field: str, options: Sequence[tuple[T, float]]) -> T:
-    """Weighted choice driven by `_unit`."""
+    """Weighted choice driven by `_unit`; options with weight 0 are never picked."""
     target = _unit(key, field) * sum(weight for _, weight in options)
     for value, weight in options:
         target -= weight
-        if target < 0:
+        if target < 0 and weight > 0:
             return value
-    return options[-1][0]
+    return next(value for value, weight in reversed(options) if weight > 0)
 
 
 def _mix(a: Sequence[float], b: Sequence[float], t: float) -> RGB:
@@ -394,23 +273,13 @@ def _contrast(c: RGB, against: RGB, min_diff: float) -> RGB:
     """
     if abs(_lum(c) - _lum(against)) >= min_diff:
         return c
-    target = max(0.0, _lum(against) - min_diff)
-    return _scale(c, target / max(_lum(c), 1.0))
+    return _scale(c, max(0.0, _lum(against) - min_diff) / max(_lum(c), 1.0))
 
 
 def _ramp(stops: Sequence[RGB], t: float) -> RGB:
-    """Piecewise-linear interpolation along a colour ramp, t in [0, 1]."""
     pos = t * (len(stops) - 1)
     i = min(int(pos), len(stops) - 2)
     return _mix(stops[i], stops[i + 1], pos - i)
-
-
-def _hsv(h: float, s: float, v: float) -> RGB:
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
-    return (round(r * 255), round(g * 255), round(b * 255))
 
 
 # Light to deep skin, spanning roughly the Fitzpatrick range in sRGB.
@@ -440,6 +309,15 @@ _EYES = {
     "grey": (118, 132, 144),
 }
 _GREY_HAIR: RGB = (206, 205, 202)
+# Shared by everyone, so the backdrop and clothes say nothing about who the client is.
+_BACKDROP: tuple[RGB, RGB] = ((222, 223, 225), (196, 199, 204))
+_CLOTHING: RGB = (74, 86, 102)
+# Hair styles a presentation can have, with weights; `bald` and `receding` are added by age in `_identity`.
+_STYLES = {
+    "female": [("long", 4.0), ("bob", 2.5), ("bun", 1.5), ("curly", 1.5)],
+    "male": [("short", 5.0), ("crop", 2.0), ("curly", 1.5)],
+    "non-binary": [("short", 2.5), ("bob", 2.5), ("curly", 2.0), ("crop", 1.0)],
+}
 
 
 @dataclass(frozen=True)
@@ -448,7 +326,7 @@ class _Identity:
 
     `face_w`/`face_h` are half-sizes in canvas units; `eye_w`, `eye_gap` (eye centre to face centre), `nose_w` and
     `mouth_w` are fractions of `face_w`; `canthal`, `brow_thick` and `brow_arch` are fractions of the eye's half
-    width; `hairline` is its height above the face centre in face half-heights.
+    width; `hairline` is its height above the face centre in face half-heights; `greyness` and `lines` are 0..1.
     """
 
     gender: str
@@ -458,14 +336,12 @@ class _Identity:
     brow: RGB
     eye: RGB
     lip: RGB
-    background: RGB
-    clothing: RGB
-    neckline: str
     hair_style: str
     parting: float
     glasses: str | None
     glasses_colour: RGB
     beard: str | None
+    smirk_side: float
     face_w: float
     face_h: float
     jaw_taper: float
@@ -480,6 +356,8 @@ class _Identity:
     brow_arch: float
     hairline: float
     ear_size: float
+    greyness: float
+    lines: float
 
 
 def _normalise_gender(gender: str | None, key: str) -> str:
@@ -502,55 +380,45 @@ def _identity(key: str, gender: str | None, age: int | None) -> _Identity:
         return _unit(key, field)
 
     female, male = gender == "female", gender == "male"
-
     skin_t = u("skin")
     skin = _ramp(_SKIN_RAMP, skin_t)
     dark = skin_t > 0.55
-    hair_name = _pick(
-        key,
-        "hair_colour",
-        [("black", 5.0), ("dark brown", 3.0), ("brown", 1.0)]
-        if dark
-        else [
-            ("black", 1.5),
-            ("dark brown", 2.5),
-            ("brown", 2.5),
-            ("auburn", 1.0),
-            ("blonde", 1.5),
-            ("light blonde", 1.0),
-        ],
-    )
-    base_hair = _HAIR[hair_name]
-    greyness = min(1.0, max(0.0, (age - 38) / 30)) ** 1.2 * (0.65 + 0.35 * u("grey"))
-    base_hair = _contrast(base_hair, skin, 45)
+    hair_options = [("black", 5.0), ("dark brown", 3.0), ("brown", 1.0)]
+    if not dark:
+        hair_options = [("black", 1.5), ("dark brown", 2.5), ("brown", 2.5), ("auburn", 1.0), ("blonde", 1.5)]
+        hair_options.append(("light blonde", 1.0 if age < 40 else 0.0))
+    hair_name = _pick(key, "hair_colour", hair_options)
+    base_hair = _contrast(_HAIR[hair_name], skin, 45)
+    # Greying starts between 38 and 50 and is near complete thirty years later: a 52-year-old is flecked, not white.
+    onset = 38 + 12 * u("grey_onset")
+    greyness = min(0.92, max(0.0, (age - onset) / 30) ** 1.2)
     hair = _mix(base_hair, _GREY_HAIR, greyness)
     # Brows stay darker than scalp hair and grey later, which is what keeps a blonde or grey face readable.
-    brow = _mix(
-        _scale(base_hair, 0.72 if hair_name in ("blonde", "light blonde") else 0.9), _GREY_HAIR, greyness * 0.5
-    )
+    brow = _mix(_scale(base_hair, 0.72 if "blonde" in hair_name else 0.9), _GREY_HAIR, greyness * 0.45)
     brow = _contrast(brow, skin, 40)
-    eye = _EYES[
-        _pick(
-            key,
-            "eye_colour",
-            [("dark brown", 3.0), ("brown", 2.0), ("hazel", 0.5)]
-            if dark
-            else [("dark brown", 1.0), ("brown", 2.0), ("hazel", 1.0), ("green", 1.0), ("blue", 2.0), ("grey", 0.7)],
-        )
-    ]
+    eye_options = [("dark brown", 3.0), ("brown", 2.0), ("hazel", 0.5)]
+    if not dark:
+        eye_options = [
+            ("dark brown", 1.0),
+            ("brown", 2.0),
+            ("hazel", 1.0),
+            ("green", 1.0),
+            ("blue", 2.0),
+            ("grey", 0.7),
+        ]
     # A fixed red-brown target shifts hue, not just lightness, so lips stay readable on every skin tone.
-    lip = _mix(skin, (168, 58, 76) if female else (150, 62, 68), 0.5 if female else 0.42)
+    lip = _mix(skin, (172, 56, 76) if female else (150, 62, 68), 0.52 if female else 0.4)
 
-    if female:
-        styles = [("long", 5.0), ("bun", 2.0), ("short", 1.5), ("curly", 1.5)]
-    elif male:
-        styles = [("short", 6.0), ("curly", 1.5), ("long", 1.0), ("bald", 0.7 + (1.5 if age >= 50 else 0.0))]
-    else:
-        styles = [("short", 3.5), ("long", 3.0), ("curly", 2.0), ("bun", 1.5)]
-    hair_style = _pick(key, "hair_style", styles)
-
-    glasses = _pick(key, "glasses", [(None, 3.0 if age < 45 else 1.5), ("round", 1.0), ("rect", 1.0)])
-    beard = _pick(key, "beard", [(None, 5.0), ("full", 2.0), ("stubble", 2.0), ("goatee", 1.0)]) if male else None
+    styles = list(_STYLES[gender])
+    if male and age >= 40:
+        styles.append(("receding", 1.5 + (age - 40) * 0.08))
+    if male and age >= 50:
+        styles.append(("bald", 0.6 + (age - 50) * 0.05))
+    beard = None
+    if male and age >= 22:
+        beard = _pick(
+            key, "beard", [(None, 5.0), ("stubble", 2.0), ("full", 1.5 if age >= 28 else 0.0), ("goatee", 1.0)]
+        )
 
     return _Identity(
         gender=gender,
@@ -558,58 +426,65 @@ def _identity(key: str, gender: str | None, age: int | None) -> _Identity:
         skin=skin,
         hair=hair,
         brow=brow,
-        eye=eye,
+        eye=_EYES[_pick(key, "eye_colour", eye_options)],
         lip=lip,
-        background=_hsv(u("bg_h"), 0.12 + 0.16 * u("bg_s"), 0.78 + 0.14 * u("bg_v")),
-        clothing=_hsv(u("cloth_h"), 0.25 + 0.45 * u("cloth_s"), 0.3 + 0.5 * u("cloth_v")),
-        neckline=_pick(key, "neckline", [("crew", 2.0), ("v", 1.0), ("collar", 1.0)]),
-        hair_style=hair_style,
+        hair_style=_pick(key, "hair_style", styles),
         parting=u("parting") * 2 - 1,
-        glasses=glasses,
+        glasses=_pick(key, "glasses", [(None, 3.0 if age < 45 else 1.6), ("round", 1.0), ("rect", 1.0)]),
         glasses_colour=_pick(key, "frame", [((34, 30, 30), 2.0), ((92, 58, 36), 1.0), ((150, 150, 156), 1.0)]),
         beard=beard,
-        face_w=(0.204 if female else 0.222 if male else 0.212) + 0.028 * u("face_w"),
-        face_h=0.28 + 0.024 * u("face_h"),
-        jaw_taper=(0.42 if female else 0.26 if male else 0.34) + 0.14 * u("jaw"),
+        smirk_side=1.0 if u("smirk_side") < 0.6 else -1.0,
+        face_w=(0.262 if female else 0.285 if male else 0.272) + 0.02 * u("face_w"),
+        face_h=0.365 + 0.02 * u("face_h"),
+        jaw_taper=(0.42 if female else 0.24 if male else 0.33) + 0.12 * u("jaw"),
         chin_power=1.5 + 1.2 * u("chin"),
-        eye_w=0.2 + 0.03 * u("eye_w"),
-        eye_gap=0.42 + 0.06 * u("eye_gap"),
+        eye_w=(0.215 if female else 0.2) + 0.03 * u("eye_w"),
+        eye_gap=0.42 + 0.05 * u("eye_gap"),
         canthal=-0.05 + 0.2 * u("canthal"),
-        nose_w=(0.17 if female else 0.2) + 0.06 * u("nose_w") + (0.03 if dark else 0.0),
-        mouth_w=0.36 + 0.08 * u("mouth_w"),
-        lip_full=(1.15 if female else 0.9) + 0.35 * u("lips") + (0.15 if dark else 0.0),
-        brow_thick=(0.13 if female else 0.2) + 0.05 * u("brow_t"),
-        brow_arch=(0.3 if female else 0.15) + 0.15 * u("brow_a"),
-        hairline=0.6 + 0.1 * u("hairline") + (0.12 if male and age > 40 else 0.0),
+        nose_w=(0.16 if female else 0.2) + 0.06 * u("nose_w") + (0.03 if dark else 0.0),
+        mouth_w=0.34 + 0.08 * u("mouth_w"),
+        lip_full=(1.2 if female else 0.85) + 0.3 * u("lips") + (0.15 if dark else 0.0),
+        brow_thick=(0.12 if female else 0.21) + 0.05 * u("brow_t"),
+        brow_arch=(0.32 if female else 0.12) + 0.12 * u("brow_a"),
+        hairline=(0.6 if female else 0.66) + 0.08 * u("hairline"),
         ear_size=0.9 + 0.2 * u("ear"),
+        greyness=greyness,
+        # Lines appear in the thirties and deepen slowly: faint at 40, clear at 60, strongest past 70.
+        lines=min(1.0, max(0.0, (age - 32 + 6 * u("lines")) / 42)),
     )
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Layout helpers shared by the renderer and the tests
+# Layout shared by the renderer and the tests
 # --------------------------------------------------------------------------------------------------------------
 
-_CX = 0.5  # face centre x, in units of the canvas side
-_CY = 0.47  # face centre y
-_COLLAR_Y = 0.845  # where the neck meets the clothes
-# Head tilt rotates the head layer (neck included) about the base of the neck, so the neck bends and the collar stays.
-_PIVOT = (0.5, _COLLAR_Y)
+_CX, _CY = 0.5, 0.5  # face centre, in units of the canvas side
+_COLLAR_Y = 0.955  # where the neck meets the clothes
+_PIVOT = (0.5, 0.9)  # head pose rotates the head layer about the base of the neck
+
+
+def _box(size: int, x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
+    return (round(x0 * size), round(y0 * size), round(x1 * size), round(y1 * size))
 
 
 def identity_regions(size: int) -> list[tuple[int, int, int, int]]:
-    """Boxes (x0, y0, x1, y1) holding only identity pixels: equal across every expression without head tilt.
+    """Boxes (x0, y0, x1, y1) of pure identity: hair at the crown, both temples (hair, ear or backdrop), the neck.
 
-    The first four are the image corners (background or clothing, outside the head layer, so they stay equal even
-    under tilt); the last is the crown of the head (hair, or scalp for the bald style), which tilt moves.
+    In the head's own frame (`render(..., posed=False)`) they are pixel-equal across every expression of a client.
     """
-    c = max(1, round(0.1 * size))
-    crown = (round(0.43 * size), round(0.165 * size), round(0.57 * size), round(0.205 * size))
-    return [(0, 0, c, c), (size - c, 0, size, c), (0, size - c, c, size), (size - c, size - c, size, size), crown]
+    boxes = [(0.42, 0.1, 0.58, 0.14), (0.19, 0.3, 0.23, 0.36), (0.77, 0.3, 0.81, 0.36), (0.46, 0.87, 0.54, 0.9)]
+    return [_box(size, *b) for b in boxes]
+
+
+def expression_boxes(size: int) -> dict[str, tuple[int, int, int, int]]:
+    """Boxes around the brows, the eyes and the mouth in the head's own frame, where expressions show."""
+    boxes = {"brows": (0.3, 0.34, 0.7, 0.44), "eyes": (0.3, 0.42, 0.7, 0.52), "mouth": (0.38, 0.64, 0.62, 0.76)}
+    return {name: _box(size, *b) for name, b in boxes.items()}
 
 
 def face_box(size: int) -> tuple[int, int, int, int]:
-    """The box (x0, y0, x1, y1) around brows, eyes, nose and mouth, where expressions show."""
-    return (round(0.25 * size), round(0.27 * size), round(0.75 * size), round(0.74 * size))
+    """The box (x0, y0, x1, y1) around brows, eyes, nose and mouth in the head's own frame."""
+    return _box(size, 0.16, 0.22, 0.84, 0.8)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -636,8 +511,25 @@ def _ellipse_pts(cx: float, cy: float, rx: float, ry: float, a0: float, a1: floa
     ]
 
 
+def _mirror(points: list[Point], cx: float) -> list[Point]:
+    return [(2 * cx - x, y) for x, y in reversed(points)]
+
+
+@lru_cache(maxsize=8)
+def _backdrop(s: int) -> Image.Image:
+    """The shared backdrop and top (everything behind the head layer); cached, callers copy it."""
+    column = Image.new("RGB", (1, s))
+    column.putdata([_mix(_BACKDROP[0], _BACKDROP[1], y / (s - 1)) for y in range(s)])
+    canvas = column.resize((s, s), Image.Resampling.NEAREST)
+    d = ImageDraw.Draw(canvas)
+    cx, y0 = _CX * s, _COLLAR_Y * s
+    left = _through((cx - 0.1 * s, y0 - 0.02 * s), (cx - 0.28 * s, y0 + 0.005 * s), (cx - 0.5 * s, y0 + 0.04 * s))
+    d.polygon([*left, (cx - 0.55 * s, 1.05 * s), (cx + 0.55 * s, 1.05 * s), *_mirror(left, cx)], fill=_CLOTHING)
+    return canvas
+
+
 class _Painter:
-    """Draws one face on a supersampled canvas; coordinates below are in canvas units times `s`."""
+    """Draws one head on a transparent supersampled layer; coordinates are in canvas units times `s`."""
 
     def __init__(self, ident: _Identity, p: ExpressionParams, s: int) -> None:
         self.i, self.p, self.s = ident, p, s
@@ -646,10 +538,9 @@ class _Painter:
         self.skin = ident.skin
         self.shadow = _mix(_scale(ident.skin, 0.8), (120, 40, 40), 0.08)
         self.line = _mix(_scale(ident.skin, 0.58), (60, 20, 20), 0.1)
-        self.neck_w = self.w * (0.46 if ident.gender == "female" else 0.54)
-        self.neck_col = _mix(self.skin, self.shadow, 0.55)
-        # Head turn and pitch slide the inner face; ears, outline and hair stay put.
-        self.dx = p.head_turn * self.w * 0.24
+        self.neck_w = self.w * (0.44 if ident.gender == "female" else 0.52)
+        # Head turn and pitch slide the inner face; ears, outline and hair stay put in the head's own frame.
+        self.dx = p.head_turn * self.w * 0.14
         self.dy = p.head_pitch * self.h * 0.05
         self.ew = ident.eye_w * self.w
         self.ey0 = self.cy - 0.06 * self.h  # the eye line before head pitch
@@ -660,43 +551,31 @@ class _Painter:
     def width(self, frac: float) -> int:
         return max(1, round(frac * self.s))
 
-    # -- body layer ----------------------------------------------------------------------------------------
-    def neck(self, d: ImageDraw.ImageDraw) -> None:
-        """The neck from the jaw to just above the collar, on the head layer so long hair falls behind it."""
-        nw = self.neck_w
-        d.rectangle(
-            (self.cx - nw, self.cy + 0.3 * self.h, self.cx + nw, (_COLLAR_Y - 0.01) * self.s), fill=self.neck_col
-        )
+    def draw(self, head: Image.Image) -> None:
+        d = ImageDraw.Draw(head)
+        p = self.p
+        self.hair_back(d)
+        self.neck(d)
+        self.ears(d)
+        self.face(d)
+        self.cheeks(d)
+        self.age_lines(d)
+        self.beard(d)
+        self.nose(d)
+        for side in (-1, 1):
+            self.eye(head, d, side)
+            self.brow(d, side)
+        if p.brow_knit >= 0.4:
+            self.frown_lines(d)
+        if p.jaw_clench >= 0.3:
+            self.jaw_lines(d)
+        self.mouth(d)
+        if p.tears >= 0.75:
+            self.tear_tracks(d)
+        self.glasses(d)
+        self.hair_front(d)
 
-    def body(self, img: Image.Image) -> None:
-        """Backdrop-layer neck, shoulders and neckline: none of it moves with the head."""
-        d = ImageDraw.Draw(img)
-        s, cx, i, neck_w, neck_col = self.s, self.cx, self.i, self.neck_w, self.neck_col
-        d.rectangle((cx - neck_w, self.cy, cx + neck_w, 0.95 * s), fill=neck_col)
-        # Shoulders: a smooth trapezius slope from the collar out past the image edge.
-        y0 = _COLLAR_Y * s - 0.005 * s
-        left = _through((cx - neck_w * 0.9, y0), (cx - 0.24 * s, y0 + 0.035 * s), (cx - 0.44 * s, y0 + 0.11 * s))
-        right = [(2 * cx - x, y) for x, y in reversed(left)]
-        d.polygon([*left, (cx - 0.52 * s, 1.05 * s), (cx + 0.52 * s, 1.05 * s), *right], fill=i.clothing)
-        cloth_dark = _scale(i.clothing, 0.75)
-        if i.neckline == "v":
-            v = [(cx - neck_w * 0.95, y0), (cx, y0 + 0.1 * s), (cx + neck_w * 0.95, y0)]
-            d.polygon(v, fill=neck_col)
-            d.line(v, fill=cloth_dark, width=self.width(0.008), joint="curve")
-        elif i.neckline == "collar":
-            for side in (-1, 1):
-                flap = [
-                    (cx + side * neck_w * 1.05, y0 - 0.015 * s),
-                    (cx + side * 0.012 * s, y0 + 0.045 * s),
-                    (cx + side * neck_w * 1.6, y0 + 0.07 * s),
-                ]
-                d.polygon(flap, fill=_scale(i.clothing, 1.15), outline=cloth_dark, width=self.width(0.003))
-        else:
-            arc = _through((cx - neck_w * 0.98, y0), (cx, y0 + 0.03 * s), (cx + neck_w * 0.98, y0))
-            d.polygon(arc, fill=neck_col)
-            d.line(arc, fill=cloth_dark, width=self.width(0.008), joint="curve")
-
-    # -- head layer: silhouette -------------------------------------------------------------------------------
+    # -- silhouette -----------------------------------------------------------------------------------------
     def face_outline(self, shrink: float = 1.0, shift: Point = (0.0, 0.0)) -> list[Point]:
         i, pts = self.i, []
         for k in range(120):
@@ -708,122 +587,110 @@ class _Painter:
 
     def bumpy(self, cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, bumps: int) -> list[Point]:
         """An elliptical arc with `bumps` scallops: the silhouette of curly hair."""
-        pts = []
         n = bumps * 6
+        pts = []
         for k in range(n):
             a = a0 + (a1 - a0) * k / (n - 1)
             r = 1 + 0.045 * abs(math.sin(bumps * math.pi * k / (n - 1)))
             pts.append((cx + rx * r * math.cos(a), cy - ry * r * math.sin(a)))
         return pts
 
+    def neck(self, d: ImageDraw.ImageDraw) -> None:
+        nw = self.neck_w
+        col = _mix(self.skin, self.shadow, 0.55)
+        d.rectangle((self.cx - nw, self.cy + 0.3 * self.h, self.cx + nw, (_COLLAR_Y + 0.06) * self.s), fill=col)
+        # The collar line of the shared top, drawn on the head layer so it follows the neck.
+        y0 = _COLLAR_Y * self.s
+        arc = _through(
+            (self.cx - nw * 1.25, y0 - 0.02 * self.s),
+            (self.cx, y0 + 0.01 * self.s),
+            (self.cx + nw * 1.25, y0 - 0.02 * self.s),
+        )
+        d.polygon([*arc, (self.cx + nw * 1.25, 1.1 * self.s), (self.cx - nw * 1.25, 1.1 * self.s)], fill=_CLOTHING)
+        d.line(arc, fill=_scale(_CLOTHING, 0.7), width=self.width(0.008), joint="curve")
+
     def hair_back(self, d: ImageDraw.ImageDraw) -> None:
         i, cx, cy, s, w, h = self.i, self.cx, self.cy, self.s, self.w, self.h
         back = _scale(i.hair, 0.82)
-        if i.hair_style == "long":
-            top = _ellipse_pts(cx, cy - 0.12 * h, w * 1.16, h * 0.98 + 0.03 * s, math.pi, 0)
-            right = _through((cx + w * 1.16, cy - 0.12 * h), (cx + w * 1.24, cy + 0.6 * h), (cx + w * 1.38, 0.88 * s))
-            bottom = _through((cx + w * 1.38, 0.88 * s), (cx, 0.905 * s), (cx - w * 1.38, 0.88 * s))
-            left = [(2 * cx - x, y) for x, y in reversed(right)]
-            d.polygon(top + right + bottom + left, fill=back)
-        elif i.hair_style == "curly":
-            d.polygon(self.bumpy(cx, cy - 0.1 * h, w * 1.4, h * 1.1, 0, 2 * math.pi, 22), fill=back)
+        if i.hair_style in ("long", "bob"):
+            end = 0.97 * s if i.hair_style == "long" else cy + 0.72 * h
+            flare = 1.3 if i.hair_style == "long" else 1.2
+            top = _ellipse_pts(cx, cy - 0.12 * h, w * 1.14, h * 0.98 + 0.03 * s, math.pi, 0)
+            right = _through((cx + w * 1.14, cy - 0.12 * h), (cx + w * 1.2, (cy + end) / 2), (cx + w * flare, end))
+            bottom = _through((cx + w * flare, end), (cx, end + 0.02 * s), (cx - w * flare, end))
+            d.polygon(top + right + bottom + _mirror(right, cx), fill=back)
+        elif i.hair_style == "curly" and i.gender != "male":
+            d.polygon(self.bumpy(cx, cy - 0.05 * h, w * 1.38, h * 1.08, 0, 2 * math.pi, 22), fill=back)
         elif i.hair_style == "bun":
-            r = 0.06 * s
-            top = cy - h - 0.012 * s
+            r = 0.055 * s
+            top = cy - h - 0.01 * s
             d.ellipse(
-                (cx - r, top - 1.55 * r, cx + r, top + 0.45 * r), fill=i.hair, outline=back, width=self.width(0.004)
+                (cx - r, top - 1.5 * r, cx + r, top + 0.5 * r), fill=i.hair, outline=back, width=self.width(0.004)
             )
 
     def ears(self, d: ImageDraw.ImageDraw) -> None:
         i = self.i
         ey = self.cy + 0.1 * self.h
-        rx, ry = 0.16 * self.w * i.ear_size, 0.28 * self.h * i.ear_size
+        rx, ry = 0.16 * self.w * i.ear_size, 0.27 * self.h * i.ear_size
         for side in (-1, 1):
             ex = self.cx + side * self.w * 0.97
             d.ellipse((ex - rx, ey - ry, ex + rx, ey + ry), fill=self.skin, outline=self.line, width=self.width(0.003))
-            inner = (
-                ex - rx * 0.45 + side * rx * 0.15,
-                ey - ry * 0.6,
-                ex + rx * 0.45 + side * rx * 0.15,
-                ey + ry * 0.5,
-            )
+            inner = (ex - rx * 0.3 + side * rx * 0.15, ey - ry * 0.6, ex + rx * 0.6 + side * rx * 0.15, ey + ry * 0.5)
             d.arc(inner, 300 if side > 0 else 120, 60 if side > 0 else 240, fill=self.shadow, width=self.width(0.005))
 
     def face(self, d: ImageDraw.ImageDraw) -> None:
         # Flat shading: a shadowed face with a lit face laid over it, offset toward the light (upper left).
-        d.polygon(self.face_outline(), fill=_mix(self.skin, self.shadow, 0.6))
+        outline = self.face_outline()
+        d.polygon(outline, fill=_mix(self.skin, self.shadow, 0.6))
         d.polygon(self.face_outline(0.955, (-0.03 * self.w, -0.02 * self.h)), fill=self.skin)
-        d.line(self.face_outline() + self.face_outline()[:1], fill=self.line, width=self.width(0.0035))
-        if self.i.hair_style == "bald":
-            # Scalp shine, and a fringe of short hair hugging the skull from the temples to behind the ears.
-            cx, top = self.cx, self.cy - self.h
-            d.ellipse(
-                (cx - self.w * 0.4, top + 0.02 * self.s, cx + self.w * 0.05, top + 0.055 * self.s),
-                fill=_mix(self.skin, (255, 255, 255), 0.15),
-            )
-            outline = self.face_outline(1.025)
-            inner = self.face_outline(0.9)
-            for a, b in ((18, 33), (88, 103)):  # right and left side, temple to ear (outline runs clockwise)
-                d.polygon(outline[a:b] + inner[a:b][::-1], fill=self.i.hair)
+        d.line([*outline, outline[0]], fill=self.line, width=self.width(0.0035))
 
-    # -- head layer: identity details on the inner face ---------------------------------------------------------
+    # -- identity details on the inner face -------------------------------------------------------------------
     def cheeks(self, d: ImageDraw.ImageDraw) -> None:
-        # Blush shows less on deeper skin; a fixed mix would paint red patches there.
-        blush = _mix(self.skin, (225, 105, 105), 0.1 * (_lum(self.skin) / 255) ** 2)
+        # Blush shows less on deeper skin; a real smile lifts the cheeks.
+        blush = _mix(self.skin, (225, 105, 105), 0.12 * (_lum(self.skin) / 255) ** 2 + 0.03 * self.p.lid_raise)
+        lift = self.p.lid_raise * 0.03 * self.s
         for side in (-1, 1):
-            x, y = self.cx + self.dx + side * self.w * 0.55, self.ny - 0.01 * self.s
-            d.ellipse((x - self.w * 0.2, y - self.w * 0.12, x + self.w * 0.2, y + self.w * 0.12), fill=blush)
+            x, y = self.cx + self.dx + side * self.w * 0.52, self.ny - 0.01 * self.s - lift
+            d.ellipse((x - self.w * 0.18, y - self.w * 0.11, x + self.w * 0.18, y + self.w * 0.11), fill=blush)
 
     def age_lines(self, d: ImageDraw.ImageDraw) -> None:
-        age = self.i.age
-        if age < 35:
+        depth = self.i.lines
+        if depth <= 0.1:
             return
-        depth = min(1.0, (age - 30) / 40)
-        col = _mix(self.skin, self.line, 0.35 + 0.35 * depth)
-        lw = self.width(0.0035)
-        cx, dx = self.cx + self.dx, self.dx
+        col = _mix(self.skin, self.line, 0.15 + 0.5 * depth)
+        lw = self.width(0.003)
+        cx = self.cx + self.dx
         nw, mw = self.i.nose_w * self.w, self.i.mouth_w * self.w
-        for side in (-1, 1):  # nasolabial folds
-            d.line(
-                _through(
-                    (cx + side * nw * 1.15, self.ny - 0.35 * nw),
-                    (cx + side * nw * 1.75, self.ny + 0.4 * nw),
-                    (cx + side * mw * 1.22, self.my + 0.1 * nw),
-                ),
-                fill=col,
-                width=lw,
-                joint="curve",
+        for side in (-1, 1):  # nasolabial folds, from the late thirties
+            fold = _through(
+                (cx + side * nw * 1.1, self.ny - 0.3 * nw),
+                (cx + side * nw * 1.65, self.ny + 0.45 * nw),
+                (cx + side * mw * 1.2, self.my + 0.05 * nw),
             )
-        if age < 45:
+            d.line(fold, fill=col, width=lw, joint="curve")
+        if depth < 0.4:  # forehead lines and crow's feet from about fifty
             return
-        for k in range(2 if age < 60 else 3):  # forehead lines
-            y = self.cy - self.h * (0.42 + 0.08 * k)
+        for k in range(1 + int(depth > 0.65) + int(depth > 0.85)):
+            y = self.cy - self.h * (0.5 + 0.075 * k)
             d.line(
                 _through(
-                    (cx - self.w * 0.38, y + 0.004 * self.s),
-                    (cx, y - 0.004 * self.s),
-                    (cx + self.w * 0.38, y + 0.004 * self.s),
+                    (cx - self.w * 0.34, y + 0.003 * self.s),
+                    (cx, y - 0.003 * self.s),
+                    (cx + self.w * 0.34, y + 0.003 * self.s),
                 ),
                 fill=col,
                 width=lw,
                 joint="curve",
             )
-        for side in (-1, 1):  # crow's feet
-            ox = self.cx + dx + side * (self.i.eye_gap * self.w + self.ew * 1.18)
-            for k in (-1, 0, 1):
+        for side in (-1, 1):
+            ox = cx + side * (self.i.eye_gap * self.w + self.ew * 1.2)
+            for k in (-1, 1) if depth < 0.7 else (-1, 0, 1):
                 d.line(
-                    [(ox, self.ey + k * self.ew * 0.22), (ox + side * self.ew * 0.32, self.ey + k * self.ew * 0.42)],
+                    [(ox, self.ey + k * self.ew * 0.2), (ox + side * self.ew * 0.28, self.ey + k * self.ew * 0.38)],
                     fill=col,
                     width=lw,
                 )
-            ex = self.cx + dx + side * self.i.eye_gap * self.w
-            d.arc(
-                (ex - self.ew * 0.8, self.ey - self.ew * 0.2, ex + self.ew * 0.8, self.ey + self.ew * 0.95),
-                30,
-                150,
-                fill=col,
-                width=lw,
-            )
 
     def beard(self, d: ImageDraw.ImageDraw) -> None:
         i = self.i
@@ -834,11 +701,9 @@ class _Painter:
         hair = _contrast(_scale(i.hair, 0.85), self.skin, 60)
         if i.beard == "goatee":
             top = self.ny + 0.25 * nw
-            pts = _through(
-                (cx - mw * 1.15, self.my + 0.01 * self.s),
-                (cx, top - 0.01 * self.s),
-                (cx + mw * 1.15, self.my + 0.01 * self.s),
-            ) + _through(
+            corner = self.my + 0.01 * self.s
+            pts = _through((cx - mw * 1.15, corner), (cx, top - 0.01 * self.s), (cx + mw * 1.15, corner))
+            pts += _through(
                 (cx + mw * 0.8, self.cy + self.h * 0.9),
                 (cx, self.cy + self.h * 1.03),
                 (cx - mw * 0.8, self.cy + self.h * 0.9),
@@ -846,23 +711,16 @@ class _Painter:
             d.polygon(pts, fill=hair)
             return
         # Stubble is a faint shadow of dark hair roots, not a patch of hair colour.
-        col = hair if i.beard == "full" else _mix(self.skin, _scale(hair, 0.55), 0.2)
-        bulk = 0.012 * self.s if i.beard == "full" else 0.0  # a full beard sits a little proud of the jaw
-        y_start = self.cy
-        # The jaw from the right sideburn round the chin to the left one (the outline runs clockwise from the top).
-        lower = [
-            (x + self.dx * 0.5, y + bulk * (y - y_start) / self.h)
-            for x, y in self.face_outline()[30:91]
-            if y >= y_start
-        ]
-        # Inner edge, left to right: down the cheek to the mouth corner, then a moustache over the upper lip.
+        col = hair if i.beard == "full" else _mix(self.skin, _scale(hair, 0.55), 0.22)
+        bulk = 0.012 * self.s if i.beard == "full" else 0.0
+        lower = [(x, y + bulk * (y - self.cy) / self.h) for x, y in self.face_outline()[30:91] if y >= self.cy]
         corner_y = self.my - 0.15 * mw
         inner = (
-            _through((cx - self.w * 0.93, y_start), (cx - self.w * 0.72, self.ny), (cx - mw * 1.12, corner_y))
+            _through((cx - self.w * 0.93, self.cy), (cx - self.w * 0.72, self.ny), (cx - mw * 1.12, corner_y))
             + _through(
                 (cx - mw * 0.95, self.ny + 0.55 * nw), (cx, self.ny + 0.25 * nw), (cx + mw * 0.95, self.ny + 0.55 * nw)
             )
-            + _through((cx + mw * 1.12, corner_y), (cx + self.w * 0.72, self.ny), (cx + self.w * 0.93, y_start))
+            + _through((cx + mw * 1.12, corner_y), (cx + self.w * 0.72, self.ny), (cx + self.w * 0.93, self.cy))
         )
         d.polygon(lower + inner, fill=col)
 
@@ -871,15 +729,12 @@ class _Painter:
         nx, ny = self.cx + self.dx * 1.25, self.ny
         lw = self.width(0.004)
         # Light comes from the viewer's upper left, so the bridge shadow falls on the right of the nose.
-        d.line(
-            _through(
-                (nx + nw * 0.3, self.ey + self.ew * 0.3),
-                (nx + nw * 0.5, (self.ey + ny) / 2 + 0.02 * self.s),
-                (nx + nw * 0.62, ny - nw * 0.55),
-            ),
-            fill=_mix(self.skin, self.shadow, 0.7),
-            width=lw,
+        bridge = _through(
+            (nx + nw * 0.3, self.ey + self.ew * 0.3),
+            (nx + nw * 0.5, (self.ey + ny) / 2 + 0.02 * self.s),
+            (nx + nw * 0.62, ny - nw * 0.55),
         )
+        d.line(bridge, fill=_mix(self.skin, self.shadow, 0.7), width=lw)
         d.ellipse(
             (nx - nw * 0.32, ny - nw * 0.62, nx + nw * 0.22, ny - nw * 0.22),
             fill=_mix(self.skin, (255, 255, 255), 0.14),
@@ -888,26 +743,32 @@ class _Painter:
             ax = nx + side * nw * 0.72
             box = (ax - nw * 0.36, ny - nw * 0.55, ax + nw * 0.36, ny + nw * 0.15)
             d.arc(box, 300 if side < 0 else 120, 60 if side < 0 else 240, fill=self.line, width=lw)
-            d.ellipse(
-                (nx + side * nw * 0.38 - nw * 0.2, ny - nw * 0.08, nx + side * nw * 0.38 + nw * 0.2, ny + nw * 0.12),
-                fill=_scale(self.skin, 0.45),
+            nostril = (
+                nx + side * nw * 0.38 - nw * 0.2,
+                ny - nw * 0.08,
+                nx + side * nw * 0.38 + nw * 0.2,
+                ny + nw * 0.12,
             )
+            d.ellipse(nostril, fill=_scale(self.skin, 0.45))
         d.arc((nx - nw * 0.35, ny - nw * 0.45, nx + nw * 0.35, ny + nw * 0.12), 30, 150, fill=self.shadow, width=lw)
 
-    # -- head layer: expression features ----------------------------------------------------------------------
-    def eye(self, img: Image.Image, d: ImageDraw.ImageDraw, side: int, openness: float) -> None:
+    # -- expression features ---------------------------------------------------------------------------------
+    def eye_centre(self, side: int) -> Point:
+        return self.cx + self.dx + side * self.i.eye_gap * self.w, self.ey
+
+    def eye(self, img: Image.Image, d: ImageDraw.ImageDraw, side: int) -> None:
         i, p, ew = self.i, self.p, self.ew
-        ex, ey = self.cx + self.dx + side * i.eye_gap * self.w, self.ey
+        ex, ey = self.eye_centre(side)
+        # One raised brow pulls its lid open a little; the lowered one narrows its eye.
+        openness = max(0.0, p.eye_open * (1 + 0.12 * p.brow_asym * side))
         inward = -side  # the inner corner points at the nose
-        outer = (ex - inward * ew, ey - i.canthal * ew)
-        inner = (ex + inward * ew, ey)
+        outer, inner = (ex - inward * ew, ey - i.canthal * ew), (ex + inward * ew, ey)
         lash = _mix(_scale(i.brow, 0.5), (20, 14, 12), 0.6)
-        n = 24
         up_h = ew * 0.56 * openness
-        lo_h = ew * 0.36 * (1 - 0.6 * p.lower_lid_raise) * (1 + 0.5 * max(0.0, openness - 1))
+        lo_h = ew * 0.36 * (1 - 0.6 * p.lid_raise) * (1 + 0.5 * max(0.0, openness - 1))
         upper, lower = [], []
-        for k in range(n):
-            t = k / (n - 1)
+        for k in range(24):
+            t = k / 23
             x = outer[0] + (inner[0] - outer[0]) * t
             base = outer[1] + (inner[1] - outer[1]) * t
             upper.append((x, base - up_h * math.sin(math.pi * t**1.15) ** 0.8))
@@ -922,20 +783,16 @@ class _Painter:
         ]
         d.line(crease, fill=_mix(self.skin, self.line, 0.45), width=self.width(0.003), joint="curve")
         if openness < 0.15:  # closed: a single lid line sagging a little
-            shut = _through(outer, (ex, ey + ew * 0.12), inner)
-            d.line(shut, fill=lash, width=self.width(0.006), joint="curve")
+            d.line(_through(outer, (ex, ey + ew * 0.12), inner), fill=lash, width=self.width(0.006), joint="curve")
             return
         ir = ew * 0.47
-        ix = ex + p.gaze_x * ew * 0.5
-        iy = ey - ew * 0.04 + p.gaze_y * ew * 0.32
+        ix, iy = ex + p.gaze_x * ew * 0.55, ey - ew * 0.04 + p.gaze_y * ew * 0.34
         poly = upper + lower[::-1]
-        x0 = math.floor(min(x for x, _ in poly)) - 2
-        y0 = math.floor(min(y for _, y in poly)) - 2
-        x1 = math.ceil(max(x for x, _ in poly)) + 2
-        y1 = math.ceil(max(y for _, y in poly)) + 2
+        x0, y0 = math.floor(min(x for x, _ in poly)) - 2, math.floor(min(y for _, y in poly)) - 2
+        x1, y1 = math.ceil(max(x for x, _ in poly)) + 2, math.ceil(max(y for _, y in poly)) + 2
         layer = img.crop((x0, y0, x1, y1))
         ld = ImageDraw.Draw(layer)
-        sclera = (240, 236, 230) if not p.tears else (236, 226, 226)
+        sclera = _mix((240, 236, 230), (236, 200, 200), min(1.0, p.tears))  # tearful eyes redden
         ld.rectangle((0, 0, x1 - x0, y1 - y0), fill=(*sclera, 255))
         lx, ly = ix - x0, iy - y0
         ld.ellipse(
@@ -943,10 +800,13 @@ class _Painter:
         )
         pr = ir * 0.45
         ld.ellipse((lx - pr, ly - pr, lx + pr, ly + pr), fill=(18, 14, 14))
-        hr = ir * 0.22
-        ld.ellipse(
-            (lx - ir * 0.42 - hr, ly - ir * 0.42 - hr, lx - ir * 0.42 + hr, ly - ir * 0.42 + hr), fill=(255, 255, 255)
-        )
+        for hr, hx, hy in (
+            (ir * 0.22, -0.42, -0.42),
+            (ir * 0.14 * (p.tears > 0.25), 0.35, 0.4),
+        ):  # glints; wet eyes get two
+            ld.ellipse(
+                (lx + ir * hx - hr, ly + ir * hy - hr, lx + ir * hx + hr, ly + ir * hy + hr), fill=(255, 255, 255)
+            )
         ld.line(
             [(x - x0, y - y0 + ew * 0.07) for x, y in upper],
             fill=_mix(sclera, self.line, 0.45),
@@ -955,54 +815,70 @@ class _Painter:
         mask = Image.new("L", layer.size, 0)
         ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in poly], fill=255)
         img.paste(layer, (x0, y0), mask)
-        d.line(lower, fill=_mix(self.skin, self.line, 0.6), width=self.width(0.003), joint="curve")
-        if p.tears:
-            d.line(lower[4:-3], fill=(214, 234, 246), width=self.width(0.005), joint="curve")
-        d.line(upper, fill=lash, width=self.width(0.008 if i.gender == "female" else 0.006), joint="curve")
+        if p.tears >= 0.25:  # a bright wet line pooled on the lower lid
+            d.line(lower, fill=_mix(self.skin, (200, 80, 90), 0.35), width=self.width(0.008), joint="curve")
+            d.line(lower[3:-2], fill=(232, 244, 252), width=self.width(0.007), joint="curve")
+        else:
+            d.line(lower, fill=_mix(self.skin, self.line, 0.6), width=self.width(0.003), joint="curve")
+        d.line(upper, fill=lash, width=self.width(0.009 if i.gender == "female" else 0.0065), joint="curve")
         if i.gender == "female":  # a few lashes flicking out at the outer corner
             for k in (1, 3, 5):
                 x, y = upper[k]
                 d.line([(x, y), (x - inward * ew * 0.16, y - ew * 0.2)], fill=lash, width=self.width(0.003))
 
-    def brow(self, d: ImageDraw.ImageDraw, side: int, raise_: float, tilt: float) -> None:
+    def brow(self, d: ImageDraw.ImageDraw, side: int) -> None:
         i, p, ew = self.i, self.p, self.ew
-        ex = self.cx + self.dx + side * i.eye_gap * self.w
+        ex, _ = self.eye_centre(side)
+        raise_ = p.brow_raise + p.brow_asym * (0.75 if side * self.i.smirk_side > 0 else -0.35)
+        tilt = p.brow_tilt
         inward = -side
-        base = self.ey - ew * 1.3 - raise_ * ew * 0.5
-        inner = (ex + inward * ew * (1.0 + 0.12 * p.brow_knit), base - tilt * ew * 0.32 + p.brow_knit * ew * 0.1)
-        outer = (ex - inward * ew * 1.2, base + ew * 0.12 + tilt * ew * 0.18)
+        base = self.ey - ew * 1.25 - raise_ * ew * 0.6
+        knit = p.brow_knit
+        inner = (ex + inward * ew * (1.0 + 0.14 * knit), base - tilt * ew * 0.4 + knit * ew * 0.12)
+        outer = (ex - inward * ew * 1.2, base + ew * 0.12 + tilt * ew * 0.22)
         arch = ew * (i.brow_arch + 0.25 * max(0.0, raise_) - 0.15 * max(0.0, tilt))
         mid = ((inner[0] + outer[0]) / 2 - inward * ew * 0.15, (inner[1] + outer[1]) / 2 - arch)
         spine = _through(inner, mid, outer, 16)
-        thick = i.brow_thick * ew * 1.6
+        thick = i.brow_thick * ew * 1.7
         top = [(x, y - thick * (1 - 0.55 * k / 15) / 2) for k, (x, y) in enumerate(spine)]
         bottom = [(x, y + thick * (1 - 0.55 * k / 15) / 2) for k, (x, y) in enumerate(spine)]
         d.polygon(top + bottom[::-1], fill=i.brow)
 
     def frown_lines(self, d: ImageDraw.ImageDraw) -> None:
-        """Vertical creases between knitted brows, the strongest single cue of anger or strain."""
+        """Vertical creases between knitted brows: strain, worry or anger, whichever the rest of the face says."""
         ew, x = self.ew, self.cx + self.dx
-        col = _mix(self.skin, self.line, 0.8)
+        col = _mix(self.skin, self.line, 0.45 + 0.45 * min(1.0, self.p.brow_knit))
         for side in (-1, 1):
-            d.line(
-                _through(
-                    (x + side * ew * 0.22, self.ey - ew * 1.0),
-                    (x + side * ew * 0.3, self.ey - ew * 1.35),
-                    (x + side * ew * 0.24, self.ey - ew * 1.75),
-                    8,
-                ),
-                fill=col,
-                width=self.width(0.0035),
+            crease = _through(
+                (x + side * ew * 0.2, self.ey - ew * 0.95),
+                (x + side * ew * 0.28, self.ey - ew * 1.3),
+                (x + side * ew * 0.22, self.ey - ew * 1.7),
+                8,
             )
+            d.line(crease, fill=col, width=self.width(0.0035))
+
+    def jaw_lines(self, d: ImageDraw.ImageDraw) -> None:
+        """A clenched jaw bulges the masseter: a short shadow curve at each jaw angle."""
+        col = _mix(self.skin, self.line, 0.55)
+        for side in (-1, 1):
+            x = self.cx + side * self.w * 0.8
+            curve = _through(
+                (x, self.cy + 0.3 * self.h),
+                (x - side * self.w * 0.05, self.cy + 0.45 * self.h),
+                (x - side * self.w * 0.02, self.cy + 0.6 * self.h),
+                8,
+            )
+            d.line(curve, fill=col, width=self.width(0.004))
 
     def mouth(self, d: ImageDraw.ImageDraw) -> None:
         i, p = self.i, self.p
         mw0 = i.mouth_w * self.w
         w = mw0 * p.mouth_width * (1 + 0.08 * max(0.0, p.mouth_curve))
         lift = mw0 * 0.34
-        mx = self.cx + self.dx * 1.1 + p.mouth_asym * w * 0.12
-        left = (mx - w, self.my - p.mouth_curve * lift)
-        right = (mx + w, self.my - p.mouth_curve * lift - p.mouth_asym * lift)
+        asym = p.mouth_asym * i.smirk_side
+        mx = self.cx + self.dx * 1.1 + asym * w * 0.12
+        left = (mx - w, self.my - p.mouth_curve * lift + min(0.0, asym) * lift)
+        right = (mx + w, self.my - p.mouth_curve * lift - max(0.0, asym) * lift)
         centre = _through(left, (mx, self.my + 0.1 * p.mouth_curve * lift), right, 25)
         gap = p.mouth_open * mw0 * 0.6
         full = i.lip_full * (1 - 0.7 * p.lip_press)
@@ -1015,9 +891,8 @@ class _Painter:
             up_inner.append((x, ui))
             lo_inner.append((x, li))
             up_outer.append((x, ui - mw0 * 0.15 * full * b**0.5 * bow))
-            lo_outer.append((x, li + mw0 * 0.2 * full * b**0.6))
-        lip_dark = _scale(i.lip, 0.88)
-        d.polygon(up_outer + up_inner[::-1], fill=lip_dark)
+            lo_outer.append((x, li + mw0 * 0.2 * full * b**0.6 * (1 - 0.6 * p.lip_bite)))
+        d.polygon(up_outer + up_inner[::-1], fill=_scale(i.lip, 0.88))
         d.polygon(lo_inner + lo_outer[::-1], fill=i.lip)
         if gap > 0.002 * self.s:
             d.polygon(up_inner + lo_inner[::-1], fill=(72, 28, 32))
@@ -1025,46 +900,34 @@ class _Painter:
             d.polygon(up_inner[3:-3] + teeth[3:-3][::-1], fill=(238, 232, 222))
         else:
             d.line(centre, fill=_mix(i.lip, (24, 8, 8), 0.6), width=self.width(0.004), joint="curve")
-        mid = len(lo_outer) // 2
-        shine = _mix(i.lip, (255, 255, 255), 0.25)
-        d.line(lo_outer[mid - 3 : mid + 4], fill=shine, width=self.width(0.003))
+        if p.lip_bite >= 0.3:  # upper teeth resting on the middle of the lower lip
+            teeth = [(x, y + 0.011 * self.s) for x, y in centre[7:18]]
+            d.polygon(centre[7:18] + teeth[::-1], fill=(236, 230, 220), outline=_scale(i.lip, 0.7))
+        else:
+            mid = len(lo_outer) // 2
+            d.line(lo_outer[mid - 3 : mid + 4], fill=_mix(i.lip, (255, 255, 255), 0.25), width=self.width(0.003))
         corner_col = _mix(self.skin, self.line, 0.55)
         lw = self.width(0.0035)
         for sgn, (cx_, cy_) in ((-1, left), (1, right)):
-            curve = p.mouth_curve - (p.mouth_asym if sgn > 0 else 0.0)
-            if curve > 0.3 or (sgn > 0 and p.mouth_asym > 0.3):  # smile or smirk dimple
-                d.arc(
-                    (cx_ + sgn * w * 0.02 - w * 0.12, cy_ - w * 0.2, cx_ + sgn * w * 0.02 + w * 0.12, cy_ + w * 0.16),
-                    300 if sgn > 0 else 120,
-                    60 if sgn > 0 else 240,
-                    fill=corner_col,
-                    width=lw,
-                )
-            elif p.lip_press > 0.3 or p.mouth_curve < -0.3:  # tight or turned-down corner
+            lifted = p.mouth_curve + asym * sgn
+            if lifted > 0.3:  # smile or smirk dimple
+                box = (cx_ + sgn * w * 0.02 - w * 0.12, cy_ - w * 0.2, cx_ + sgn * w * 0.02 + w * 0.12, cy_ + w * 0.16)
+                d.arc(box, 300 if sgn > 0 else 120, 60 if sgn > 0 else 240, fill=corner_col, width=lw)
+            if p.lip_press > 0.5 or p.mouth_curve < -0.3:  # tight or turned-down corner
                 d.line([(cx_, cy_), (cx_ + sgn * w * 0.1, cy_ + w * 0.1)], fill=corner_col, width=lw)
 
-    def tears(self, d: ImageDraw.ImageDraw) -> None:
+    def tear_tracks(self, d: ImageDraw.ImageDraw) -> None:
         ew = self.ew
         tear = _mix(self.skin, (205, 232, 255), 0.55)
         for side in (-1, 1):
-            x = self.cx + self.dx + side * (self.i.eye_gap * self.w + ew * 0.25)
-            y = self.ey + ew * 0.35
+            ex, ey = self.eye_centre(side)
+            x, y = ex + side * ew * 0.25, ey + ew * 0.35
             streak = _through((x, y), (x + side * ew * 0.12, y + ew * 1.1), (x + side * ew * 0.05, y + ew * 2.2))
             d.line(streak, fill=tear, width=self.width(0.0055), joint="curve")
             bx, by = streak[-1]
             r = ew * 0.16
             d.polygon([(bx - r, by), (bx, by - r * 2.2), (bx + r, by)], fill=(200, 226, 248))
             d.ellipse((bx - r, by - r, bx + r, by + r), fill=(200, 226, 248))
-            d.ellipse((bx - r * 0.5, by - r * 0.6, bx - r * 0.05, by - r * 0.15), fill=(255, 255, 255))
-
-    def sweat(self, d: ImageDraw.ImageDraw) -> None:
-        ew = self.ew
-        x = self.cx + self.dx + self.w * 0.62
-        y = self.ey - ew * 2.1
-        r = ew * 0.28
-        d.polygon([(x - r, y), (x, y - r * 2.4), (x + r, y)], fill=(190, 222, 248))
-        d.ellipse((x - r, y - r, x + r, y + r), fill=(190, 222, 248), outline=(120, 160, 200), width=self.width(0.002))
-        d.ellipse((x - r * 0.5, y - r * 0.5, x - r * 0.05, y - r * 0.05), fill=(255, 255, 255))
 
     def glasses(self, d: ImageDraw.ImageDraw) -> None:
         i, ew = self.i, self.ew
@@ -1073,7 +936,7 @@ class _Painter:
         col, lw = i.glasses_colour, self.width(0.006)
         rims = []
         for side in (-1, 1):
-            ex = self.cx + self.dx + side * i.eye_gap * self.w
+            ex, _ = self.eye_centre(side)
             box = (ex - ew * 1.4, self.ey - ew * 1.0, ex + ew * 1.4, self.ey + ew * 1.05)
             if i.glasses == "round":
                 d.ellipse(box, outline=col, width=lw)
@@ -1086,12 +949,10 @@ class _Painter:
                 width=self.width(0.003),
             )
             rims.append(box)
-            # The arms run to the ears, which do not move with head pitch; pinning their outer part to the
-            # unpitched eye line keeps everything outside `face_box` identical across expressions.
+            # The arms run to the ears, which do not move with the inner face: pin their outer part there.
             hinge = (self.cx + self.dx + side * self.w * 0.8, self.ey0 - ew * 0.4)
             ear = (self.cx + side * self.w * 0.97, self.ey0 - ew * 0.2)
-            d.line([(box[0] if side < 0 else box[2], self.ey - ew * 0.5), hinge], fill=col, width=lw)
-            d.line([hinge, ear], fill=col, width=lw)
+            d.line([(box[0] if side < 0 else box[2], self.ey - ew * 0.5), hinge, ear], fill=col, width=lw)
         bridge = _through(
             (rims[0][2], self.ey - ew * 0.3),
             (self.cx + self.dx, self.ey - ew * 0.55),
@@ -1102,118 +963,122 @@ class _Painter:
     def hair_front(self, d: ImageDraw.ImageDraw) -> None:
         i, cx, cy, w, h, s = self.i, self.cx, self.cy, self.w, self.h, self.s
         style = i.hair_style
-        if style == "bald":
-            return
-        hl = cy - i.hairline * h
-        part_x = cx + i.parting * w * 0.45
         cc = cy - 0.12 * h  # the crown ellipse is centred a little above the face centre, like the skull
+        if style == "bald":
+            # Scalp shine, and a fringe of short hair hugging the skull from the temples to behind the ears.
+            top = cy - h
+            d.ellipse(
+                (cx - w * 0.4, top + 0.02 * s, cx + w * 0.05, top + 0.055 * s),
+                fill=_mix(self.skin, (255, 255, 255), 0.15),
+            )
+            outline, inner = self.face_outline(1.025), self.face_outline(0.9)
+            for a, b in ((18, 33), (88, 103)):
+                d.polygon(outline[a:b] + inner[a:b][::-1], fill=i.hair)
+            return
+        hairline = cy - i.hairline * h - (0.1 * h if style == "receding" else 0.0)
+        part_x = cx + i.parting * w * 0.45
         if style == "curly":
-            outer = self.bumpy(cx, cy - 0.1 * h, w * 1.4, h * 1.1, math.pi, 0, 12)
-            rx, ry = w * 1.3, h * 1.1
+            big = i.gender != "male"
+            outer = self.bumpy(
+                cx,
+                cy - 0.05 * h if big else cc,
+                w * (1.38 if big else 1.1),
+                h * (1.08 if big else 0.95),
+                math.pi,
+                0,
+                12,
+            )
+            rx, ry = w * 1.2, h * 1.0
         else:
-            rx = w * (1.12 if style == "long" else 1.07 if style == "short" else 1.03)
-            ry = cc - (cy - h - (0.012 if style == "bun" else 0.028) * s)
+            rx = w * {"long": 1.12, "bob": 1.12, "short": 1.07, "crop": 1.03, "receding": 1.04}.get(style, 1.03)
+            ry = cc - (cy - h - {"bun": 0.012, "crop": 0.012, "receding": 0.014}.get(style, 0.028) * s)
             outer = _ellipse_pts(cx, cc, rx, ry, math.pi, 0)
         temple = (w * 0.86, cy - 0.4 * h)
-        if style == "long":
-            # Curtains from a parting, falling past the cheeks to a point at the jaw.
-            dip = 0.045 * s
+        if style in ("long", "bob"):
+            # Curtains from a parting, falling past the cheeks.
+            end = 0.64 if style == "long" else 0.5
             right = [
                 (cx + w * 1.14, cy + 0.3 * h),
-                (cx + w * 1.06, cy + 0.64 * h),
-                (cx + w * 0.8, cy + 0.52 * h),
-                (cx + w * 0.78, cy - 0.05 * h),
+                (cx + w * 1.06, cy + end * h),
+                (cx + w * 0.82, cy + (end - 0.12) * h),
+                (cx + w * 0.8, cy - 0.05 * h),
             ]
+            dip = 0.045 * s
         else:
-            dip = 0.02 * s if style in ("short", "curly") else 0.005 * s
             right = [(cx + w * 0.99, cy + 0.02 * h), (cx + w * 0.9, cy + 0.02 * h)]
-        hairline = _through(
-            (cx + temple[0], temple[1]), (cx + w * 0.42, hl + dip), (part_x, hl - 0.012 * s)
-        ) + _through((part_x, hl - 0.012 * s), (cx - w * 0.42, hl + dip * 0.6), (cx - temple[0], temple[1]))
-        left = [(2 * cx - x, y) for x, y in reversed(right)]
-        d.polygon(outer + right + hairline + left, fill=i.hair)
+            dip = {"short": 0.02, "curly": 0.02, "receding": -0.01}.get(style, 0.005) * s
+        if style in ("short", "crop", "receding"):
+            # A cropped cut: hair hugs the skull, the hairline recedes a little at the temples (more with age).
+            recess = 0.05 * h + (0.08 * h if style == "receding" else 0.0)
+            line = [
+                (cx + w * 0.9, cy - 0.3 * h),
+                (cx + w * 0.74, hairline + recess),
+                (cx + w * 0.5, hairline + 0.02 * h),
+            ]
+            line += _through(
+                (cx + w * 0.5, hairline + 0.02 * h), (part_x, hairline - 0.01 * h), (cx - w * 0.5, hairline + 0.02 * h)
+            )
+            line += [(cx - w * 0.74, hairline + recess), (cx - w * 0.9, cy - 0.3 * h)]
+        else:
+            line = _through(
+                (cx + temple[0], temple[1]), (cx + w * 0.42, hairline + dip), (part_x, hairline - 0.012 * s)
+            )
+            line += _through(
+                (part_x, hairline - 0.012 * s), (cx - w * 0.42, hairline + dip * 0.6), (cx - temple[0], temple[1])
+            )
+        d.polygon(outer + right + line + [(2 * cx - x, y) for x, y in reversed(right)], fill=i.hair)
         # Texture: two strands following the crown and one highlight where the light (upper left) hits.
         strand = _scale(i.hair, 0.75) if sum(i.hair) > 200 else _mix(i.hair, (255, 255, 255), 0.12)
-        lw = self.width(0.003)
         for frac, a0, a1 in ((0.9, 0.74, 0.4), (0.8, 0.66, 0.34)):
-            d.line(
-                _ellipse_pts(cx, cc, rx * frac, ry * frac, math.pi * a0, math.pi * a1, 16),
-                fill=strand,
-                width=lw,
-                joint="curve",
-            )
-        d.line(
-            _ellipse_pts(cx, cc, rx * 0.86, ry * 0.93, math.pi * 0.7, math.pi * 0.56, 8),
-            fill=_mix(i.hair, (255, 255, 255), 0.22),
-            width=self.width(0.006),
-            joint="curve",
-        )
+            arc = _ellipse_pts(cx, cc, rx * frac, ry * frac, math.pi * a0, math.pi * a1, 16)
+            d.line(arc, fill=strand, width=self.width(0.003), joint="curve")
+        shine = _ellipse_pts(cx, cc, rx * 0.86, ry * 0.93, math.pi * 0.7, math.pi * 0.56, 8)
+        d.line(shine, fill=_mix(i.hair, (255, 255, 255), 0.22), width=self.width(0.006), joint="curve")
 
 
 class EmbeddedFaceRenderer:
     """Offline Pillow face renderer implementing the `ImageBackend` protocol.
 
-    `supersample` trades speed for edge quality: 2 already hides the aliasing at 336 px, at about 12 ms of one core.
-    `request.seed` and `request.contrast_expression` are deliberately unused: the person must be the same for the
-    same key whatever the seed, and contrast expressions are only a negative prompt for diffusion backends.
+    `supersample` trades speed for edge quality: 2 already hides the aliasing at 336 px. `request.seed` drives only
+    the small per-turn variation (`vary`); the person depends on the identity key, gender and age alone.
+    `request.contrast_expression` is unused: it is a negative prompt for diffusion backends.
     """
 
-    name = "embedded-face-renderer-v1"
+    name = "embedded-face-renderer-v2"
 
     def __init__(self, supersample: int = 2) -> None:
         if supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {supersample}")
         self.supersample = supersample
 
-    def render(self, request: FaceRequest) -> Image.Image:
-        """Return the client's face showing `request.expression`, RGB, `request.size` square."""
+    def params(self, request: FaceRequest) -> ExpressionParams:
+        """The parameters `render` draws for this request: the parsed expression plus the seeded variation."""
+        return vary(parse_expression(request.expression), request.identity_key, request.seed)
+
+    def render(self, request: FaceRequest, *, posed: bool = True) -> Image.Image:
+        """Return the client's face showing `request.expression`, RGB, `request.size` square.
+
+        `posed=False` leaves out the head pose (tilt and shift of the whole head), giving the head in its own
+        frame: what the identity tests compare.
+        """
         if request.size < 16:
             raise ValueError(f"image size must be at least 16 px, got {request.size}")
         ident = _identity(request.identity_key, request.gender, request.age)
-        params = parse_expression(request.expression)
+        params = self.params(request)
         s = request.size * self.supersample
-        painter = _Painter(ident, params, s)
-
-        # A soft vertical gradient keeps the backdrop from looking like a flat sticker; one column stretched
-        # sideways costs far less than compositing two full-size layers.
-        column = Image.new("RGB", (1, s))
-        bottom = _scale(ident.background, 0.82)
-        column.putdata([_mix(ident.background, bottom, y / (s - 1)) for y in range(s)])
-        canvas = column.resize((s, s), Image.Resampling.NEAREST)
-        painter.body(canvas)
-
-        # The head lives on its own transparent layer so head tilt can rotate it without touching the rest.
-        head = Image.new("RGBA", (s, s), (*ident.background, 0))
-        d = ImageDraw.Draw(head)
-        painter.hair_back(d)
-        painter.neck(d)
-        painter.ears(d)
-        painter.face(d)
-        painter.cheeks(d)
-        painter.age_lines(d)
-        painter.beard(d)
-        painter.nose(d)
-        for side, openness in ((-1, params.eye_open_left), (1, params.eye_open_right)):
-            painter.eye(head, d, side, openness)
-        painter.brow(d, -1, params.brow_raise_left, params.brow_tilt_left)
-        painter.brow(d, 1, params.brow_raise_right, params.brow_tilt_right)
-        if params.brow_knit >= 0.5:
-            painter.frown_lines(d)
-        painter.mouth(d)
-        if params.tears:
-            painter.tears(d)
-        if params.sweat:
-            painter.sweat(d)
-        painter.glasses(d)
-        painter.hair_front(d)
-        if params.head_tilt:
+        canvas = _backdrop(s).copy()
+        head = Image.new("RGBA", (s, s), (*_BACKDROP[0], 0))
+        _Painter(ident, params, s).draw(head)
+        if posed:
             # NEAREST is enough on the supersampled canvas (the LANCZOS reduction smooths its steps) and is about
-            # twenty times faster than BICUBIC.
+            # twenty times faster than BICUBIC. Turning and lowering the head also carry the whole head a little.
+            shift = (params.head_turn * 0.03 * s, params.head_pitch * 0.04 * s)
             head = head.rotate(
                 params.head_tilt,
                 resample=Image.Resampling.NEAREST,
                 center=(_PIVOT[0] * s, _PIVOT[1] * s),
-                fillcolor=(*ident.background, 0),
+                translate=shift,
+                fillcolor=(*_BACKDROP[0], 0),
             )
         canvas.paste(head, (0, 0), head)
         if self.supersample == 1:
