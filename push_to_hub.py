@@ -282,8 +282,8 @@ def _user(api, dry_run: bool) -> str | None:
             print(f"(dry run: whoami failed, {type(err).__name__}; default repo ids show <user>)")
             return None
         raise PermissionError(
-            "not logged in to the Hugging Face Hub (whoami failed: "
-            f"{type(err).__name__}); set HF_TOKEN or run `hf auth login`"
+            f"cannot confirm a Hugging Face Hub login: whoami failed ({type(err).__name__}); set HF_TOKEN or run "
+            "`hf auth login`, and make sure the Hub is reachable (HF_HUB_OFFLINE unset)"
         ) from None
 
 
