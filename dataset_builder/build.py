@@ -81,7 +81,8 @@ def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    for source in (Path(__file__).parent / name for name in ("builder.py", "schema.py", "validation.py", "filters.py")):
+    for source in (Path(__file__).parent / name
+                   for name in ("builder.py", "schema.py", "validation.py", "filters.py", "cues.py")):
         digest.update(source.read_bytes())
     repo = Path(__file__).parent.parent  # the prompt and the card template shape the output too
     for data_file in [*sorted((repo / "inference" / "prompts").glob("*.yaml")),

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cues import cue_warnings
+
 logger = logging.getLogger(__name__)
 
 MIN_TURNS, MAX_TURNS = 4, 20
@@ -327,6 +329,7 @@ TEXT_FILTERS = (
     profile_copy,
     pos_repetition,
     recorded_failures,
+    cue_warnings,  # warning level: never drops, counts therapist lines citing cues the face image lacks (cues.py)
 )
 
 

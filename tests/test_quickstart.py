@@ -35,8 +35,12 @@ print(json.dumps({{"sizes": sizes, "model": type(model).__name__, "template": "e
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["sizes"]["sessions"] == 24 and out["sizes"]["profiles"] == 8 and out["sizes"]["filtered"] == 32
-    assert out["sizes"]["sft"] > 24 * 4
+    sample = Path(__file__).resolve().parent.parent / "dataset_builder" / "sample"
+    n_sessions, n_profiles = (sum(1 for line in (sample / name).read_text().splitlines() if line.strip())
+                              for name in ("sessions.jsonl", "profiles.jsonl"))
+    assert out["sizes"]["sessions"] == n_sessions and out["sizes"]["profiles"] == n_profiles
+    assert out["sizes"]["filtered"] == n_sessions + n_profiles
+    assert out["sizes"]["sft"] > n_sessions * 4
     assert out["model"] == "LlavaForConditionalGeneration" and out["template"]
     files = {p.name for p in (tmp_path / "qs" / "training" / "model").iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
