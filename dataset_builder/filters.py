@@ -534,7 +534,9 @@ class ModelFilters:
     def age_consistency(self, record: dict, images: dict[int, Any]) -> FilterResult:
         age = record["client"].get("age")
         worst_gap, worst_turn = 0.0, None
-        outputs = self._pipeline(self.config.age_model)([images[i] for i in images], top_k=None)
+        outputs = self._pipeline(self.config.age_model)(
+            [images[i] for i in images], top_k=None, batch_size=len(images)
+        )
         for index, scores in zip(images, outputs, strict=True):
             weighted = [(s["score"], _midpoint(s["label"])) for s in scores]
             weighted = [(p, a) for p, a in weighted if a is not None]
@@ -548,7 +550,9 @@ class ModelFilters:
 
     def gender_consistency(self, record: dict, images: dict[int, Any]) -> FilterResult:
         expected = record["client"].get("gender")
-        outputs = self._pipeline(self.config.gender_model)([images[i] for i in images], top_k=None)
+        outputs = self._pipeline(self.config.gender_model)(
+            [images[i] for i in images], top_k=None, batch_size=len(images)
+        )
         changed = []
         for index, scores in zip(images, outputs, strict=True):
             top = max(scores, key=lambda s: s["score"])
@@ -571,7 +575,9 @@ class ModelFilters:
         )
 
     def nsfw(self, images: dict[int, Any]) -> FilterResult:
-        outputs = self._pipeline(self.config.nsfw_model)([images[i] for i in images], top_k=None)
+        outputs = self._pipeline(self.config.nsfw_model)(
+            [images[i] for i in images], top_k=None, batch_size=len(images)
+        )
         worst, where = 0.0, None
         for index, scores in zip(images, outputs, strict=True):
             probability = sum(s["score"] for s in scores if s["label"].lower() in self.config.nsfw_labels)

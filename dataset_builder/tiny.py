@@ -103,3 +103,74 @@ def build_tiny_image_classifier(
     model.save_pretrained(output_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
     return output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A scripted OpenAI-compatible chat server (tests and benches): real HTTP on 127.0.0.1, answers from a callback
+
+
+def make_chat_app(respond, latency: float = 0.0):
+    """A FastAPI app serving `POST /v1/chat/completions`; `respond(request_json) -> str` writes each reply.
+
+    `latency` seconds are awaited per request without blocking others, like a server batching concurrent requests.
+    """
+    import asyncio
+    import time
+
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+    app.state.num_requests = 0
+
+    async def chat_completions(request):
+        body = await request.json()
+        app.state.num_requests += 1
+        if latency:
+            await asyncio.sleep(latency)
+        text = respond(body)
+        return {
+            "id": f"chatcmpl-{app.state.num_requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    # A real annotation object: this module's `from __future__ import annotations` would leave a string that
+    # FastAPI cannot resolve (Request is imported locally) and it would then expect a query parameter.
+    chat_completions.__annotations__["request"] = Request
+    app.post("/v1/chat/completions")(chat_completions)
+    return app
+
+
+class serve_app:  # lower case: used like a function, `with serve_app(app) as url`
+    """Run an ASGI app with uvicorn on a free 127.0.0.1 port in a thread: `with serve_app(app) as base_url: ...`."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        self.app, self.host = app, host
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind((self.host, 0))
+        port = self._socket.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host=self.host, port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the scripted chat server did not start")
+            time.sleep(0.02)
+        return f"http://{self.host}:{port}/v1"
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()

@@ -1,0 +1,1017 @@
+"""`mirror generate --config recipes/data/<name>.yaml`: new Mirror sessions (paper steps 1-4) as raw records.
+
+Stages, each writing its outputs atomically in JSONL shards under `<output_dir>/.work/<stage>/`, so a killed run
+resumes where it stopped (ids already in a shard are skipped) and finishes with the same records:
+
+1. `profiles`: client profiles (the bundled sample, a local CACTUS CSV/JSONL export, or the Hub's
+   `LangAGI-Lab/cactus` when online), each expanded into the resistance styles, each client given a reference
+   identity matched on gender and age (from a user pool, or the embedded renderer's identities).
+2. `screenplays`: one LLM call per session with the versioned prompt `dataset_builder/prompts/screenplay_<v>.yaml`,
+   parsed with the release's tolerant parser; bounded retries with new seeds; output that stays unusable is
+   kept in the shard with its reason (and listed in `generation-report.json`), never silently dropped.
+3. `expressions`: per client turn an expression and a contrasting expression (prompt `expression_<v>.yaml`).
+4. `faces`: a face per client turn from an image backend (embedded renderer or diffusers); files written
+   atomically and skipped when present. Under `accelerate launch` the sessions are split between processes
+   (one GPU each); every other stage runs on the main process.
+5. `filters`: every quality filter with the recipe's thresholds. A failing session is still written, with
+   `failed:<filter>: <reason>` flags and its scores, and `mirror build` moves it to the `filtered` config.
+
+LLM calls go through any `ChatBackend` (an OpenAI-compatible server through `EndpointBackend`, or a local
+transformers model), with bounded concurrency and a response cache (`.work/llm-cache.jsonl`). A run manifest
+(`manifest.json`) records the config and its hash, model ids and revisions, package versions and seeds; a rerun
+with a different config is refused rather than mixing two configs in one folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from .filters import FAILED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
+from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
+
+logger = logging.getLogger(__name__)
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+SAMPLE_PROFILES = Path(__file__).parent / "sample" / "profiles.jsonl"
+RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")
+CACTUS_REPO_ID = "LangAGI-Lab/cactus"
+STAGES = ("profiles", "screenplays", "expressions", "faces", "filters")
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class LLMConfig:
+    """A chat model: an OpenAI-compatible server (`base_url`) or a local model folder / Hub id (`backend`)."""
+
+    model: str = field(default="gpt-4o-mini", metadata={"help": "Model name (server) or folder/Hub id (local)."})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server URL (vLLM, TGI, ...)."})
+    api_key_env: str | None = field(default=None, metadata={"help": "Environment variable holding the API key."})
+    backend: str = field(default="transformers", metadata={"help": "Local backend when base_url is not set."})
+    revision: str | None = field(default=None, metadata={"help": "Model revision, recorded in provenance."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (paper: 0.9)."})
+    max_new_tokens: int = field(default=1536, metadata={"help": "Token budget of one reply."})
+    max_concurrency: int = field(default=8, metadata={"help": "Parallel requests against the server."})
+    timeout: float = field(default=120.0, metadata={"help": "Seconds per request attempt."})
+    max_attempts: int = field(default=3, metadata={"help": "Tries per item when the output is unusable."})
+
+
+@dataclass
+class GenerateConfig:
+    """A data-generation recipe (`recipes/data/*.yaml`)."""
+
+    output_dir: str = field(default="mirror_generated", metadata={"help": "Raw record folder to write."})
+    profiles: str = field(
+        default="sample",
+        metadata={
+            "help": "'sample' (bundled), a CACTUS CSV/JSONL export or MIRROR profile JSONL, or 'hub' "
+            f"({CACTUS_REPO_ID}; needs network)."
+        },
+    )
+    profiles_revision: str | None = field(default=None, metadata={"help": "Hub revision of the profile dataset."})
+    max_profiles: int | None = field(default=None, metadata={"help": "Use only the first N distinct clients."})
+    resistance_styles: list[str] = field(
+        default_factory=lambda: list(RESISTANCE_STYLES), metadata={"help": "Styles each client is played with."}
+    )
+    identity_pool: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of reference faces {key, gender, age, image}; default: the renderer's identities."},
+    )
+    llm: LLMConfig = field(default_factory=LLMConfig, metadata={"help": "Screenplay model (paper: gpt-4o-mini)."})
+    expression_llm: LLMConfig | None = field(
+        default=None, metadata={"help": "Expression model (paper: Llama-3-8B-Instruct); default: llm."}
+    )
+    prompt_version: str = field(default="v1", metadata={"help": "Version of dataset_builder/prompts/*_<v>.yaml."})
+    image_backend: str = field(default="embedded", metadata={"help": "Image backend name (embedded, diffusers)."})
+    image_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the image backend."})
+    filters: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "Filter thresholds and models."})
+    image_filters: bool = field(
+        default=True, metadata={"help": "Run the model-based image filters (False is recorded as skipped)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Base seed of every LLM call and image."})
+    shard_size: int = field(default=64, metadata={"help": "Items per stage shard (the unit of atomic progress)."})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generation config key(s) {unknown}; known keys: {sorted(known)}")
+        data = dict(data)
+        for key, kind in (("llm", LLMConfig), ("expression_llm", LLMConfig), ("filters", FilterConfig)):
+            if isinstance(data.get(key), dict):
+                sub_known = {f.name for f in dataclasses.fields(kind)}
+                bad = sorted(set(data[key]) - sub_known)
+                if bad:
+                    raise ValueError(f"unknown key(s) {bad} in {key}; known keys: {sorted(sub_known)}")
+                data[key] = kind(**data[key])
+        config = cls(**data)
+        bad_styles = [s for s in config.resistance_styles if s not in RESISTANCE_STYLES]
+        if bad_styles:
+            raise ValueError(f"unknown resistance style(s) {bad_styles}; allowed: {list(RESISTANCE_STYLES)}")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    def digest(self) -> str:
+        """Hash of everything that shapes the records (the output folder itself excluded)."""
+        data = self.to_dict()
+        data.pop("output_dir")
+        for key in ("max_concurrency", "timeout"):  # how fast, not what
+            data["llm"].pop(key)
+            if data["expression_llm"]:
+                data["expression_llm"].pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GenerateConfig:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return GenerateConfig.from_dict(data)
+
+
+def load_prompt(kind: str, version: str) -> dict[str, Any]:
+    path = PROMPT_DIR / f"{kind}_{version}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROMPT_DIR.glob(f"{kind}_*.yaml"))
+        raise ValueError(f"no {kind} prompt version {version!r}; available: {known}")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic shards, resumable stages and the LLM cache
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class ShardedStage:
+    """A stage's JSONL shards: read what is done, write new items in atomic shards."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def items(self) -> dict[str, dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.folder.glob("shard-*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    done[item["id"]] = item
+        return done
+
+    def write(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        index = len(list(self.folder.glob("shard-*.jsonl")))
+        while (self.folder / f"shard-{index:05d}.jsonl").exists():
+            index += 1
+        text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
+        _atomic_write_text(self.folder / f"shard-{index:05d}.jsonl", text)
+
+
+def run_stage(
+    name: str,
+    stage: ShardedStage,
+    jobs: list[dict[str, Any]],
+    work: Callable[[dict], dict],
+    shard_size: int,
+    concurrency: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Run `work` on every job whose id is not done yet, `concurrency` at a time; write shards as they fill."""
+    done = stage.items()
+    pending = [job for job in jobs if job["id"] not in done]
+    progress = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"generate: {name}", unit="item")
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        for start in range(0, len(pending), max(1, shard_size)):
+            chunk = pending[start : start + shard_size]
+            results = []
+            for result in pool.map(work, chunk):
+                results.append(result)
+                progress.update(1)
+            stage.write(results)
+            done.update({r["id"]: r for r in results})
+    progress.close()
+    return done
+
+
+class ResponseCache:
+    """Append-only JSONL cache of LLM replies keyed by the full request; a torn last line is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                self._entries[entry["key"]] = entry["reply"]
+        self.hits = 0
+
+    @staticmethod
+    def key(model: str, messages: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps([model, messages, settings], sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        reply = self._entries.get(key)
+        if reply is not None:
+            self.hits += 1
+        return reply
+
+    def put(self, key: str, reply: str) -> None:
+        with self._lock:
+            self._entries[key] = reply
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "reply": reply}) + "\n")
+
+
+class CachedChat:
+    """`backend.chat` through the response cache, with the recipe's sampling settings and a per-call seed.
+
+    `get_backend` is called on the first cache miss only, so a fully cached rerun never loads or contacts a model.
+    """
+
+    def __init__(self, get_backend: Callable[[], Any], settings: LLMConfig, cache: ResponseCache):
+        self.get_backend, self.settings, self.cache = get_backend, settings, cache
+
+    def __call__(self, messages: list[dict[str, Any]], seed: int) -> str:
+        from inference.backends import GenerationConfig
+
+        settings = {
+            "temperature": self.settings.temperature,
+            "top_p": self.settings.top_p,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "seed": seed,
+        }
+        key = ResponseCache.key(self.settings.model, messages, settings)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        reply = self.get_backend().chat(messages, config=GenerationConfig(**settings))
+        self.cache.put(key, reply)
+        return reply
+
+
+def make_backend(settings: LLMConfig):
+    """The chat backend of an `LLMConfig`: an endpoint when `base_url` is set, else a local model."""
+    if settings.base_url:
+        from inference.backends.endpoint import EndpointBackend, api_key_from_env
+
+        return EndpointBackend(
+            settings.base_url,
+            settings.model,
+            api_key=api_key_from_env(settings.api_key_env),
+            timeout=settings.timeout,
+            max_concurrency=settings.max_concurrency,
+            supports_images=False,
+        )
+    from inference.backends import load_backend
+
+    return load_backend(settings.model, backend=settings.backend, revision=settings.revision)
+
+
+def derive_seed(base: int, *parts: Any) -> int:
+    digest = hashlib.sha256(json.dumps([base, *parts]).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 1: profiles and identities
+
+
+def _section(text: str, title: str) -> str | None:
+    match = re.search(rf"{title}\s*:?\s*\n(.*?)(?:\n\s*\d+\.\s+[A-Z]|\Z)", text or "", re.IGNORECASE | re.DOTALL)
+    return " ".join(match.group(1).split()) if match else None
+
+
+def cactus_row_to_profile(row: dict[str, Any], index: int) -> dict[str, Any]:
+    """A CACTUS row (intake_form, thought, patterns, cbt_technique, cbt_plan) as a MIRROR profile."""
+    intake = str(row.get("intake_form") or row.get("personal_info") or "")
+    fields = parse_personal_info(intake)
+    if not fields.get("name") or not fields.get("age"):
+        raise ValueError(f"CACTUS row {index}: intake form has no Name/Age")
+    technique = find_technique(row.get("cbt_technique"), row.get("cbt_plan"))
+    if technique is None:
+        raise ValueError(f"CACTUS row {index}: no known CBT technique in cbt_technique/cbt_plan")
+    reason = _section(intake, "Reason for Seeking Counsel+ing") or row.get("reason_for_seeking_counseling")
+    info = fields.get("personal_info") or ""
+    return {
+        "row": str(row.get("idx", index)),
+        "client": {
+            "name": fields["name"],
+            "age": fields["age"],
+            "gender": fields.get("gender"),
+            "occupation": fields.get("occupation"),
+            "education": fields.get("education"),
+            "marital_status": fields.get("marital_status"),
+            "family": fields.get("family"),
+            "personal_info": info or None,
+            "reason_for_counseling": reason or None,
+            "distorted_thought": str(row.get("thought") or row.get("distorted_thought") or "") or None,
+            "thinking_traps": split_thinking_traps(row.get("patterns") or row.get("thinking_trap")),
+        },
+        "cbt_technique": technique,
+        "cbt_plan": str(row.get("cbt_plan") or technique),
+    }
+
+
+def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
+    """(dataset name, distinct client profiles) from the configured source."""
+    source = config.profiles
+    if source == "sample":
+        rows = [json.loads(line) for line in SAMPLE_PROFILES.read_text(encoding="utf-8").splitlines() if line.strip()]
+        profiles = [
+            {
+                "row": r["source"]["row"],
+                "client": r["client"],
+                "cbt_technique": r["cbt_technique"],
+                "cbt_plan": r["cbt_plan"],
+            }
+            for r in rows
+        ]
+        name = "mirror-sample"
+    elif source == "hub":
+        import datasets
+
+        rows = datasets.load_dataset(CACTUS_REPO_ID, split="train", revision=config.profiles_revision)
+        profiles = _distinct_cactus(rows)
+        name = "cactus"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"profiles: {source!r} is not 'sample', 'hub' or a CSV/JSONL file")
+        from .importer import read_release_file
+
+        rows = read_release_file(path)
+        if rows and "client" in rows[0]:  # MIRROR profile/session records
+            profiles = [
+                {
+                    "row": r.get("source", {}).get("row") or r["id"],
+                    "client": r["client"],
+                    "cbt_technique": r["cbt_technique"],
+                    "cbt_plan": r["cbt_plan"],
+                }
+                for r in rows
+            ]
+            name = path.stem
+        else:
+            profiles = _distinct_cactus(rows)
+            name = "cactus"
+    if config.max_profiles:
+        profiles = profiles[: config.max_profiles]
+    if not profiles:
+        raise ValueError(f"profiles: no client profiles in {source!r}")
+    return name, profiles
+
+
+def _distinct_cactus(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CACTUS has several rows per client (one per attitude); keep the first row of each intake form."""
+    seen, profiles = set(), []
+    for index, row in enumerate(rows):
+        intake = str(row.get("intake_form") or row.get("personal_info") or "")
+        digest = hashlib.sha256(intake.encode()).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        profile = cactus_row_to_profile(dict(row), index)
+        profile["row"] = str(row.get("idx", index))
+        profiles.append(profile)
+    return profiles
+
+
+def match_identities(
+    profiles: list[dict[str, Any]], pool: list[dict[str, Any]] | None, seed: int, dataset: str
+) -> list[dict[str, Any]]:
+    """One reference identity per client: same gender, nearest age, unused identities first (deterministic).
+
+    Without a pool, each client gets its own embedded-renderer identity drawn for its gender and age.
+    """
+    if not pool:
+        return [{"key": f"{dataset}-{p['row']}", "image": None, "source": "embedded-renderer"} for p in profiles]
+    uses: dict[str, int] = {}
+    matched = []
+    for profile in profiles:
+        gender, age = profile["client"].get("gender"), profile["client"].get("age") or 0
+        candidates = [c for c in pool if c.get("gender") == gender] or pool
+        if not any(c.get("gender") == gender for c in pool):
+            logger.warning(
+                "identity pool has no %s face; %s gets the nearest age of any gender", gender, profile["row"]
+            )
+        best = min(
+            candidates,
+            key=lambda c: (
+                uses.get(c["key"], 0),
+                abs((c.get("age") or 0) - age),
+                derive_seed(seed, c["key"], profile["row"]),
+            ),
+        )
+        uses[best["key"]] = uses.get(best["key"], 0) + 1
+        matched.append(
+            {
+                "key": best["key"],
+                "image": best.get("image"),
+                "source": "identity-pool",
+                "age_gap": abs((best.get("age") or 0) - age),
+            }
+        )
+    return matched
+
+
+def load_identity_pool(path: str | None) -> list[dict[str, Any]] | None:
+    if not path:
+        return None
+    pool_path = Path(path)
+    rows = [json.loads(line) for line in pool_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        missing = [k for k in ("key", "gender", "age", "image") if k not in row]
+        if missing:
+            raise ValueError(f"{pool_path}: identity {row.get('key')!r} lacks {missing}")
+        image = Path(row["image"])
+        row["image"] = str(image if image.is_absolute() else (pool_path.parent / image).resolve())
+        if not Path(row["image"]).is_file():
+            raise FileNotFoundError(f"{pool_path}: identity {row['key']!r}: image not found: {row['image']}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps 2 and 3: screenplays and expressions
+
+
+def screenplay_messages(job: dict[str, Any], prompt: dict[str, Any]) -> list[dict[str, Any]]:
+    client = job["client"]
+    examples = "\n\n".join(f"Example {i + 1}:\n{text}" for i, text in enumerate(prompt["examples"]))
+    user = prompt["user"].format(
+        name=client["name"],
+        age=client["age"],
+        gender=client.get("gender") or "unspecified",
+        occupation=client.get("occupation") or "unspecified",
+        personal_info=client.get("personal_info") or "",
+        reason_for_counseling=client.get("reason_for_counseling") or "",
+        distorted_thought=client.get("distorted_thought") or "",
+        thinking_traps=", ".join(client.get("thinking_traps") or []) or "unspecified",
+        resistance=job["resistance"],
+        persona=prompt["resistance_personas"][job["resistance"]],
+        cbt_technique=job["cbt_technique"],
+        cbt_plan=job["cbt_plan"],
+        examples=examples,
+    )
+    return [
+        {"role": "system", "content": [{"type": "text", "text": prompt["system"]}]},
+        {"role": "user", "content": [{"type": "text", "text": user}]},
+    ]
+
+
+def check_screenplay(turns: list[dict[str, Any]]) -> str | None:
+    """Why a parsed screenplay is unusable, or None."""
+    if len(turns) < 2:
+        return f"only {len(turns)} parsable line(s)"
+    if not any(t["speaker"] == "client" for t in turns) or not any(t["speaker"] == "therapist" for t in turns):
+        return "one speaker only"
+    return None
+
+
+_EXPRESSION = re.compile(r"^\W*expression\W*:\s*(?P<value>.+)$", re.IGNORECASE | re.MULTILINE)
+_CONTRAST = re.compile(r"^\W*contrast(?:ing)?(?:\s+expression)?\W*:\s*(?P<value>.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_expressions(text: str) -> tuple[str, str] | None:
+    expression, contrast = _EXPRESSION.search(text or ""), _CONTRAST.search(text or "")
+    if not expression or not contrast:
+        return None
+    clean = [m["value"].strip().strip("\"'*").strip() for m in (expression, contrast)]
+    return (clean[0], clean[1]) if all(clean) else None
+
+
+def _line(turn: dict[str, Any]) -> str:
+    speaker = "Therapist" if turn["speaker"] == "therapist" else "Client"
+    direction = f"[{turn['stage_direction']}] " if turn.get("stage_direction") else ""
+    return f"{speaker}: {direction}{turn['statement']}".strip()
+
+
+def expression_messages(turns: list[dict[str, Any]], index: int, prompt: dict[str, Any]) -> list[dict[str, Any]]:
+    history = "\n".join(_line(t) for t in turns[:index]) or "(nothing yet)"
+    user = prompt["user"].format(history=history, current=_line(turns[index]))
+    return [
+        {"role": "system", "content": [{"type": "text", "text": prompt["system"]}]},
+        {"role": "user", "content": [{"type": "text", "text": user}]},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class GenerateArguments:
+    """Arguments of `mirror generate`."""
+
+    config: str = field(metadata={"help": "Recipe YAML path or bundled name (recipes/data/<name>.yaml)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Override the recipe's output_dir."})
+    max_profiles: int | None = field(default=None, metadata={"help": "Override the recipe's max_profiles."})
+    base_url: str | None = field(default=None, metadata={"help": "Override the screenplay/expression server URL."})
+
+
+class Generator:
+    """Runs the stages of one recipe into `config.output_dir`."""
+
+    def __init__(
+        self,
+        config: GenerateConfig,
+        *,
+        backend=None,
+        expression_backend=None,
+        image_backend=None,
+        model_filters: ModelFilters | None = None,
+        dialogue_safety: DialogueSafety | None = None,
+    ):
+        self.config = config
+        self.output = Path(config.output_dir)
+        self.work = self.output / ".work"
+        self._backend, self._expression_backend = backend, expression_backend
+        self._image_backend = image_backend
+        self._model_filters, self._dialogue_safety = model_filters, dialogue_safety
+        self.screenplay_prompt = load_prompt("screenplay", config.prompt_version)
+        self.expression_prompt = load_prompt("expression", config.prompt_version)
+
+    # -- lazily built parts ----------------------------------------------------------------------------------
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = make_backend(self.config.llm)
+        return self._backend
+
+    @property
+    def expression_backend(self):
+        if self._expression_backend is None:
+            self._expression_backend = (
+                make_backend(self.config.expression_llm) if self.config.expression_llm else self.backend
+            )
+        return self._expression_backend
+
+    @property
+    def image_backend(self):
+        if self._image_backend is None:
+            from .images import get_image_backend
+
+            self._image_backend = get_image_backend(self.config.image_backend, **self.config.image_options)
+        return self._image_backend
+
+    # -- manifest ----------------------------------------------------------------------------------------------
+
+    def _manifest(self, dataset: str, counts: dict[str, int] | None = None) -> dict[str, Any]:
+        import importlib.metadata as metadata
+
+        versions = {}
+        for package in (
+            "mirror",
+            "transformers",
+            "datasets",
+            "huggingface-hub",
+            "diffusers",
+            "torch",
+            "accelerate",
+            "pillow",
+        ):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = None
+        config = self.config
+        expression = config.expression_llm or config.llm
+        prompts = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(PROMPT_DIR.glob(f"*_{config.prompt_version}.yaml"))
+        }
+        filter_models = {
+            k: getattr(config.filters, k)
+            for k in ("clip_model", "age_model", "gender_model", "identity_model", "nsfw_model", "safety_model")
+        }
+        return {
+            "config": config.to_dict(),
+            "config_sha256": config.digest(),
+            "models": {
+                "screenplay": {
+                    "model": config.llm.model,
+                    "revision": config.llm.revision,
+                    "base_url": config.llm.base_url,
+                },
+                "expression": {
+                    "model": expression.model,
+                    "revision": expression.revision,
+                    "base_url": expression.base_url,
+                },
+                "image_backend": {"name": config.image_backend, "options": config.image_options},
+                "filters": filter_models if config.image_filters else {"image_filters": "disabled"},
+                "pos_tagger": config.filters.pos_tagger,
+            },
+            "profiles": {"source": config.profiles, "dataset": dataset, "revision": config.profiles_revision},
+            "prompts": prompts,
+            "packages": versions,
+            "python": platform.python_version(),
+            "seeds": {"base": config.seed, "per_item": "sha256([seed, id, stage, attempt])[:4]"},
+            "counts": counts or {},
+        }
+
+    def _check_manifest(self) -> None:
+        path = self.output / MANIFEST
+        if path.is_file():
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            if previous.get("config_sha256") != self.config.digest():
+                raise ValueError(
+                    f"{self.output} was generated with a different config (sha256 {previous.get('config_sha256')}, "
+                    f"now {self.config.digest()}); use a new output_dir instead of mixing two configs"
+                )
+        elif self.output.exists() and any(p.name != ".work" for p in self.output.iterdir()):
+            raise FileExistsError(f"{self.output} is not empty and has no {MANIFEST}: not a generation folder")
+
+    # -- stages --------------------------------------------------------------------------------------------------
+
+    def stage_profiles(self) -> tuple[str, list[dict[str, Any]]]:
+        dataset, profiles = load_profiles(self.config)
+        identities = match_identities(
+            profiles, load_identity_pool(self.config.identity_pool), self.config.seed, dataset
+        )
+        jobs = []
+        for profile, identity in zip(profiles, identities, strict=True):
+            for style in self.config.resistance_styles:
+                jobs.append(
+                    {
+                        "id": f"{dataset}-{profile['row']}-{style}",
+                        "row": profile["row"],
+                        "dataset": dataset,
+                        "client": profile["client"],
+                        "resistance": style,
+                        "cbt_technique": profile["cbt_technique"],
+                        "cbt_plan": profile["cbt_plan"],
+                        "identity": identity,
+                    }
+                )
+        ids = [job["id"] for job in jobs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("profiles: duplicate client rows give duplicate session ids")
+        stage = ShardedStage(self.work / "profiles")
+        run_stage("profiles", stage, jobs, lambda job: job, self.config.shard_size)
+        return dataset, jobs
+
+    def stage_screenplays(self, jobs: list[dict[str, Any]], chat: CachedChat) -> dict[str, dict[str, Any]]:
+        attempts = max(1, self.config.llm.max_attempts)
+
+        def work(job):
+            messages = screenplay_messages(job, self.screenplay_prompt)
+            reasons = []
+            for attempt in range(attempts):
+                seed = derive_seed(self.config.seed, job["id"], "screenplay", attempt)
+                # A failed request (after the backend's own retries) stops the run instead of being recorded as
+                # unusable output: the shards written so far are kept and a rerun resumes from them.
+                text = chat(messages, seed)
+                parsed = parse_screenplay(text, job["client"]["name"])
+                problem = check_screenplay(parsed.turns)
+                if problem is None:
+                    return {
+                        "id": job["id"],
+                        "status": "ok",
+                        "turns": parsed.turns,
+                        "seed": seed,
+                        "attempts": attempt + 1,
+                        "dropped_lines": parsed.dropped_lines,
+                    }
+                reasons.append(f"attempt {attempt + 1}: {problem}")
+            logger.warning("screenplay %s unusable after %d attempt(s): %s", job["id"], attempts, reasons[-1])
+            return {"id": job["id"], "status": "unusable", "reason": "; ".join(reasons), "attempts": attempts}
+
+        return run_stage(
+            "screenplays",
+            ShardedStage(self.work / "screenplays"),
+            jobs,
+            work,
+            self.config.shard_size,
+            self.config.llm.max_concurrency,
+        )
+
+    def stage_expressions(self, sessions: list[dict[str, Any]], chat: CachedChat) -> dict[str, dict[str, Any]]:
+        settings = self.config.expression_llm or self.config.llm
+        attempts = max(1, settings.max_attempts)
+
+        def work(session):
+            turns, out = session["turns"], []
+            for index, turn in enumerate(turns):
+                if turn["speaker"] != "client":
+                    continue
+                messages = expression_messages(turns, index, self.expression_prompt)
+                parsed = None
+                for attempt in range(attempts):
+                    seed = derive_seed(self.config.seed, session["id"], "expression", index, attempt)
+                    parsed = parse_expressions(chat(messages, seed))
+                    if parsed:
+                        break
+                if not parsed:
+                    logger.warning(
+                        "expression %s turn %d unusable after %d attempt(s); the stage direction "
+                        "is used instead (flagged in the record)",
+                        session["id"],
+                        index,
+                        attempts,
+                    )
+                out.append(
+                    {
+                        "turn": index,
+                        "expression": parsed[0] if parsed else None,
+                        "contrast_expression": parsed[1] if parsed else None,
+                    }
+                )
+            return {"id": session["id"], "expressions": out}
+
+        return run_stage(
+            "expressions",
+            ShardedStage(self.work / "expressions"),
+            sessions,
+            work,
+            self.config.shard_size,
+            settings.max_concurrency,
+        )
+
+    def stage_faces(self, records: list[dict[str, Any]], state=None) -> None:
+        """Render every missing face; with several accelerate processes, each takes its share of sessions."""
+        from .images import FaceRequest
+
+        backend = self.image_backend
+        share = records
+        if state is not None and state.num_processes > 1:
+            with state.split_between_processes(records) as part:
+                share = list(part)
+        for record in tqdm(share, desc="generate: faces", unit="session"):
+            identity = record["identity"]
+            client = record["client"]
+            targets = []
+            if Path(identity["image"]).is_absolute():  # a reference face from the identity pool, used in place
+                if hasattr(backend, "register_reference"):
+                    backend.register_reference(identity["key"], identity["image"])
+            else:  # the backend draws the identity itself (a neutral portrait), rendered first
+                targets.append((self.output / identity["image"], "neutral", None, 0))
+            for index, turn in enumerate(record["turns"]):
+                if turn["speaker"] == "client":
+                    expression = "; ".join(filter(None, [turn.get("stage_direction"), turn.get("expression")]))
+                    targets.append(
+                        (
+                            self.output / turn["image"],
+                            expression or "neutral",
+                            turn.get("contrast_expression"),
+                            record["source"]["seed"] + index,
+                        )
+                    )
+            for target, expression, contrast, seed in targets:
+                if target.exists():
+                    continue
+                image = backend.render(
+                    FaceRequest(
+                        identity_key=identity["key"],
+                        expression=expression,
+                        gender=client.get("gender"),
+                        age=client.get("age"),
+                        contrast_expression=contrast,
+                        seed=seed,
+                    )
+                )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+                image.save(tmp, format="PNG")
+                os.replace(tmp, target)
+        if state is not None and state.num_processes > 1:
+            state.wait_for_everyone()
+
+    def assemble(self, job: dict[str, Any], screenplay: dict[str, Any], expressions: dict[str, Any]) -> dict:
+        """The raw session record (images referenced by their final paths under the output folder)."""
+        by_turn = {e["turn"]: e for e in expressions["expressions"]}
+        identity = job["identity"]
+        turns, flags = [], [f"reference_face:{identity['source']}"]
+        for index, turn in enumerate(screenplay["turns"]):
+            turn = dict(turn)
+            if turn["speaker"] == "client":
+                found = by_turn.get(index, {})
+                turn["expression"], turn["contrast_expression"] = (
+                    found.get("expression"),
+                    found.get("contrast_expression"),
+                )
+                if not turn["expression"]:
+                    flags.append(f"expression_from_stage_direction:turn {index}")  # logged choice, recorded
+                turn["image"] = f"images/{identity['key']}/{job['id']}-turn{index:02d}.png"
+            turns.append(turn)
+        image = identity.get("image") or f"images/{identity['key']}/identity.png"
+        return {
+            "id": job["id"],
+            "source": {
+                "dataset": job["dataset"],
+                "row": str(job["row"]),
+                "generator": self.backend_name("llm"),
+                "generator_revision": self.config.llm.revision,
+                "image_backend": self.image_backend_name(),
+                "seed": screenplay["seed"],
+                "prompt_version": self.config.prompt_version,
+            },
+            "client": job["client"],
+            "resistance": job["resistance"],
+            "cbt_technique": job["cbt_technique"],
+            "cbt_plan": job["cbt_plan"],
+            "identity": {"key": identity["key"], "image": image},
+            "turns": turns,
+            "quality": {
+                "scores": {
+                    "dropped_screenplay_lines": float(len(screenplay.get("dropped_lines", []))),
+                    "screenplay_attempts": float(screenplay["attempts"]),
+                },
+                "flags": flags,
+            },
+        }
+
+    def backend_name(self, which: str) -> str:
+        return self.config.llm.model if which == "llm" else (self.config.expression_llm or self.config.llm).model
+
+    def image_backend_name(self) -> str:
+        model = self.config.image_options.get("model")
+        return f"{self.config.image_backend}:{model}" if model else self.config.image_backend
+
+    def stage_filters(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from PIL import Image
+
+        config = self.config
+        safety = self._dialogue_safety
+        if safety is None and config.filters.dialogue_safety:
+            safety = DialogueSafety(config.filters)
+        model_filters = self._model_filters
+        if model_filters is None and config.image_filters:
+            model_filters = ModelFilters(config.filters)
+        out = []
+        for record in tqdm(records, desc="generate: filters", unit="session"):
+            scores, flags = record["quality"]["scores"], record["quality"]["flags"]
+            results, _ = apply_filters(record, config.filters)
+            results = [r for r in results if r.name != "recorded_failures"]
+            if safety is not None:
+                results.append(safety(record))
+            else:
+                flags.append("skipped:dialogue_safety: disabled in the config")
+            if model_filters is not None:
+                images = {
+                    i: Image.open(self.output / t["image"]).convert("RGB")
+                    for i, t in enumerate(record["turns"])
+                    if t["speaker"] == "client"
+                }
+                reference_path = Path(record["identity"]["image"])
+                reference = Image.open(
+                    reference_path if reference_path.is_absolute() else self.output / reference_path
+                ).convert("RGB")
+                image_results, skipped = model_filters.score(record, images, reference)
+                results += image_results
+                flags += skipped
+            else:
+                flags.append("skipped:image_filters: disabled in the config (image_filters: false)")
+            for result in results:
+                scores[result.name] = float(result.score)
+                if not result.passed:
+                    flags.append(f"{FAILED_FLAG}{result.name}: {result.reason}")
+            out.append(record)
+        return out
+
+    # -- everything ----------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """All stages. Under `accelerate launch` the main process runs the LLM stages while the others wait, all
+        processes share the faces, and the main process filters and writes the records."""
+        state = _partial_state()
+        main_process = state is None or state.is_main_process
+        if main_process:
+            self._check_manifest()
+            self.output.mkdir(parents=True, exist_ok=True)
+        dataset, jobs = self.stage_profiles() if main_process else (None, None)
+        if main_process:
+            _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset), indent=2) + "\n")
+        cache = ResponseCache(self.work / "llm-cache.jsonl")
+        if main_process:
+            screenplays = self.stage_screenplays(jobs, CachedChat(lambda: self.backend, self.config.llm, cache))
+            usable = [
+                {"id": j["id"], "turns": screenplays[j["id"]]["turns"]}
+                for j in jobs
+                if screenplays[j["id"]]["status"] == "ok"
+            ]
+            expression_chat = CachedChat(
+                lambda: self.expression_backend, self.config.expression_llm or self.config.llm, cache
+            )
+            self.stage_expressions(usable, expression_chat)
+        if state is not None:
+            state.wait_for_everyone()
+        # Every process reads the finished stage shards (nothing is pending, so no model is called).
+        jobs = list(ShardedStage(self.work / "profiles").items().values())
+        dataset = jobs[0]["dataset"] if jobs else dataset
+        screenplays = ShardedStage(self.work / "screenplays").items()
+        expressions = ShardedStage(self.work / "expressions").items()
+        records = [
+            self.assemble(job, screenplays[job["id"]], expressions[job["id"]])
+            for job in jobs
+            if screenplays[job["id"]]["status"] == "ok"
+        ]
+        self.stage_faces(records, state)
+        if not main_process:
+            return {}
+        records = self.stage_filters(records)
+        # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
+        _atomic_write_text(
+            self.output / "sessions-00000.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        )
+        unusable = [
+            {"id": j["id"], "reason": screenplays[j["id"]]["reason"]}
+            for j in jobs
+            if screenplays[j["id"]]["status"] != "ok"
+        ]
+        counts = {
+            "sessions_planned": len(jobs),
+            "screenplays_usable": len(records),
+            "unusable": len(unusable),
+            "failed_filters": sum(any(f.startswith(FAILED_FLAG) for f in r["quality"]["flags"]) for r in records),
+            "llm_cache_hits": cache.hits,
+        }
+        report = {
+            "counts": counts,
+            "unusable": unusable,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _atomic_write_text(self.output / "generation-report.json", json.dumps(report, indent=2) + "\n")
+        _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset, counts), indent=2) + "\n")
+        return report
+
+
+def _partial_state():
+    """accelerate's process state when launched with several processes, else None (plain single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def generate(config: GenerateConfig, **parts: Any) -> dict[str, Any]:
+    """Run a recipe; `parts` may inject ready backends (`backend`, `expression_backend`, `image_backend`, ...)."""
+    return Generator(config, **parts).run()
+
+
+ARGUMENTS = (GenerateArguments,)
+
+
+def main(args: GenerateArguments) -> int:
+    from recipes import resolve_recipe
+
+    config = load_config(
+        resolve_recipe(args.config, kind="data"), {"output_dir": args.output_dir, "max_profiles": args.max_profiles}
+    )
+    if args.base_url:
+        config.llm.base_url = args.base_url
+        if config.expression_llm is not None:
+            config.expression_llm.base_url = args.base_url
+    report = generate(config)
+    counts = report["counts"]
+    print(
+        f"Generated {counts['screenplays_usable']}/{counts['sessions_planned']} session(s) into "
+        f"{config.output_dir} ({counts['unusable']} unusable, {counts['failed_filters']} failing a filter; "
+        f"see generation-report.json and manifest.json)."
+    )
+    print(f"Next: mirror build --input {config.output_dir} --output <dataset folder>")
+    return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m dataset_builder.generate --config ...`
+    import sys
+
+    import mirror_cli
+
+    sys.exit(mirror_cli.main(["generate", *sys.argv[1:]]))
