@@ -282,32 +282,13 @@ def _ramp(stops: Sequence[RGB], t: float) -> RGB:
     return _mix(stops[i], stops[i + 1], pos - i)
 
 
-# Light to deep skin, spanning roughly the Fitzpatrick range in sRGB.
-_SKIN_RAMP: tuple[RGB, ...] = (
-    (250, 226, 208),
-    (241, 201, 174),
-    (226, 178, 144),
-    (199, 145, 108),
-    (165, 114, 80),
-    (124, 83, 57),
-    (88, 59, 42),
-)
-_HAIR = {
-    "black": (28, 24, 24),
-    "dark brown": (58, 40, 30),
-    "brown": (98, 66, 44),
-    "auburn": (132, 62, 36),
-    "blonde": (196, 160, 104),
-    "light blonde": (224, 198, 148),
-}
-_EYES = {
-    "dark brown": (62, 38, 24),
-    "brown": (102, 64, 34),
-    "hazel": (128, 102, 52),
-    "green": (82, 118, 76),
-    "blue": (74, 116, 168),
-    "grey": (118, 132, 144),
-}
+# Light to deep skin, spanning roughly the Fitzpatrick range in sRGB; then the hair and eye colours by name.
+_SKIN_RAMP: tuple[RGB, ...] = ((250, 226, 208), (241, 201, 174), (226, 178, 144), (199, 145, 108), (165, 114, 80))
+_SKIN_RAMP += ((124, 83, 57), (88, 59, 42))
+_HAIR = {"black": (28, 24, 24), "dark brown": (58, 40, 30), "brown": (98, 66, 44), "auburn": (132, 62, 36)}
+_HAIR |= {"blonde": (196, 160, 104), "light blonde": (224, 198, 148)}
+_EYES = {"dark brown": (62, 38, 24), "brown": (102, 64, 34), "hazel": (128, 102, 52), "green": (82, 118, 76)}
+_EYES |= {"blue": (74, 116, 168), "grey": (118, 132, 144)}
 _GREY_HAIR: RGB = (206, 205, 202)
 # Shared by everyone, so the backdrop and clothes say nothing about who the client is.
 _BACKDROP: tuple[RGB, RGB] = ((222, 223, 225), (196, 199, 204))
