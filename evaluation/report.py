@@ -370,7 +370,6 @@ def model_index_results(report: dict[str, Any], therapist: str) -> list[Any]:
                     "n": summary["n"],
                     "percent_parseable": summary["percent_parseable"],
                 },
-                source_name="MIRROR evaluation",
             )
         )
     for metric, value in ((data.get("reference") or {}).get("overall") or {}).items():
@@ -387,7 +386,6 @@ def model_index_results(report: dict[str, Any], therapist: str) -> list[Any]:
                 metric_type=metric,
                 metric_name=metric.replace("_", " "),
                 metric_value=round(value, 4),
-                source_name="MIRROR evaluation",
             )
         )
     return results
