@@ -32,6 +32,7 @@ from dataset_builder.images.face_renderer import (
     expression_boxes,
     face_box,
     identity_regions,
+    load_expression_table,
     parse_expression,
     vary,
 )
@@ -285,6 +286,35 @@ def test_intensity_words_scale_the_clause_they_are_in():
     # "small frown" in a later clause makes the frown small, not the sadness
     sad = parse_expression("sad, gaze averted, small frown")
     assert sad.intensity == 1.0 and sad.mouth_curve == parse_expression("sad").mouth_curve
+
+
+def _bundled_table_text() -> str:
+    return (REPO_ROOT / "dataset_builder" / "images" / "expressions.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "    set: {jaw_clench: 1.0}",
+            "    set: {jaw_clentch: 1.0}",
+            r"features\[\d+\]: unknown fields \['jaw_clentch'\]",
+        ),
+        ("  - cue: 'nod\\w*'", "  - cue: 'nod(\\w*'", r"features\[\d+\]: bad pattern"),
+        ("priority: [sad,", "priority: [glum,", "must name exactly the `categories`"),
+        ("masking_tension:", "masking_tensions:", "missing or malformed entry"),
+    ],
+)
+def test_a_broken_expression_table_is_a_clear_error(old, new, message):
+    text = _bundled_table_text()
+    assert old in text
+    with pytest.raises(ValueError, match=message):
+        load_expression_table(text.replace(old, new, 1), source="expressions.yaml")
+
+
+def test_the_bundled_table_loads():
+    table = load_expression_table(_bundled_table_text())
+    assert table.categories == CATEGORIES and len(table.features) >= 30
 
 
 def test_neutral_params_and_frozen():

@@ -46,6 +46,7 @@ __all__ = [
     "expression_boxes",
     "face_box",
     "identity_regions",
+    "load_expression_table",
     "parse_expression",
     "vary",
 ]
@@ -112,37 +113,66 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 @lru_cache(maxsize=1)
 def _table() -> _Table:
-    """Load and check `expressions.yaml` once; a bad table is a ValueError naming the row."""
+    return load_expression_table(resources.files(__package__).joinpath("expressions.yaml").read_text(encoding="utf-8"))
+
+
+def load_expression_table(text: str, source: str = "expressions.yaml") -> _Table:
+    """Parse and check an expression table; a bad table is a ValueError naming the entry that is wrong."""
     import yaml
 
-    raw = yaml.safe_load(resources.files(__package__).joinpath("expressions.yaml").read_text(encoding="utf-8"))
-    categories = tuple(raw["categories"])
+    raw = yaml.safe_load(text)
+    try:
+        categories = tuple(raw["categories"])
 
-    def params(where: str, values: dict, category: str = "neutral") -> ExpressionParams:
-        unknown = set(values) - _FIELDS
-        if unknown:
-            raise ValueError(f"expressions.yaml {where}: unknown fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
-        return replace(_NEUTRAL, category=category, **{k: float(v) for k, v in values.items()})
+        def params(where: str, values: dict, category: str = "neutral") -> ExpressionParams:
+            unknown = set(values or {}) - _FIELDS
+            if unknown:
+                raise ValueError(f"{source} {where}: unknown fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
+            return replace(_NEUTRAL, category=category, **{k: float(v) for k, v in (values or {}).items()})
 
-    if sorted(raw["priority"]) != sorted(categories) or set(raw["presets"]) != set(categories):
-        raise ValueError("expressions.yaml: `priority` and `presets` must name exactly the `categories`")
-    features = []
-    for k, row in enumerate(raw["features"]):
-        values = row.get("set") or row.get("cap")
-        params(f"features[{k}]", values)  # validates the field names
-        features.append((_compile(row["cue"]), {n: float(v) for n, v in values.items()}, "cap" in row))
-    return _Table(
-        categories=categories,
-        priority=tuple(raw["priority"]),
-        presets={c: params(f"presets.{c}", v or {}, c) for c, v in raw["presets"].items()},
-        leading={word: c for c, words in raw["leading"].items() for word in words},
-        leading_alone={word: c for c, words in raw["leading_alone"].items() for word in words},
-        cues={c: tuple((_compile(p), float(w)) for p, w in raw["cues"].get(c, [])) for c in categories},
-        masking_tension=_compile(raw["masking_tension"]),
-        diminish=(_compile(raw["intensity"]["diminish"][0]), float(raw["intensity"]["diminish"][1])),
-        amplify=(_compile(raw["intensity"]["amplify"][0]), float(raw["intensity"]["amplify"][1])),
-        features=tuple(features),
-    )
+        def compiled(where: str, pattern: str) -> re.Pattern[str]:
+            try:
+                return _compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{source} {where}: bad pattern {pattern!r}: {err}") from err
+
+        if sorted(raw["priority"]) != sorted(categories) or set(raw["presets"]) != set(categories):
+            raise ValueError(f"{source}: `priority` and `presets` must name exactly the `categories` {categories}")
+        for section in ("leading", "leading_alone", "cues"):
+            if set(raw[section]) - set(categories):
+                raise ValueError(
+                    f"{source} {section}: unknown categories {sorted(set(raw[section]) - set(categories))}"
+                )
+        features = []
+        for k, row in enumerate(raw["features"]):
+            values = row.get("set") or row.get("cap")
+            params(f"features[{k}]", values)  # validates the field names
+            features.append(
+                (compiled(f"features[{k}]", row["cue"]), {n: float(v) for n, v in values.items()}, "cap" in row)
+            )
+        return _Table(
+            categories=categories,
+            priority=tuple(raw["priority"]),
+            presets={c: params(f"presets.{c}", v, c) for c, v in raw["presets"].items()},
+            leading={word: c for c, words in raw["leading"].items() for word in words},
+            leading_alone={word: c for c, words in raw["leading_alone"].items() for word in words},
+            cues={
+                c: tuple((compiled(f"cues.{c}[{k}]", p), float(w)) for k, (p, w) in enumerate(raw["cues"].get(c, [])))
+                for c in categories
+            },
+            masking_tension=compiled("masking_tension", raw["masking_tension"]),
+            diminish=(
+                compiled("intensity.diminish", raw["intensity"]["diminish"][0]),
+                float(raw["intensity"]["diminish"][1]),
+            ),
+            amplify=(
+                compiled("intensity.amplify", raw["intensity"]["amplify"][0]),
+                float(raw["intensity"]["amplify"][1]),
+            ),
+            features=tuple(features),
+        )
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{source}: missing or malformed entry ({type(err).__name__}: {err})") from err
 
 
 CATEGORIES: tuple[str, ...] = _table().categories
