@@ -202,7 +202,7 @@ def test_render_faces_resumes_and_is_deterministic(tmp_path):
     records = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
     client_turns = [t for r in records for t in r["turns"] if t["speaker"] == "client"]
     assert all(t["image"] and (out / t["image"]).is_file() for t in client_turns)
-    assert records[0]["source"]["image_backend"] == "embedded-face-renderer-v1"
+    assert records[0]["source"]["image_backend"] == "embedded-face-renderer-v2"
     assert len(images) == len(client_turns) + 3  # + one identity face per client (2 sessions, 1 profile)
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in images}
     images[0].unlink()  # an interrupted run: one face missing
