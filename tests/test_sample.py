@@ -116,8 +116,12 @@ def test_session_validates_passes_every_filter_and_has_the_protocol_shape(record
         len(turns) // 2
     )  # alternating, ends on therapist
     for turn in turns:
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", turn["statement"].strip()) if s]
         if turn["speaker"] == "therapist":
             assert turn["stage_direction"] is None and "[" not in turn["statement"]
+            assert 1 <= len(sentences) <= 2, turn["statement"]
+        else:
+            assert len(sentences) <= 3, turn["statement"]
 
 
 def test_no_therapist_line_cites_a_cue_the_face_image_lacks():
