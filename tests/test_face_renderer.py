@@ -236,6 +236,7 @@ EXPRESSION_TABLE: list[tuple[str, str, dict[str, tuple[float, float]]]] = [
     ("Small relieved smile", "happy", {"mouth_curve": (0.3, 0.6)}),
     ("withdrawn, gaze averted, lips pressed together, head turned away", "withdrawn", {"head_turn": (0.7, 1)}),
     ("calm, neutral expression", "neutral", {}),
+    ("closed mouth, eyes on the therapist", "neutral", {"gaze_x": (0, 0), "lip_press": (0.2, 0.3)}),
     ("", "neutral", {}),
     ("The chair is blue", "neutral", {}),
     ("not smiling", "neutral", {"mouth_curve": (0, 0)}),
