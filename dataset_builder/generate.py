@@ -860,8 +860,10 @@ class Generator:
         return self.config.llm.model if which == "llm" else (self.config.expression_llm or self.config.llm).model
 
     def image_backend_name(self) -> str:
+        """The backend's own name (it carries the renderer version), plus the model id for diffusion backends."""
+        name = getattr(self.image_backend, "name", self.config.image_backend)
         model = self.config.image_options.get("model")
-        return f"{self.config.image_backend}:{model}" if model else self.config.image_backend
+        return f"{name}:{model}" if model else name
 
     def stage_filters(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from PIL import Image

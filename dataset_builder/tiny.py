@@ -174,3 +174,125 @@ class serve_app:  # lower case: used like a function, `with serve_app(app) as ur
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._socket.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A tiny SDXL pipeline with an IP-Adapter (the layout `StableDiffusionXLPipeline.from_pretrained` and
+# `load_ip_adapter` read), after the dummy components of diffusers' own SDXL and IP-Adapter tests
+
+
+def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random SDXL pipeline folder (two CLIP text encoders, UNet, VAE, CLIP image encoder) plus an
+    IP-Adapter weight file `ip_adapter/ip-adapter.safetensors` for it. Returns the pipeline folder."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor
+    from diffusers.models.embeddings import ImageProjection
+    from safetensors.torch import save_file
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tiny_clip_tokenizer(output_dir / "_tokenizer")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        sample_size=64,
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing="leading"
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            image_size=32,
+            projection_dim=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            patch_size=8,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+    )
+    pipeline.save_pretrained(output_dir / "pipeline", safe_serialization=True)
+
+    # IP-Adapter weights in the file layout of h94/IP-Adapter: `image_proj.*` and `ip_adapter.<n>.to_{k,v}_ip.*`.
+    state = {}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        processor = IPAdapterAttnProcessor(hidden_size=hidden, cross_attention_dim=64, scale=1.0).state_dict()
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor["to_k_ip.0.weight"]
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor["to_v_ip.0.weight"]
+        key_id += 2
+    projection = ImageProjection(cross_attention_dim=64, image_embed_dim=32, num_image_text_embeds=4).state_dict()
+    state.update(
+        {
+            "image_proj.proj.weight": projection["image_embeds.weight"],
+            "image_proj.proj.bias": projection["image_embeds.bias"],
+            "image_proj.norm.weight": projection["norm.weight"],
+            "image_proj.norm.bias": projection["norm.bias"],
+        }
+    )
+    (output_dir / "ip_adapter").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(output_dir / "ip_adapter" / "ip-adapter.safetensors"))
+    return output_dir / "pipeline"

@@ -63,30 +63,60 @@ Client: [Jaw tight, shakes his head] Mostly at home. Talking about it won't chan
 Therapist: Would you try answering one message from a friend this week, just to see what happens?
 Client: [Exhales slowly, small shrug] Maybe one. No promises."""
 
-PLAN_1 = ("Evidence-Based Questioning\n1. Identify the thought that colleagues see her as incompetent. "
-          "2. Gather evidence for and against. 3. Plan a small observation experiment.")
+PLAN_1 = (
+    "Evidence-Based Questioning\n1. Identify the thought that colleagues see her as incompetent. "
+    "2. Gather evidence for and against. 3. Plan a small observation experiment."
+)
 PLAN_2 = "1. Build rapport. 2. Use Behavior Experiment: reply to one friend and record the outcome."
 
 TRAIN_ROWS = [
-    {"idx": "cactus-101-cognitive-resistance", "model": "gpt-4o-mini", "personal_info": INTAKE,
-     "personality": "Cognitive Resistance", "distorted_thought": "Everyone at work thinks I'm incompetent.",
-     "thinking_trap": "Mind Reading, Overgeneralization",
-     "reason_for_seeking_counseling": "Constant worry about being judged at work.", "cbt_plan": PLAN_1,
-     "dialogue": DIALOGUE_1, "proc_dialogue": "[]", "turn": "11", "resistance": "cognitive",
-     "cactus_idx": "101", "celeba_idx": "7", "extra_column": "kept out of the records"},
-    {"idx": "cactus-202-no-resistance", "model": "gpt-4o-mini", "personal_info": INTAKE_2,
-     "personality": "No Resistance", "distorted_thought": "Everyone I know thinks I'm a failure now.",
-     "thinking_trap": "Labeling; Mind Reading",
-     "reason_for_seeking_counseling": "He has withdrawn from friends since a public loss.", "cbt_plan": PLAN_2,
-     "dialogue": DIALOGUE_2, "proc_dialogue": "[]", "turn": "8", "resistance": "",
-     "cactus_idx": "202", "celeba_idx": "12", "extra_column": ""},
+    {
+        "idx": "cactus-101-cognitive-resistance",
+        "model": "gpt-4o-mini",
+        "personal_info": INTAKE,
+        "personality": "Cognitive Resistance",
+        "distorted_thought": "Everyone at work thinks I'm incompetent.",
+        "thinking_trap": "Mind Reading, Overgeneralization",
+        "reason_for_seeking_counseling": "Constant worry about being judged at work.",
+        "cbt_plan": PLAN_1,
+        "dialogue": DIALOGUE_1,
+        "proc_dialogue": "[]",
+        "turn": "11",
+        "resistance": "cognitive",
+        "cactus_idx": "101",
+        "celeba_idx": "7",
+        "extra_column": "kept out of the records",
+    },
+    {
+        "idx": "cactus-202-no-resistance",
+        "model": "gpt-4o-mini",
+        "personal_info": INTAKE_2,
+        "personality": "No Resistance",
+        "distorted_thought": "Everyone I know thinks I'm a failure now.",
+        "thinking_trap": "Labeling; Mind Reading",
+        "reason_for_seeking_counseling": "He has withdrawn from friends since a public loss.",
+        "cbt_plan": PLAN_2,
+        "dialogue": DIALOGUE_2,
+        "proc_dialogue": "[]",
+        "turn": "8",
+        "resistance": "",
+        "cactus_idx": "202",
+        "celeba_idx": "12",
+        "extra_column": "",
+    },
 ]
 TEST_ROWS = [
-    {"idx": "cactus-303-emotional-resistance", "personal_info": INTAKE_2.replace("Omar Haddad", "Rina Cole")
-     .replace("male", "female"), "personality": "Emotional Resistance",
-     "distorted_thought": "If I cry, I'm weak.", "thinking_trap": "should statements",
-     "reason_for_seeking_counseling": "Trouble sleeping since her father's illness.",
-     "cbt_plan": "1. Rapport. 2. Continuum Technique on 'weak'.", "cactus_idx": "303", "celeba_idx": "3"},
+    {
+        "idx": "cactus-303-emotional-resistance",
+        "personal_info": INTAKE_2.replace("Omar Haddad", "Rina Cole").replace("male", "female"),
+        "personality": "Emotional Resistance",
+        "distorted_thought": "If I cry, I'm weak.",
+        "thinking_trap": "should statements",
+        "reason_for_seeking_counseling": "Trouble sleeping since her father's illness.",
+        "cbt_plan": "1. Rapport. 2. Continuum Technique on 'weak'.",
+        "cactus_idx": "303",
+        "celeba_idx": "3",
+    },
 ]
 
 
@@ -120,16 +150,23 @@ def test_screenplay_parser_name_prefix_missing_direction_and_garbage():
     assert missing["statement"] == "Nobody said it outright, but I could tell." and missing["stage_direction"] is None
     assert parsed.turns[1]["stage_direction"] is None  # a therapist line without a bracket
     # Without the client's name, the name-prefixed line is garbage, as in the paper's parser.
-    assert "Laura: [Shrugs, avoids eye contact] Work, I suppose. It's probably nothing." in parse_screenplay(
-        DIALOGUE_1).dropped_lines
+    assert (
+        "Laura: [Shrugs, avoids eye contact] Work, I suppose. It's probably nothing."
+        in parse_screenplay(DIALOGUE_1).dropped_lines
+    )
 
 
 def test_screenplay_parser_full_name_and_markdown_and_merged_lines():
-    text = ("**Therapist:** Hello.\nOmar Haddad: [Nods] Hi.\nMr. Haddad: And sorry I'm late.\nnarration line\n"
-            "Therapist: [warmly] No problem at all.")
+    text = (
+        "**Therapist:** Hello.\nOmar Haddad: [Nods] Hi.\nMr. Haddad: And sorry I'm late.\nnarration line\n"
+        "Therapist: [warmly] No problem at all."
+    )
     parsed = parse_screenplay(text, "Omar Haddad")
     assert [(t["speaker"], t["statement"]) for t in parsed.turns] == [
-        ("therapist", "Hello."), ("client", "Hi. And sorry I'm late."), ("therapist", "No problem at all.")]
+        ("therapist", "Hello."),
+        ("client", "Hi. And sorry I'm late."),
+        ("therapist", "No problem at all."),
+    ]
     assert parsed.turns[2]["stage_direction"] == "warmly"
     assert parsed.dropped_lines == ["narration line"]
 
@@ -161,7 +198,7 @@ def test_import_then_build_loads_with_faces(tmp_path, fmt):
     laura = sessions.filter(lambda r: r["id"].startswith("cactus-101"))[0]
     assert laura["resistance"] == "cognitive" and laura["cbt_technique"] == "Evidence-Based Questioning"
     assert laura["client"]["thinking_traps"] == ["mind reading", "overgeneralization"]
-    assert laura["source"]["image_backend"] == "embedded"
+    assert laura["source"]["image_backend"].startswith("embedded")
     client_turns = [t for t in laura["turns"] if t["speaker"] == "client"]
     assert all(t["image"] is not None and t["image"].size == (336, 336) for t in client_turns)
     assert "reference_face:embedded-renderer" in laura["quality"]["flags"]
@@ -207,8 +244,9 @@ def test_bad_row_raise_and_skip(tmp_path):
     (release / "mirror_data.json").write_text(json.dumps({"train": rows}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"mirror_data.json row 2 .*cactus-202.*no name or age"):
         import_release(ImportArguments(source=str(release), output=str(tmp_path / "a"), render_faces=False))
-    result = import_release(ImportArguments(source=str(release), output=str(tmp_path / "b"), render_faces=False,
-                                            on_bad_row="skip"))
+    result = import_release(
+        ImportArguments(source=str(release), output=str(tmp_path / "b"), render_faces=False, on_bad_row="skip")
+    )
     assert result.sessions == 1 and result.skipped_rows[0]["row"] == 2
 
 
