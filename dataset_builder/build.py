@@ -67,7 +67,8 @@ def drop_reason_key(stage: str, field_name: str | None, reason: str | None) -> s
     file names, allowed values) is detail, and so are quoted values (`unknown value 'stubborn'`).
     """
     field_name = re.sub(r"\[\d+\]", "[]", field_name or "<record>")
-    problem = re.split(r"[(;]", reason or "", maxsplit=1)[0].strip().rstrip(":") or "unknown"
+    problem = re.split(r"[(;]", reason or "", maxsplit=1)[0]
+    problem = re.sub(r"\s*(['\"]).*?\1", "", problem).strip().rstrip(":") or "unknown"
     return f"{stage}: {field_name}: {problem}" if stage != "filter" else f"filter: {field_name}"
 
 
@@ -378,7 +379,8 @@ def _render_record(record, raw_dir, output_dir, backend, face_request, overwrite
         if turn.get("speaker") != "client":
             continue
         if turn.get("image") is None:
-            expression = " ".join(filter(None, [turn.get("stage_direction"), turn.get("expression")])) or "neutral"
+            # The face follows the turn's facial description; the stage direction only stands in when there is none.
+            expression = turn.get("expression") or turn.get("stage_direction") or "neutral"
             turn["image"] = render(f"turn{index:02d}", expression, turn.get("contrast_expression"), index)
         elif not Path(turn["image"]).is_absolute():
             turn["image"] = _copy_relative(raw_dir, output_dir, turn["image"])
