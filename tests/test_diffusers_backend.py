@@ -29,7 +29,7 @@ def backend(tiny_sdxl):
         ip_adapter=str(adapter_dir),
         ip_adapter_subfolder=None,
         ip_adapter_weight="ip-adapter.safetensors",
-        num_inference_steps=2,
+        num_inference_steps=1,
         generation_size=32,
         device="cpu",
     )
