@@ -75,6 +75,9 @@ class ModelCardInfo:
             "`evaluation.report.model_index_results`) or dicts of EvalResult's fields."
         },
     )
+    evaluation_notes: list[str] = field(
+        default_factory=list, metadata={"help": "Caveats of the evaluation run, shown with its results."}
+    )
     evaluation_report: str | None = field(
         default=None, metadata={"help": "Where the full evaluation report lives (a file in the repo or a URL)."}
     )
@@ -84,7 +87,13 @@ class ModelCardInfo:
             raise ValueError(f"Unknown fine-tuning method {self.finetuning!r}; expected one of {FINETUNING_METHODS}")
         if not self.model_name or not self.base_model or not self.variant:
             raise ValueError("A model card needs model_name, base_model and variant")
-        self.eval_results = [_as_eval_result(result) for result in self.eval_results]
+        self.eval_results = [self._public_dataset(_as_eval_result(result)) for result in self.eval_results]
+
+    def _public_dataset(self, result):
+        """An evaluation on a local dataset folder names it by Hub id (or folder name), never by local path."""
+        if is_hub_id(result.dataset_type) and not Path(result.dataset_type).is_absolute():
+            return result
+        return dataclasses.replace(result, dataset_type=self.dataset_hub_id or display_name(result.dataset_type))
 
 
 def _as_eval_result(result: Any):
