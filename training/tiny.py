@@ -31,7 +31,7 @@ def load_chat_template(name: str = "llava_eos") -> str:
     return read_chat_template(name)
 
 
-def build_tiny_tokenizer(vocab_size: int = 400, kind: str = "byte_level"):
+def build_tiny_tokenizer(vocab_size: int | None = None, kind: str = "byte_level"):
     """A BPE tokenizer trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`.
 
     `byte_level` (GPT-2 style) covers any text with its 256-byte alphabet. `metaspace` is SentencePiece-style, as
@@ -45,6 +45,7 @@ def build_tiny_tokenizer(vocab_size: int = 400, kind: str = "byte_level"):
 
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
+    vocab_size = vocab_size or (400 if kind == "byte_level" else 600)
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     if kind == "byte_level":
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -60,7 +61,13 @@ def build_tiny_tokenizer(vocab_size: int = 400, kind: str = "byte_level"):
         initial_alphabet=alphabet,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    corpus = list(_CORPUS)
+    if kind == "metaspace":
+        # Like a real SentencePiece vocabulary, every word-initial letter gets its "▁X" token, so a reply's first
+        # token carries its leading space (training) and a space left at the end of a prompt stands alone.
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+        corpus += [" ".join(letters)] * 4
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",
