@@ -37,8 +37,10 @@ class ReplayBackend:
 def dataset(sample_dataset_dir):
     from datasets import load_dataset
 
-    return (load_dataset(str(sample_dataset_dir), split="train"),
-            load_dataset(str(sample_dataset_dir), "sft", split="train"))
+    return (
+        load_dataset(str(sample_dataset_dir), split="train"),
+        load_dataset(str(sample_dataset_dir), "sft", split="train"),
+    )
 
 
 @pytest.mark.parametrize("variant", ["base", "planning", "ec_planning", "text"])
@@ -48,16 +50,20 @@ def test_replayed_session_sends_the_sft_prompts(dataset, variant, session_index)
     session_row = sessions[session_index]
     turns = session_row["turns"]
     assert turns[0]["speaker"] == "client"
-    expected = sft.filter(lambda s, v, t: s == session_row["id"] and v == variant and t == "response",
-                          input_columns=["session_id", "variant", "task"]).sort("turn_index")
+    expected = sft.filter(
+        lambda s, v, t: s == session_row["id"] and v == variant and t == "response",
+        input_columns=["session_id", "variant", "task"],
+    ).sort("turn_index")
     backend = ReplayBackend(
         [t["statement"] for t in turns if t["speaker"] == "therapist"],
         [t["stage_direction"] for t in turns if t["speaker"] == "client"],
     )
-    therapist = MirrorTherapist(backend, variant, GenerationConfig(temperature=0.0),
-                                safety=SafetyConfig(use_embeddings=False))
-    session = therapist.start_session(session_row["client"], cbt_technique=session_row["cbt_technique"],
-                                      cbt_plan=session_row["cbt_plan"])
+    therapist = MirrorTherapist(
+        backend, variant, GenerationConfig(temperature=0.0), safety=SafetyConfig(use_embeddings=False)
+    )
+    session = therapist.start_session(
+        session_row["client"], cbt_technique=session_row["cbt_technique"], cbt_plan=session_row["cbt_plan"]
+    )
     sent = []
     for index, turn in enumerate(turns):
         if turn["speaker"] != "client":
