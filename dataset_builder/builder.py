@@ -26,6 +26,7 @@ from inference.prompts import (
     therapist_messages,
 )
 
+from .cues import cue_warning_flags
 from .filters import apply_filters
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError, iter_jsonl, validate_profile, validate_session
@@ -142,6 +143,8 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                     scores = {s["filter"]: s["score"] for s in record["quality"]["scores"]}
                     scores.update({result.name: result.score for result in results})
                     record["quality"]["scores"] = [{"filter": k, "score": float(v)} for k, v in scores.items()]
+                    # Warning level (cues.py): the session stays; each finding is listed in its quality.flags.
+                    record["quality"]["flags"] += cue_warning_flags(record)
                     if failed:
                         reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
                         yield None, _filtered_row(raw, record["id"], kind, path.name, line, "filter", failed[0].name,

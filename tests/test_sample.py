@@ -340,3 +340,7 @@ def test_build_keeps_the_session_and_counts_its_cue_warnings_in_filtered(tmp_pat
         if row["kind"] == "session"
     }
     assert counts == {records[0]["id"]: 0.0, records[1]["id"]: 1.0}
+    sessions = {row["id"]: row for row in load_dataset(str(tmp_path / "out"), split="train")}
+    (flag,) = sessions[records[1]["id"]]["quality"]["flags"]
+    assert flag.startswith(f"cue_warning: turns[{therapist}]") and "crossed your arms" in flag
+    assert sessions[records[0]["id"]]["quality"]["flags"] == []
