@@ -203,11 +203,9 @@ class VirtualClient:
                 max_new_tokens=self.config.max_new_tokens,
                 seed=None if seed is None else seed + attempt,
             )
-            try:
-                raw = self.backend.chat(messages, None, config)
-            except Exception as error:
-                attempts.append({"raw": None, "error": f"backend error: {type(error).__name__}: {error}"})
-                continue
+            # Backend errors propagate: an unreachable model is not a client failure (the runner records the
+            # session as an error and a resume runs it again); endpoints retry transient failures themselves.
+            raw = self.backend.chat(messages, None, config)
             try:
                 turn = validate_client_output(
                     raw, first=first, may_end=may_end, name=profile["client"].get("name"), previous=previous

@@ -12,8 +12,7 @@ tests, `bench/evaluate.py`) and their scores mean nothing.
 field of the request picks the responder. `serve(app)` runs it with uvicorn on 127.0.0.1 in a thread.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at runtime.
 import functools
 import hashlib
 import re
@@ -163,7 +162,7 @@ class ServedApp:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> ServedApp:
+    def __enter__(self) -> "ServedApp":
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
