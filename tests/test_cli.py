@@ -118,6 +118,23 @@ def test_train_runs_from_another_folder_with_a_bundled_recipe_name(tmp_path):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_python_m_training_train_is_the_same_command(tmp_path):
+    """`accelerate launch -m training.train --config ...` runs this entry point."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "training.train", "--config", "tiny/base", "--dataset_name", str(tmp_path / "x")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("python -m training.train: error: model_name_or_path is required"), result.stderr
+    result = subprocess.run([*command[:3], "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m training.train [--config RECIPE]")
+
+
+def test_bf16_on_a_cpu_gets_a_hint(tmp_path):
+    result = run_mirror("train", "--config", "llava-1.5-7b/base", "--use_cpu", "false", cwd=tmp_path)
+    if result.returncode == 2 and "bf16" in result.stderr:  # no GPU here: TrainingArguments refuses bf16
+        assert "--use_cpu true --bf16 false" in result.stderr and result.stderr.count("\n") == 1
+
+
 def _dataset_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "mirror_dataset"
     (folder / "data" / "sft").mkdir(parents=True)

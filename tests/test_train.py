@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_config import tiny_argv
 
 from training.train import (
     TINY_RECIPE,
@@ -23,15 +24,7 @@ LLAVA_EOS = (Path(__file__).parents[1] / "training" / "chat_templates" / "llava_
 
 def tiny_args(model_dir, dataset_dir, output_dir, *extra: str):
     """The tiny recipe with the given model, data and output folder, plus CLI overrides."""
-    argv = [
-        "--config", str(TINY_RECIPE),
-        "--model_name_or_path", str(model_dir),
-        "--dataset_name", str(dataset_dir),
-        "--output_dir", str(output_dir),
-        "--disable_tqdm", "true",
-        *extra,
-    ]  # fmt: skip
-    return parse_args(argv)
+    return parse_args(tiny_argv(model_dir, dataset_dir, output_dir, *extra))
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -163,7 +156,8 @@ def test_collated_labels_are_the_reply_and_eos_only(lora_run, sample_dataset_dir
         assert tokenizer.decode(labels[kept]) == reply + tokenizer.eos_token
         # everything before the reply is the prompt: image tokens, the user turn and "ASSISTANT:" are all masked
         prompt = tokenizer.decode(input_ids[: kept[0]])
-        assert prompt.startswith("USER: <image>") and prompt.rstrip().endswith("ASSISTANT:")
+        assert prompt.removeprefix(tokenizer.bos_token).startswith("USER: <image>")
+        assert prompt.rstrip().endswith("ASSISTANT:")
         assert image_id not in labels
         assert (labels[mask == 0] == -100).all()
 

@@ -32,14 +32,14 @@ from typing import Any
 
 from trl import ScriptArguments
 
-from inference.prompts import VARIANTS, VISION_VARIANTS
+from inference.prompts import TRAINING_RECORD_NAME, VARIANTS, VISION_VARIANTS
 from recipes import RECIPES_DIR
 from training.modeling import MirrorConfigError
 
 logger = logging.getLogger(__name__)
 
 TINY_RECIPE = RECIPES_DIR / "tiny" / "base.yaml"
-TRAINING_RECORD = "mirror_training.json"
+TRAINING_RECORD = TRAINING_RECORD_NAME  # defined once, in inference.prompts (inference reads it)
 CHECKPOINTS_SUFFIX = "-checkpoints"
 
 __all__ = [
@@ -109,6 +109,13 @@ class MirrorScriptArguments(ScriptArguments):
     freeze_vision_tower: bool = field(
         default=True, metadata={"help": "Keep the vision encoder frozen in full fine-tuning (always frozen in LoRA)."}
     )
+    pad_to_square: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad each image to a square with the image mean before resizing, as LLaVA-1.5's own training did "
+            "(default: the processor's centre crop, the same for square faces). Saved with the processor."
+        },
+    )
     # Output
     checkpoint_dir: str | None = field(
         default=None,
@@ -136,9 +143,11 @@ class MirrorScriptArguments(ScriptArguments):
 
 
 def _trl_dataclasses() -> tuple[type, ...]:
-    from trl import ModelConfig, SFTConfig
+    from trl import ModelConfig
 
-    return (MirrorScriptArguments, SFTConfig, ModelConfig)
+    from training.modeling import MirrorSFTConfig  # TRL's SFTConfig plus MIRROR's training-speed settings
+
+    return (MirrorScriptArguments, MirrorSFTConfig, ModelConfig)
 
 
 def __getattr__(name: str):
@@ -177,7 +186,12 @@ def parse_args(argv: list[str] | None = None, parser=None):
             raise MirrorConfigError("--config needs a recipe: a path or a bundled name such as llava-1.5-7b/base")
         recipe = argv[index]
         argv[index] = str(resolve_recipe(recipe))
-    script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
+    except ValueError as error:  # e.g. TrainingArguments refusing bf16 without a GPU
+        if "bf16" not in str(error):
+            raise
+        raise MirrorConfigError(f"{error} (on a CPU: --use_cpu true --bf16 false, as in recipe tiny/base)") from None
     if recipe is not None and script_args.recipe is None:
         script_args.recipe = recipe
     return script_args, training_args, model_args
@@ -312,12 +326,14 @@ def load_model(script_args: MirrorScriptArguments, training_args, model_args, vi
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from trl import get_quantization_config
 
+    from inference.backends.transformers_backend import parse_dtype
     from training.modeling import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs: dict[str, Any] = {
+        **(training_args.model_init_kwargs or {}),  # e.g. {use_kernels: true}, as TRL passes them
+        "use_safetensors": True,
         "revision": model_args.model_revision,
-        "dtype": dtype,
+        "dtype": parse_dtype(model_args.dtype),
         "trust_remote_code": training_args.trust_remote_code,
         "attn_implementation": model_args.attn_implementation,
     }
@@ -412,6 +428,10 @@ def build_trainer(
 
     template = resolve_chat_template(processing_class, script_args.chat_template, training_args.assistant_only_loss)
     set_chat_template(processing_class, template)
+    if vision and script_args.pad_to_square:
+        from training.modeling import set_pad_to_square
+
+        set_pad_to_square(processing_class)
 
     if training_args.max_length is not None:
         longest = longest_row_length(train_dataset, processing_class, template, vision)
