@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -187,16 +188,24 @@ def test_load_dataset_by_folder_name_from_its_parent(tmp_path):
 
 
 def test_trl_cli_trains_on_one_variant_config(tmp_path, sample_dataset_dir, tiny_llava_dir):
-    """TRL's own `trl sft` on the tiny LLaVA and processor, `--dataset_config sft_planning`: planning rows only."""
+    """The dataset card's own `trl sft` line (TRL's CLI), on the tiny LLaVA and its processor, `--dataset_config
+    sft_planning`: trains a few steps on planning rows only. Only the model, dataset and output folder are swapped
+    for local ones, and CPU / few-step flags are appended."""
     from datasets import Dataset, load_dataset
 
+    card = (sample_dataset_dir / "README.md").read_text()
+    line = next(block for block in card.split("```bash\n")[1:] if "trl sft" in block).split("```")[0]
+    line = line[line.index("trl sft"):].replace("\\\n", " ")
+    args = shlex.split(line.splitlines()[0])
+    swap = {"--model_name_or_path": str(tiny_llava_dir), "--dataset_name": str(sample_dataset_dir),
+            "--output_dir": str(tmp_path / "out")}
+    for flag, value in swap.items():
+        args[args.index(flag) + 1] = value
+    assert args[args.index("--dataset_config") + 1] == "sft_planning" and "--assistant_only_loss" in args
     trl = shutil.which("trl", path=str(Path(sys.executable).parent)) or "trl"
-    env = _env(tmp_path)
-    cmd = [trl, "sft", "--model_name_or_path", str(tiny_llava_dir), "--dataset_name", str(sample_dataset_dir),
-           "--dataset_config", "sft_planning", "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
-           "--per_device_train_batch_size", "2", "--use_cpu", "--max_length", "None", "--assistant_only_loss",
+    cmd = [trl, *args[1:], "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu",
            "--report_to", "none", "--save_strategy", "no", "--log_level", "info"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     planning = load_dataset(str(sample_dataset_dir), "sft_planning", split="train").num_rows
     everything = load_dataset(str(sample_dataset_dir), "sft", split="train").num_rows
