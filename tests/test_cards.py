@@ -106,8 +106,11 @@ def test_sft_variant_configs_share_files_and_hold_one_variant_each(sample_datase
     [
         (["mirror-sample", "mirror-sample"], "cc-by-4.0", ["original"]),
         (["cactus", "cactus"], "gpl-2.0", ["extended|LangAGI-Lab/cactus"]),
-        (["mirror-release", "mirror-release"], "gpl-2.0",
-         ["extended|LangAGI-Lab/cactus", "extended|multimodal-reframing/mirror"]),
+        (
+            ["mirror-release", "mirror-release"],
+            "gpl-2.0",
+            ["extended|LangAGI-Lab/cactus", "extended|multimodal-reframing/mirror"],
+        ),
         (["mirror-sample", "cactus"], ["cc-by-4.0", "gpl-2.0"], ["extended|LangAGI-Lab/cactus"]),
     ],
 )
@@ -154,16 +157,26 @@ def test_bad_cards_fail_offline_validation(sample_dataset_dir):
     from model_cards import card_problems, render_model_card
 
     text = (sample_dataset_dir / "README.md").read_text()
-    assert any("'cc-by-4' is not a Hub licence id" in p for p in card_problems(
-        text.replace("license: cc-by-4.0", "license: cc-by-4"), "dataset"))
-    assert any("does not parse" in p for p in card_problems(
-        text.replace("license: cc-by-4.0", "license: [cc-by-4.0"), "dataset"))
-    assert any("missing section(s): Faces" in p for p in card_problems(
-        text.replace("## Faces", "## Pictures"), "dataset"))
-    assert any("'sft_planning': no file matches 'data/sft/planing-*'" in p for p in card_problems(
-        text.replace("path: data/sft/planning-*", "path: data/sft/planing-*"), "dataset", folder=sample_dataset_dir))
-    model = render_model_card({"model_name": "m", "base_model": "llava-hf/llava-1.5-7b-hf", "variant": "base",
-                               "license": "llama2"})
+    assert any(
+        "'cc-by-4' is not a Hub licence id" in p
+        for p in card_problems(text.replace("license: cc-by-4.0", "license: cc-by-4"), "dataset")
+    )
+    assert any(
+        "does not parse" in p
+        for p in card_problems(text.replace("license: cc-by-4.0", "license: [cc-by-4.0"), "dataset")
+    )
+    assert any(
+        "missing section(s): Faces" in p for p in card_problems(text.replace("## Faces", "## Pictures"), "dataset")
+    )
+    assert any(
+        "'sft_planning': no file matches 'data/sft/planing-*'" in p
+        for p in card_problems(
+            text.replace("path: data/sft/planning-*", "path: data/sft/planing-*"), "dataset", folder=sample_dataset_dir
+        )
+    )
+    model = render_model_card(
+        {"model_name": "m", "base_model": "llava-hf/llava-1.5-7b-hf", "variant": "base", "license": "llama2"}
+    )
     assert card_problems(model, "model") == []
     assert any("'llama-2'" in p for p in card_problems(model.replace("license: llama2", "license: llama-2"), "model"))
     assert any("license_name" in p for p in card_problems(model.replace("license: llama2", "license: other"), "model"))
@@ -174,14 +187,23 @@ def test_load_dataset_by_folder_name_from_its_parent(tmp_path):
     records = with_images(sample_records(2), tmp_path / "raw")
     write_raw(tmp_path / "raw", records)
     env = _env(tmp_path)
-    build = subprocess.run([sys.executable, str(ROOT / "mirror_cli.py"), "build", "--input", "raw", "--output", "mirror"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "mirror_cli.py"), "build", "--input", "raw", "--output", "mirror"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
-    code = ("import json; from datasets import load_dataset; d = load_dataset('mirror'); "
-            "p = load_dataset('mirror', 'sft_planning', split='train'); "
-            "print(json.dumps({'splits': list(d), 'rows': d['train'].num_rows, 'variants': sorted(set(p['variant']))}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "import json; from datasets import load_dataset; d = load_dataset('mirror'); "
+        "p = load_dataset('mirror', 'sft_planning', split='train'); "
+        "print(json.dumps({'splits': list(d), 'rows': d['train'].num_rows, 'variants': sorted(set(p['variant']))}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"splits": ["train"], "rows": 2, "variants": ["planning"]}
@@ -195,16 +217,32 @@ def test_trl_cli_trains_on_one_variant_config(tmp_path, sample_dataset_dir, tiny
 
     card = (sample_dataset_dir / "README.md").read_text()
     line = next(block for block in card.split("```bash\n")[1:] if "trl sft" in block).split("```")[0]
-    line = line[line.index("trl sft"):].replace("\\\n", " ")
+    line = line[line.index("trl sft") :].replace("\\\n", " ")
     args = shlex.split(line.splitlines()[0])
-    swap = {"--model_name_or_path": str(tiny_llava_dir), "--dataset_name": str(sample_dataset_dir),
-            "--output_dir": str(tmp_path / "out")}
+    swap = {
+        "--model_name_or_path": str(tiny_llava_dir),
+        "--dataset_name": str(sample_dataset_dir),
+        "--output_dir": str(tmp_path / "out"),
+    }
     for flag, value in swap.items():
         args[args.index(flag) + 1] = value
     assert args[args.index("--dataset_config") + 1] == "sft_planning" and "--assistant_only_loss" in args
     trl = shutil.which("trl", path=str(Path(sys.executable).parent)) or "trl"
-    cmd = [trl, *args[1:], "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu",
-           "--report_to", "none", "--save_strategy", "no", "--log_level", "info"]
+    cmd = [
+        trl,
+        *args[1:],
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--log_level",
+        "info",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     planning = load_dataset(str(sample_dataset_dir), "sft_planning", split="train").num_rows
@@ -227,12 +265,26 @@ def _eval_results():
     from huggingface_hub import EvalResult
 
     return [
-        EvalResult(task_type="text-generation", dataset_type="someone/mirror", dataset_name="Mirror profiles",
-                   dataset_config="profiles", dataset_split="test", metric_type="ctrs_overall",
-                   metric_name="CTRS overall", metric_value=3.25),
-        {"task_type": "text-generation", "dataset_type": "someone/mirror", "dataset_name": "Mirror profiles",
-         "dataset_config": "profiles", "dataset_split": "test", "metric_type": "wai_overall",
-         "metric_name": "WAI overall", "metric_value": 4.5},
+        EvalResult(
+            task_type="text-generation",
+            dataset_type="someone/mirror",
+            dataset_name="Mirror profiles",
+            dataset_config="profiles",
+            dataset_split="test",
+            metric_type="ctrs_overall",
+            metric_name="CTRS overall",
+            metric_value=3.25,
+        ),
+        {
+            "task_type": "text-generation",
+            "dataset_type": "someone/mirror",
+            "dataset_name": "Mirror profiles",
+            "dataset_config": "profiles",
+            "dataset_split": "test",
+            "metric_type": "wai_overall",
+            "metric_name": "WAI overall",
+            "metric_value": 4.5,
+        },
     ]
 
 
@@ -242,21 +294,33 @@ def test_model_card_sections_model_index_and_licence_terms(tmp_path):
     from model_cards import check_card, render_model_card
     from model_cards.validate import REQUIRED_SECTIONS
 
-    text = render_model_card({
-        "model_name": "mirror-llava-planning", "base_model": "llava-hf/llava-1.5-7b-hf", "variant": "planning",
-        "license": "llama2", "dataset": str(tmp_path / "mirror"), "dataset_hub_id": "someone/mirror",
-        "hub_model_id": "someone/mirror-llava-planning", "recipe": str(ROOT / "recipes/llava-1.5-7b/planning.yaml"),
-        "hyperparameters": {"learning_rate": 2e-4, "lora_r": 128}, "framework_versions": {"trl": "1.16.0"},
-        "eval_results": _eval_results(),
-    })
+    text = render_model_card(
+        {
+            "model_name": "mirror-llava-planning",
+            "base_model": "llava-hf/llava-1.5-7b-hf",
+            "variant": "planning",
+            "license": "llama2",
+            "dataset": str(tmp_path / "mirror"),
+            "dataset_hub_id": "someone/mirror",
+            "hub_model_id": "someone/mirror-llava-planning",
+            "recipe": str(ROOT / "recipes/llava-1.5-7b/planning.yaml"),
+            "hyperparameters": {"learning_rate": 2e-4, "lora_r": 128},
+            "framework_versions": {"trl": "1.16.0"},
+            "eval_results": _eval_results(),
+        }
+    )
     check_card(text, "model")
     card = ModelCard(text)
     for section in REQUIRED_SECTIONS["model"]:
         assert f"## {section}\n" in card.text, section
     results = card.data.eval_results
     assert [(r.metric_type, r.metric_value, r.dataset_config, r.dataset_split) for r in results] == [
-        ("ctrs_overall", 3.25, "profiles", "test"), ("wai_overall", 4.5, "profiles", "test")]
-    assert card.data.model_name == "someone/mirror-llava-planning" and card.data.base_model == "llava-hf/llava-1.5-7b-hf"
+        ("ctrs_overall", 3.25, "profiles", "test"),
+        ("wai_overall", 4.5, "profiles", "test"),
+    ]
+    assert (
+        card.data.model_name == "someone/mirror-llava-planning" and card.data.base_model == "llava-hf/llava-1.5-7b-hf"
+    )
     assert "| Mirror profiles (profiles, test) | CTRS overall | 3.25 |" in card.text
     out_of_scope = card.text.split("## Out-of-scope use")[1].split("##")[0]
     for use in ("Diagnosis", "treatment", "Crisis support", "minors"):
@@ -269,16 +333,26 @@ def test_model_card_snippet_runs_against_the_tiny_model(tmp_path, tiny_llava_dir
     """The card's quick-start code, executed as written except for the two repo ids, which point at local folders."""
     from model_cards import render_model_card
 
-    text = render_model_card({"model_name": "mirror-tiny", "base_model": "llava-hf/llava-1.5-7b-hf",
-                              "variant": "base", "license": "llama2", "dataset_hub_id": "someone/mirror",
-                              "hub_model_id": "someone/mirror-tiny", "adapter": False, "finetuning": "full"})
+    text = render_model_card(
+        {
+            "model_name": "mirror-tiny",
+            "base_model": "llava-hf/llava-1.5-7b-hf",
+            "variant": "base",
+            "license": "llama2",
+            "dataset_hub_id": "someone/mirror",
+            "hub_model_id": "someone/mirror-tiny",
+            "adapter": False,
+            "finetuning": "full",
+        }
+    )
     snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
     assert 'MirrorTherapist.from_pretrained("someone/mirror-tiny")' in snippet
     assert 'load_dataset("someone/mirror", "profiles", split="test")' in snippet
     snippet = snippet.replace('"someone/mirror-tiny"', repr(str(tiny_llava_dir)))
     snippet = snippet.replace('"someone/mirror"', repr(str(sample_dataset_dir)))
-    proc = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 2 and "AI" in proc.stdout  # the disclosure, then the (random) reply

@@ -79,11 +79,24 @@ def model_folder(tmp_path, tiny_llava_dir):
 
     folder = tmp_path / "mirror-tiny"
     shutil.copytree(tiny_llava_dir, folder)
-    (folder / "README.md").write_text(render_model_card({
-        "model_name": "mirror-tiny", "base_model": str(tiny_llava_dir), "variant": "base", "license": "apache-2.0",
-        "dataset": str(tmp_path / "dataset"), "adapter": False, "finetuning": "full"}), encoding="utf-8")
-    record = {"mirror_args": {"dataset_name": str(tmp_path / "dataset"), "variant": "base"},
-              "training_args": {"output_dir": str(folder), "learning_rate": 0.0002}}
+    (folder / "README.md").write_text(
+        render_model_card(
+            {
+                "model_name": "mirror-tiny",
+                "base_model": str(tiny_llava_dir),
+                "variant": "base",
+                "license": "apache-2.0",
+                "dataset": str(tmp_path / "dataset"),
+                "adapter": False,
+                "finetuning": "full",
+            }
+        ),
+        encoding="utf-8",
+    )
+    record = {
+        "mirror_args": {"dataset_name": str(tmp_path / "dataset"), "variant": "base"},
+        "training_args": {"output_dir": str(folder), "learning_rate": 0.0002},
+    }
     (folder / "mirror_training.json").write_text(json.dumps(record), encoding="utf-8")
     (folder / "checkpoint-2").mkdir()
     (folder / "checkpoint-2" / "model.safetensors").write_bytes(b"old")
@@ -100,13 +113,16 @@ def _args(**kwargs):
     return PushArguments(**kwargs)
 
 
-def test_push_uploads_the_right_files_privately_and_repushing_commits_nothing(sample_dataset_dir, model_folder,
-                                                                              capsys):
+def test_push_uploads_the_right_files_privately_and_repushing_commits_nothing(
+    sample_dataset_dir, model_folder, capsys
+):
     from push_to_hub import push
 
     hub = FakeHub()
-    push(_args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", model_dirs=[str(model_folder)]),
-         api=hub.api)
+    push(
+        _args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", model_dirs=[str(model_folder)]),
+        api=hub.api,
+    )
     assert hub.api.mock_calls[0] == mock.call.whoami()  # the token is checked before any other call
     assert hub.repos[("dataset", "someone/mirror")]["private"] is True
     assert hub.repos[("model", "someone/mirror-tiny")]["private"] is True
@@ -121,15 +137,19 @@ def test_push_uploads_the_right_files_privately_and_repushing_commits_nothing(sa
     # Local absolute paths never leave the machine; JSON paths are reduced to their last component.
     uploaded = hub.repos[("model", "someone/mirror-tiny")]["files"]
     record = json.loads(uploaded["mirror_training.json"])
-    assert record["training_args"]["output_dir"] == "mirror-tiny" and record["mirror_args"]["dataset_name"] == "dataset"
+    assert (
+        record["training_args"]["output_dir"] == "mirror-tiny" and record["mirror_args"]["dataset_name"] == "dataset"
+    )
     assert not any(str(model_folder.parent).encode() in data for data in uploaded.values())
     assert len(hub.commits) == 2
     out = capsys.readouterr().out
     assert "skip      checkpoint-2/model.safetensors: a training checkpoint" in out
     assert "skip      training_args.bin:" in out and "load_dataset('someone/mirror')" in out
 
-    push(_args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", model_dirs=[str(model_folder)]),
-         api=hub.api)
+    push(
+        _args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", model_dirs=[str(model_folder)]),
+        api=hub.api,
+    )
     assert len(hub.commits) == 2  # unchanged content: no new commit
     out = capsys.readouterr().out
     assert out.count("is up to date: no commit") == 2 and "upload   " not in out
@@ -146,7 +166,8 @@ def test_stale_shards_are_deleted_and_public_must_be_asked_for(sample_dataset_di
     hub = FakeHub()
     hub.create_repo("someone/mirror", repo_type="dataset", private=False, exist_ok=True)
     hub.repos[("dataset", "someone/mirror")]["files"].update(
-        {"data/sft/train-00000-of-00001.parquet": b"old layout", "notes.txt": b"someone else's file"})
+        {"data/sft/train-00000-of-00001.parquet": b"old layout", "notes.txt": b"someone else's file"}
+    )
     push(_args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", public=True), api=hub.api)
     files = hub.repos[("dataset", "someone/mirror")]["files"]
     assert "data/sft/train-00000-of-00001.parquet" not in files  # would be read as part of the `sft` config
@@ -161,8 +182,15 @@ def test_dry_run_prints_the_plan_and_changes_nothing(sample_dataset_dir, model_f
     from push_to_hub import push
 
     hub = FakeHub()
-    push(_args(dataset_dir=str(sample_dataset_dir), model_dirs=[str(model_folder)], model_repo_ids=["someone/tiny"],
-               dry_run=True), api=hub.api)
+    push(
+        _args(
+            dataset_dir=str(sample_dataset_dir),
+            model_dirs=[str(model_folder)],
+            model_repo_ids=["someone/tiny"],
+            dry_run=True,
+        ),
+        api=hub.api,
+    )
     assert not hub.api.create_repo.called and not hub.api.create_commit.called and not hub.repos
     out = capsys.readouterr().out
     assert f"dataset someone/{sample_dataset_dir.name} (private) <- {sample_dataset_dir}" in out
@@ -204,8 +232,7 @@ def test_bad_folders_are_refused_before_anything_is_uploaded(tmp_path, sample_da
     assert not hub.api.create_repo.called and not hub.api.create_commit.called
 
 
-def test_token_never_appears_in_logs_or_files(tmp_path, sample_dataset_dir, model_folder, capsys, caplog,
-                                              monkeypatch):
+def test_token_never_appears_in_logs_or_files(tmp_path, sample_dataset_dir, model_folder, capsys, caplog, monkeypatch):
     from push_to_hub import main, push
 
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
@@ -230,11 +257,27 @@ def test_token_never_appears_in_logs_or_files(tmp_path, sample_dataset_dir, mode
 def test_script_entry_point_dry_run_offline(tmp_path, sample_dataset_dir):
     """`python push_to_hub.py ... --dry_run` in a fresh process: offline, so whoami fails and ids show <user>."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_TOKEN": SENTINEL}
-    proc = subprocess.run([sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(sample_dataset_dir),
-                           "--dry_run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(sample_dataset_dir), "--dry_run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"dataset <user>/{sample_dataset_dir.name} (private)" in proc.stdout
     assert SENTINEL not in proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(tmp_path / "nope")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "error: cannot confirm a Hugging Face Hub login" in proc.stderr and SENTINEL not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(tmp_path / "nope")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2
+        and "error: cannot confirm a Hugging Face Hub login" in proc.stderr
+        and SENTINEL not in proc.stderr
+    )

@@ -19,8 +19,14 @@ def test_quickstart_runs_offline_and_its_outputs_load(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     mirror = shutil.which("mirror", path=str(Path(sys.executable).parent)) or "mirror"
     started = time.monotonic()
-    proc = subprocess.run([mirror, "quickstart", "--output", "qs", "--max-steps", "3"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [mirror, "quickstart", "--output", "qs", "--max-steps", "3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert elapsed < 300, f"quickstart took {elapsed:.0f}s; the target is under 5 minutes on 2 CPU cores"
@@ -70,10 +76,19 @@ print(json.dumps({{"sizes": sizes, "planning": sorted(planning), "model": type(m
     assert str(tmp_path) not in card and str(tmp_path) not in (dataset / "README.md").read_text()
 
     # The printed dry run works as printed (offline here, so repo ids show <user>) and lists only what belongs.
-    proc = subprocess.run([sys.executable, str(ROOT / "push_to_hub.py"), *dry_run.split()[2:]], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "push_to_hub.py"), *dry_run.split()[2:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "dataset <user>/mirror (private)" in proc.stdout and "model <user>/mirror-tiny-therapist (private)" in proc.stdout
+    assert (
+        "dataset <user>/mirror (private)" in proc.stdout
+        and "model <user>/mirror-tiny-therapist (private)" in proc.stdout
+    )
     assert "upload    model.safetensors" in proc.stdout and "upload    data/sft/planning-" in proc.stdout
 
 
