@@ -47,7 +47,7 @@ _OBSERVED = _rx(
 _YOU = r"(?<!\bin\s)\byour\s+(?:\w+\s+)?"  # "your (left) knee", not "in your hands" (a figure of speech)
 _PROPS = (
     r"(?:phone|ring|skirt|sleeves?|jacket|coat|bag|keys|watch|pen|cup|mug|tissues?|scarf|shirt|collar|notebook|"
-    r"hat|hair|hood)\b"
+    r"hat|hair|hood|thread|button|sleeve|strap|folder|papers)\b(?!\s+calls?\b)"
 )
 
 # name -> (always a citation, a citation only in an observing sentence)
@@ -66,7 +66,7 @@ _BODY_CUES: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {
             r"\bfidget\w*",
             r"\bwring\w*",
         ),
-        _rx(_YOU + r"(?:hands?|fingers?|fists?|arms?|wrists?|thumbs?|nails|knuckles)\b"),
+        _rx(_YOU + r"(?:hands?|fingers?|fists?|arms?|wrists?|thumbs?|nails|knuckles|pulse)\b"),
     ),
     "shoulders or posture": (
         _rx(
@@ -78,10 +78,15 @@ _BODY_CUES: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {
     ),
     "clothing or props": (
         _rx(
-            r"\b(?:smooth|twist|turn|fiddl|play|check|hold|grip|clutch|tug)\w*\s+(?:with\s+|at\s+)?(?:your|the|that)\s+"
+            r"\b(?:smooth|twist|turn|fiddl|play|check|hold|grip|clutch|tug|pick)\w*\s+(?:with\s+|at\s+)?(?:your|the|that)\s+"
             rf"(?:\w+\s+)?{_PROPS}"
         ),
-        _rx(_YOU + _PROPS, r"\bthe\s+(?:tissue|chair|door|clock)\b"),
+        _rx(
+            _YOU + _PROPS,
+            r"\b(?:the|a|an|that|some)\s+(?:\w+\s+)?(?:tissue|chair|notebook|bag|folder|papers)\b",
+            r"\byou'?ve\s+(?:\w+\s+)?brought\b",
+            r"\bbrought\s+(?:\w+\s+){0,3}with\s+you\b",
+        ),
     ),
     "voice": (
         _rx(r"\byou\s+(?:just\s+)?sighed\b", r"\bthat\s+sigh\b", r"\byour\s+voice\s+(?:went|dropped|shook|got|is)\b"),

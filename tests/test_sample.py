@@ -261,6 +261,10 @@ def _session(expression: str, therapist: str) -> dict:
         ("You're saying sure, but you're leaning back with your arms folded.", "shoulders or posture"),
         ("You shrugged when I asked about her.", "shoulders or posture"),
         ("Your voice went very quiet just then.", "voice"),
+        ("Being careful makes sense, and I noticed you checked your pulse just as you said that.", "hands or arms"),
+        ("You say nothing much, and I notice you are picking at that thread.", "clothing or props"),
+        ("Good morning, I see you've brought a notebook, so what would you like to focus on?", "clothing or props"),
+        ("Hello, and I see you've brought some work with you.", "clothing or props"),
     ],
 )
 def test_body_and_prop_cues_are_flagged_whatever_the_face_shows(line, cue):
@@ -298,6 +302,8 @@ def test_facial_cues_missing_from_the_expression_are_flagged(line, expression, c
         ("What would make you smile this week?", "sad, downturned mouth"),
         ("The decision is in your hands.", "neutral, steady gaze"),
         ("How sure are you, from 0 to 100?", "neutral, steady gaze"),
+        ("I notice the phone call is already sliding toward next week.", "neutral, steady gaze"),
+        ("Could you ask them afterwards what they noticed about your voice?", "neutral, steady gaze"),  # homework
     ],
 )
 def test_cues_the_face_shows_and_non_observations_are_not_flagged(line, expression):
