@@ -44,6 +44,7 @@ _FAILURE = re.compile(
 )
 _STAGE_DIRECTION = re.compile(r"\[[^\]]*\]")
 FAILED_FLAG, SKIPPED_FLAG = "failed:", "skipped:"
+JUDGED_FLAG = "filters_applied:mirror-generate"  # see apply_filters
 
 
 @dataclass
@@ -334,10 +335,16 @@ TEXT_FILTERS = (
 
 
 def apply_filters(record: dict, config: FilterConfig | None = None) -> tuple[list[FilterResult], list[FilterResult]]:
-    """Run every text filter; return (all results, failed results)."""
+    """Run every text filter; return (all results, failed results).
+
+    A record carrying `JUDGED_FLAG` was already judged by `mirror generate` with its recipe's thresholds, whose
+    failures it carries as `failed:` flags: only those drop it (the scores are still recomputed), so a recipe
+    with non-default thresholds is not overruled by the defaults at build time.
+    """
     config = config or DEFAULT_CONFIG
     results = [check(record, config) for check in TEXT_FILTERS]
-    return results, [result for result in results if not result.passed]
+    judged = JUDGED_FLAG in record.get("quality", {}).get("flags", [])
+    return results, [r for r in results if not r.passed and (not judged or r.name == "recorded_failures")]
 
 
 # ---------------------------------------------------------------------------------------------------------------

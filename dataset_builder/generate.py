@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .filters import FAILED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
+from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
 
 logger = logging.getLogger(__name__)
@@ -903,6 +903,7 @@ class Generator:
                 scores[result.name] = float(result.score)
                 if not result.passed:
                     flags.append(f"{FAILED_FLAG}{result.name}: {result.reason}")
+            flags.append(JUDGED_FLAG)
             out.append(record)
         return out
 

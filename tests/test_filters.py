@@ -234,3 +234,12 @@ def test_missing_model_is_loud(tiny_models):
     assert "skipped:age_consistency: disabled in the config (no model id)" in skipped
     assert "skipped:identity_similarity: no reference face" in skipped
     assert "nsfw" not in {r.name for r in results}
+
+
+def test_generation_judged_records_drop_only_on_recorded_failures():
+    short = session("Hi.", "Hello.")  # fails turn_count at the default thresholds
+    short["quality"]["flags"] = [F.JUDGED_FLAG]  # judged by a recipe that allowed 2 turns
+    results, failed = F.apply_filters(short)
+    assert not failed and not next(r for r in results if r.name == "turn_count").passed
+    short["quality"]["flags"].append("failed:nsfw: turn 0: NSFW p=0.90")
+    assert [r.name for r in F.apply_filters(short)[1]] == ["recorded_failures"]

@@ -101,10 +101,29 @@ def filter_models(tmp_path_factory):
     }
 
 
-def recipe(tmp_path, base_url, name="gen", **overrides) -> dict:
+# The two clients the recorded outputs were written for (the sample's first two evaluation profiles, pinned here
+# so that edits to the sample cannot break the recordings).
+CLIENTS = {"e01": ("Nadia Petrova", 26, "female"), "e02": ("Kwame Mensah", 57, "male")}
+
+
+@pytest.fixture(scope="module")
+def profiles_file(tmp_path_factory):
+    from helpers import sample_profiles
+
+    records = []
+    for record, (row, (name, age, gender)) in zip(sample_profiles()[:2], CLIENTS.items(), strict=True):
+        record["id"], record["source"]["row"] = f"eval-{row}", row
+        record["client"].update(name=name, age=age, gender=gender)
+        records.append(record)
+    path = tmp_path_factory.mktemp("profiles") / "mirror-sample.jsonl"  # the file name is the dataset name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def recipe(tmp_path, base_url, profiles, name="gen", **overrides) -> dict:
     data = {
         "output_dir": str(tmp_path / name),
-        "profiles": "sample",
+        "profiles": profiles,
         "max_profiles": 2,
         "resistance_styles": ["emotional", "cognitive"],
         "llm": {"model": "recorded-gpt-4o-mini", "base_url": base_url, "max_concurrency": 2, "max_attempts": 2},
@@ -127,7 +146,7 @@ def read_records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "sessions-00000.jsonl").read_text().splitlines()]
 
 
-def test_generate_build_and_load(tmp_path, server, loopback, filter_models):
+def test_generate_build_and_load(tmp_path, server, loopback, filter_models, profiles_file):
     from datasets import load_dataset
 
     from dataset_builder.build import build_dataset
@@ -140,7 +159,7 @@ def test_generate_build_and_load(tmp_path, server, loopback, filter_models):
         "min_face_probability": 0.0,
         "min_identity_similarity": -1.0,
     }
-    data = recipe(tmp_path, base_url, image_filters=True, filters=filters)
+    data = recipe(tmp_path, base_url, profiles_file, image_filters=True, filters=filters)
     assert G.main(G.GenerateArguments(config=str(write_recipe(tmp_path, data)))) == 0
     out = Path(data["output_dir"])
     records = read_records(out)
@@ -199,12 +218,12 @@ def test_generate_build_and_load(tmp_path, server, loopback, filter_models):
     assert app.state.num_requests == before and read_records(out) == records
 
 
-def test_unusable_output_is_recorded_with_reason(tmp_path, loopback):
+def test_unusable_output_is_recorded_with_reason(tmp_path, loopback, profiles_file):
     app = make_chat_app(
         lambda body: REFUSAL if "Nadia" in body["messages"][-1]["content"] else recorded_reply(body, set())
     )
     with serve_app(app) as base_url:
-        data = recipe(tmp_path, base_url)
+        data = recipe(tmp_path, base_url, profiles_file)
         report = G.generate(G.GenerateConfig.from_dict(data))
     assert report["counts"]["unusable"] == 2 and report["counts"]["screenplays_usable"] == 2
     reasons = {u["id"]: u["reason"] for u in report["unusable"]}
@@ -216,12 +235,12 @@ def test_unusable_output_is_recorded_with_reason(tmp_path, loopback):
     assert on_disk["unusable"] == report["unusable"]
 
 
-def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback):
+def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback, profiles_file):
     base_url, _ = server
-    reference = recipe(tmp_path, base_url, name="uninterrupted")
+    reference = recipe(tmp_path, base_url, profiles_file, name="uninterrupted")
     G.generate(G.GenerateConfig.from_dict(reference))
 
-    data = recipe(tmp_path, base_url, name="resumed")
+    data = recipe(tmp_path, base_url, profiles_file, name="resumed")
     path = write_recipe(tmp_path, data)
     # The child talks to 127.0.0.1; huggingface_hub reads TRANSFORMERS_OFFLINE as HF_HUB_OFFLINE too.
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -253,9 +272,9 @@ def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback):
     ]
 
 
-def test_different_config_refuses_to_resume(tmp_path, server, loopback):
+def test_different_config_refuses_to_resume(tmp_path, server, loopback, profiles_file):
     base_url, _ = server
-    data = recipe(tmp_path, base_url, max_profiles=1, resistance_styles=["none"])
+    data = recipe(tmp_path, base_url, profiles_file, max_profiles=1, resistance_styles=["none"])
     G.generate(G.GenerateConfig.from_dict(data))
     with pytest.raises(ValueError, match="different config"):
         G.generate(G.GenerateConfig.from_dict({**data, "seed": 1}))
@@ -272,7 +291,7 @@ def test_config_errors_and_parsers():
     assert G.parse_expressions("Sure! Here you go.") is None
 
 
-def test_identities_matched_on_gender_and_age(tmp_path):
+def test_identities_matched_on_gender_and_age(tmp_path, profiles_file):
     from PIL import Image
 
     pool = []
@@ -281,7 +300,7 @@ def test_identities_matched_on_gender_and_age(tmp_path):
         pool.append({"key": key, "gender": gender, "age": age, "image": f"{key}.png"})
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pool))
     loaded = G.load_identity_pool(str(tmp_path / "pool.jsonl"))
-    _, profiles = G.load_profiles(G.GenerateConfig(max_profiles=2))  # Nadia 26 female, Kwame 57 male
+    _, profiles = G.load_profiles(G.GenerateConfig(profiles=profiles_file))  # Nadia 26 female, Kwame 57 male
     matched = G.match_identities(profiles, loaded, 0, "mirror-sample")
     assert [m["key"] for m in matched] == ["f25", "m58"] and matched[0]["image"] == str(tmp_path / "f25.png")
     assert [m["key"] for m in G.match_identities(profiles, None, 0, "s")] == ["s-e01", "s-e02"]
