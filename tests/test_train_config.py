@@ -106,10 +106,12 @@ def test_config_takes_a_bundled_recipe_name_from_any_folder(tmp_path, monkeypatc
         parse_args(["--config", "llava-1.5-7b/nope"])
 
 
-def test_standalone_parser_is_a_trl_parser():
+def test_train_parser_is_a_trl_parser():
     from trl import TrlParser
 
-    parser = make_parser(prog="python -m training.train")
+    from mirror_cli import make_command_parser
+
+    parser = make_command_parser("train", prog="python -m training.train")
     assert isinstance(parser, TrlParser)
     script_args, _, _ = parse_args(["--config", str(TINY_RECIPE), "--variant", "text"], parser=parser)
     assert script_args.variant == "text"

@@ -157,17 +157,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_parser(prog: str | None = None):
-    """The `trl.TrlParser` of `mirror train` and `python -m training.train` (`--config` takes a recipe)."""
+def make_parser():
+    """A bare `trl.TrlParser` over the three dataclasses (`mirror_cli` builds the one with help and usage)."""
     from trl import TrlParser
 
-    return TrlParser(
-        _trl_dataclasses(),
-        prog=prog,
-        description=(__doc__ or "").split("\n\n")[0],
-        epilog="--config RECIPE sets defaults from a recipe (a path, or a bundled name such as llava-1.5-7b/base); "
-        "flags given on the command line override it. See training/README.md.",
-    )
+    return TrlParser(_trl_dataclasses())
 
 
 def parse_args(argv: list[str] | None = None, parser=None):
