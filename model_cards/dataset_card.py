@@ -41,19 +41,20 @@ class Provenance:
     license: str  # Hub licence id the records of this provenance carry
     description: str  # one line for the card
     source_datasets: tuple[str, ...] = ()  # Hub ids for the `source_datasets:` metadata
-    language_creators: str = "machine-generated"
     celeba_references: bool = False  # the original pipeline drew faces from CelebA references (not redistributed)
 
 
-# `source.dataset` value -> provenance. `mirror-sample`: dataset_builder/sample; `mirror-release`: written by
-# `mirror import` (dataset_builder/importer.py) for rows of the official release (itself CACTUS-derived, GPL-2.0);
-# `cactus`: sessions generated from CACTUS client profiles (`mirror generate`).
+# `source.dataset` value -> provenance. The values the pipeline writes:
+# - `mirror-sample`: the bundled sample (dataset_builder/sample), and sessions `mirror generate` wrote from its
+#   profiles (`profiles: sample`);
+# - `cactus`: sessions `mirror generate` wrote from CACTUS profiles (`profiles: hub`, or a CACTUS CSV/JSONL file);
+# - `mirror-release`: rows `mirror import` read from the official release (dataset_builder/importer.py).
+# Anything else (e.g. the file stem `mirror generate` uses for a custom profile file) is unknown provenance.
 PROVENANCE: dict[str, Provenance] = {
     "mirror-sample": Provenance(
         license="cc-by-4.0",
-        description="the bundled sample: fictional profiles and sessions written for this project (no text from "
-        "the paper, CACTUS or any other dataset)",
-        language_creators="expert-generated",
+        description="the bundled sample's fictional client profiles, written for this project (no text from the "
+        "paper, CACTUS or any other dataset), and sessions written or generated from them",
     ),
     "cactus": Provenance(
         license="gpl-2.0",
@@ -224,8 +225,11 @@ def summarize(
     generation: dict[tuple, dict[str, Any]] = {}
     image_backends: Counter = Counter()
     celeba_faces = 0
+    creators = set()
     for config, row in records:
         source = row.get("source") or {}
+        hand_written = (source.get("generator") or "").lower().startswith("hand-written")
+        creators.add("expert-generated" if hand_written else "machine-generated")
         if is_celeba_reference(row):
             celeba_faces += 1
         by_dataset[source.get("dataset") or "<missing>"][config] += 1
@@ -265,7 +269,7 @@ def summarize(
         "licenses": licenses,
         "unknown_provenance": unknown,
         "source_datasets": sorted({s for p in known_provenance for s in p.source_datasets}),
-        "language_creators": sorted({p.language_creators for p in known_provenance}) or ["other"],
+        "language_creators": sorted(creators),
         "celeba_references": any(p.celeba_references for p in known_provenance),
         "celeba_reference_faces": celeba_faces,
         "generators": generators,

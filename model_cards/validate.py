@@ -88,7 +88,12 @@ def card_problems(
                 "https://huggingface.co/docs/hub/repositories-licenses)"
             )
     if (licenses == "other" or (isinstance(licenses, list) and "other" in licenses)) and not data.get("license_name"):
-        problems.append("`license: other` needs a `license_name`")
+        hint = (
+            " (for a model: the recipe's `model_license`, the base model's Hub licence id)"
+            if repo_type == "model"
+            else ""
+        )
+        problems.append(f"`license: other` needs a `license_name`{hint}")
     if data.get("license_name") == UNKNOWN_PROVENANCE_LICENSE_NAME and not allow_unknown_license:
         problems.append(
             "the data has records of unknown provenance, so its licence is unknown (see the card's Licence "

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from helpers import sample_records, with_images, write_raw
@@ -356,3 +357,21 @@ def test_model_card_snippet_runs_against_the_tiny_model(tmp_path, tiny_llava_dir
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 2 and "AI" in proc.stdout  # the disclosure, then the (random) reply
+
+
+def test_hub_validation_runs_only_when_the_hub_is_reachable(sample_dataset_dir, monkeypatch):
+    """`RepoCard.validate()` posts to the Hub; the session is MOCKED (no network here) to see what is sent."""
+    from huggingface_hub import constants, repocard
+
+    from model_cards import validate_on_hub
+
+    session = mock.MagicMock()
+    session.post.return_value = mock.MagicMock(status_code=200)
+    monkeypatch.setattr(repocard, "get_session", lambda: session)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert validate_on_hub(sample_dataset_dir / "README.md", "dataset") is False and not session.post.called
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(repocard, "hf_raise_for_status", lambda response: None)
+    assert validate_on_hub(sample_dataset_dir / "README.md", "dataset") is True
+    url, body = session.post.call_args.args[0], session.post.call_args.kwargs["json"]
+    assert url.endswith("/api/validate-yaml") and body["repoType"] == "dataset" and "configs:" in body["content"]
