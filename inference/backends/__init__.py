@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ChatBackend, GenerationConfig
+from .base import ChatBackend, GenerationConfig, ModelLoadArguments
 
-__all__ = ["BACKENDS", "ChatBackend", "GenerationConfig", "load_backend"]
+__all__ = ["BACKENDS", "ChatBackend", "GenerationConfig", "ModelLoadArguments", "load_backend"]
 
 BACKENDS = ("transformers", "vllm")
 
