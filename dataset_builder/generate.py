@@ -52,6 +52,7 @@ SAMPLE_PROFILES = Path(__file__).parent / "sample" / "profiles.jsonl"
 RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")
 CACTUS_REPO_ID = "LangAGI-Lab/cactus"
 STAGES = ("profiles", "screenplays", "expressions", "faces", "filters")
+STAGE_GROUPS = ("text", "faces", "filters")  # text = profiles + screenplays + expressions (the LLM stages)
 MANIFEST = "manifest.json"
 
 
@@ -541,6 +542,13 @@ class GenerateArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Override the recipe's output_dir."})
     max_profiles: int | None = field(default=None, metadata={"help": "Override the recipe's max_profiles."})
     base_url: str | None = field(default=None, metadata={"help": "Override the screenplay/expression server URL."})
+    stages: str = field(
+        default="text,faces,filters",
+        metadata={
+            "help": "Comma-separated stage groups to run: text (profiles, screenplays, expressions), faces, "
+            "filters. Several GPUs: run faces alone under `accelerate launch` (see dataset_builder/README.md)."
+        },
+    )
 
 
 class Generator:
@@ -909,44 +917,56 @@ class Generator:
 
     # -- everything ----------------------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        """All stages. Under `accelerate launch` the main process runs the LLM stages while the others wait, all
-        processes share the faces, and the main process filters and writes the records."""
+    def run(self, stages: Iterable[str] = STAGE_GROUPS) -> dict[str, Any]:
+        """Run the stage groups `text` (profiles, screenplays, expressions), `faces` and `filters`, in order.
+
+        Under `accelerate launch` with several processes only `faces` may run (each process renders its share on
+        its own device): the LLM stages would keep every other process waiting on a barrier for hours.
+        """
+        stages = tuple(stages)
+        unknown = [s for s in stages if s not in STAGE_GROUPS]
+        if unknown or not stages:
+            raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGE_GROUPS)}")
         state = _partial_state()
+        several = state is not None and state.num_processes > 1
+        if several and set(stages) != {"faces"}:
+            raise ValueError(
+                "with several accelerate processes only the faces stage runs: `mirror generate --config X --stages "
+                "text`, then `accelerate launch -m dataset_builder.generate --config X --stages faces`, then "
+                "`mirror generate --config X --stages filters`"
+            )
         main_process = state is None or state.is_main_process
-        if main_process:
+        cache = ResponseCache(self.work / "llm-cache.jsonl")
+        if "text" in stages:
             self._check_manifest()
             self.output.mkdir(parents=True, exist_ok=True)
-        dataset, jobs = self.stage_profiles() if main_process else (None, None)
-        if main_process:
+            dataset, jobs = self.stage_profiles()
             _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset), indent=2) + "\n")
-        cache = ResponseCache(self.work / "llm-cache.jsonl")
-        if main_process:
             screenplays = self.stage_screenplays(jobs, CachedChat(lambda: self.backend, self.config.llm, cache))
             usable = [
                 {"id": j["id"], "turns": screenplays[j["id"]]["turns"]}
                 for j in jobs
                 if screenplays[j["id"]]["status"] == "ok"
             ]
-            expression_chat = CachedChat(
-                lambda: self.expression_backend, self.config.expression_llm or self.config.llm, cache
-            )
-            self.stage_expressions(usable, expression_chat)
-        if state is not None:
-            state.wait_for_everyone()
-        # Every process reads the finished stage shards (nothing is pending, so no model is called).
-        jobs = list(ShardedStage(self.work / "profiles").items().values())
-        dataset = jobs[0]["dataset"] if jobs else dataset
-        screenplays = ShardedStage(self.work / "screenplays").items()
-        expressions = ShardedStage(self.work / "expressions").items()
-        records = [
-            self.assemble(job, screenplays[job["id"]], expressions[job["id"]])
-            for job in jobs
-            if screenplays[job["id"]]["status"] == "ok"
+            settings = self.config.expression_llm or self.config.llm
+            self.stage_expressions(usable, CachedChat(lambda: self.expression_backend, settings, cache))
+        elif not (self.output / MANIFEST).is_file():
+            raise FileNotFoundError(f"{self.output} has no {MANIFEST}: run the text stage first (--stages text)")
+        else:
+            self._check_manifest()
+        jobs, screenplays, records = self._records()
+        if "faces" in stages:
+            self.stage_faces(records, state)
+        if "filters" not in stages or not main_process:
+            return {"counts": {"sessions_planned": len(jobs), "screenplays_usable": len(records)}, "stages": stages}
+        missing = [
+            t["image"]
+            for r in records
+            for t in r["turns"]
+            if t["speaker"] == "client" and not (self.output / t["image"]).is_file()
         ]
-        self.stage_faces(records, state)
-        if not main_process:
-            return {}
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} face image(s) missing (first: {missing[0]}): run the faces stage")
         records = self.stage_filters(records)
         # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
         _atomic_write_text(
@@ -970,8 +990,30 @@ class Generator:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _atomic_write_text(self.output / "generation-report.json", json.dumps(report, indent=2) + "\n")
+        dataset = jobs[0]["dataset"] if jobs else None
         _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset, counts), indent=2) + "\n")
         return report
+
+    def _records(self) -> tuple[list[dict], dict[str, dict], list[dict]]:
+        """(jobs, screenplays, assembled records) from the finished text-stage shards; refuses incomplete ones."""
+        jobs = list(ShardedStage(self.work / "profiles").items().values())
+        screenplays = ShardedStage(self.work / "screenplays").items()
+        expressions = ShardedStage(self.work / "expressions").items()
+        pending = [j["id"] for j in jobs if j["id"] not in screenplays]
+        pending += [
+            j["id"] for j in jobs if screenplays.get(j["id"], {}).get("status") == "ok" and j["id"] not in expressions
+        ]
+        if not jobs or pending:
+            raise ValueError(
+                f"the text stage is incomplete ({len(pending)} session(s) pending, e.g. "
+                f"{pending[:1]}): run `mirror generate --config ... --stages text` first"
+            )
+        records = [
+            self.assemble(job, screenplays[job["id"]], expressions[job["id"]])
+            for job in jobs
+            if screenplays[job["id"]]["status"] == "ok"
+        ]
+        return jobs, screenplays, records
 
 
 def _partial_state():
@@ -983,9 +1025,9 @@ def _partial_state():
     return PartialState()
 
 
-def generate(config: GenerateConfig, **parts: Any) -> dict[str, Any]:
+def generate(config: GenerateConfig, stages: Iterable[str] = STAGE_GROUPS, **parts: Any) -> dict[str, Any]:
     """Run a recipe; `parts` may inject ready backends (`backend`, `expression_backend`, `image_backend`, ...)."""
-    return Generator(config, **parts).run()
+    return Generator(config, **parts).run(stages)
 
 
 ARGUMENTS = (GenerateArguments,)
@@ -1001,8 +1043,12 @@ def main(args: GenerateArguments) -> int:
         config.llm.base_url = args.base_url
         if config.expression_llm is not None:
             config.expression_llm.base_url = args.base_url
-    report = generate(config)
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    report = generate(config, stages=stages)
     counts = report["counts"]
+    if "filters" not in stages or "unusable" not in counts:
+        print(f"Ran {', '.join(stages)} for {counts['screenplays_usable']} session(s) in {config.output_dir}.")
+        return 0
     print(
         f"Generated {counts['screenplays_usable']}/{counts['sessions_planned']} session(s) into "
         f"{config.output_dir} ({counts['unusable']} unusable, {counts['failed_filters']} failing a filter; "
@@ -1012,9 +1058,10 @@ def main(args: GenerateArguments) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `accelerate launch -m dataset_builder.generate --config ...`
+if __name__ == "__main__":  # `accelerate launch -m dataset_builder.generate --config ... --stages faces`
     import sys
 
-    import mirror_cli
+    from transformers import HfArgumentParser
 
-    sys.exit(mirror_cli.main(["generate", *sys.argv[1:]]))
+    (arguments,) = HfArgumentParser(GenerateArguments).parse_args_into_dataclasses()
+    sys.exit(main(arguments))

@@ -57,13 +57,25 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "cactus_index": ("cactus_idx", "cactus_index", "cactus_id", "cactus_row"),
     "celeba_index": ("celeba_idx", "celeba_index", "celeba_id", "image_idx", "celeb_idx"),
 }
-NEEDED_PROFILE_COLUMNS = ("idx", "personal_info", "distorted_thought", "thinking_trap",
-                          "reason_for_seeking_counseling", "cbt_plan")
+NEEDED_PROFILE_COLUMNS = (
+    "idx",
+    "personal_info",
+    "distorted_thought",
+    "thinking_trap",
+    "reason_for_seeking_counseling",
+    "cbt_plan",
+)
 NEEDED_SESSION_COLUMNS = (*NEEDED_PROFILE_COLUMNS, "dialogue")
 
 # Style words in the release (`cactus-12-no-resistance`, "Emotional Resistance") -> our labels.
-RESISTANCE_WORDS = {"emotional": "emotional", "cognitive": "cognitive", "behavioral": "behavioral",
-                    "behavioural": "behavioral", "no": "none", "none": "none"}
+RESISTANCE_WORDS = {
+    "emotional": "emotional",
+    "cognitive": "cognitive",
+    "behavioral": "behavioral",
+    "behavioural": "behavioral",
+    "no": "none",
+    "none": "none",
+}
 _IDX = re.compile(r"^cactus-(?P<row>\d+)-(?P<style>[a-z]+)-resistance$", re.IGNORECASE)
 
 
@@ -131,8 +143,16 @@ def parse_screenplay(text: str, client_name: str | None = None) -> ParsedScreenp
             if direction:
                 previous["stage_direction"] = "; ".join(d for d in (previous["stage_direction"], direction) if d)
             continue
-        turns.append({"speaker": speaker, "statement": statement, "stage_direction": direction, "image": None,
-                      "expression": None, "contrast_expression": None})
+        turns.append(
+            {
+                "speaker": speaker,
+                "statement": statement,
+                "stage_direction": direction,
+                "image": None,
+                "expression": None,
+                "contrast_expression": None,
+            }
+        )
     return ParsedScreenplay(turns, dropped)
 
 
@@ -140,13 +160,32 @@ def parse_screenplay(text: str, client_name: str | None = None) -> ParsedScreenp
 # Profile fields
 
 _INTAKE_KEYS = {
-    "name": "name", "age": "age", "gender": "gender", "sex": "gender", "occupation": "occupation",
-    "education": "education", "marital status": "marital_status", "family details": "family", "family": "family",
+    "name": "name",
+    "age": "age",
+    "gender": "gender",
+    "sex": "gender",
+    "occupation": "occupation",
+    "education": "education",
+    "marital status": "marital_status",
+    "family details": "family",
+    "family": "family",
 }
-_INTAKE_LINE = re.compile(r"^\s*(?:\d+\.\s*)?(?P<key>name|age|gender|sex|occupation|education|marital status|"
-                          r"family details|family)\s*:\s*(?P<value>.*)$", re.IGNORECASE)
-_GENDERS = {"female": "female", "woman": "female", "f": "female", "male": "male", "man": "male", "m": "male",
-            "non-binary": "non-binary", "nonbinary": "non-binary", "non binary": "non-binary"}
+_INTAKE_LINE = re.compile(
+    r"^\s*(?:\d+\.\s*)?(?P<key>name|age|gender|sex|occupation|education|marital status|"
+    r"family details|family)\s*:\s*(?P<value>.*)$",
+    re.IGNORECASE,
+)
+_GENDERS = {
+    "female": "female",
+    "woman": "female",
+    "f": "female",
+    "male": "male",
+    "man": "male",
+    "m": "male",
+    "non-binary": "non-binary",
+    "nonbinary": "non-binary",
+    "non binary": "non-binary",
+}
 
 
 def parse_personal_info(text: str) -> dict[str, Any]:
@@ -231,8 +270,11 @@ def read_release_file(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: neither JSON nor JSON Lines ({err.msg} at line {err.lineno})") from None
     if isinstance(data, dict):
         values = list(data.values())
-        if values and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1 and not all(
-            v and isinstance(v[0], dict) for v in values
+        if (
+            values
+            and all(isinstance(v, list) for v in values)
+            and len({len(v) for v in values}) == 1
+            and not all(v and isinstance(v[0], dict) for v in values)
         ):  # {"column": [values...]}
             return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
         if len(values) == 1 and isinstance(values[0], list):  # {"train": [rows...]}
@@ -257,8 +299,9 @@ def map_columns(found: Iterable[str], needed: tuple[str, ...], path: Path | str)
     missing = [name for name in needed if name not in mapping]
     if missing:
         expected = [" or ".join(COLUMN_ALIASES[n]) for n in needed]
-        raise ValueError(f"{path}: missing needed column(s) {missing}; expected columns: {expected}; "
-                         f"found columns: {found}")
+        raise ValueError(
+            f"{path}: missing needed column(s) {missing}; expected columns: {expected}; found columns: {found}"
+        )
     return mapping
 
 
@@ -309,8 +352,15 @@ def _celeba_path(celeba_dir: Path, index: Any) -> Path:
     raise FileNotFoundError(f"CelebA image {number:06d}.jpg not found in {celeba_dir}")
 
 
-def row_to_record(row: dict[str, Any], columns: dict[str, str], *, with_dialogue: bool, source_name: str,
-                  line: int, celeba_dir: Path | None = None) -> tuple[dict[str, Any], ParsedScreenplay | None]:
+def row_to_record(
+    row: dict[str, Any],
+    columns: dict[str, str],
+    *,
+    with_dialogue: bool,
+    source_name: str,
+    line: int,
+    celeba_dir: Path | None = None,
+) -> tuple[dict[str, Any], ParsedScreenplay | None]:
     def get(name: str) -> Any:
         column = columns.get(name)
         value = row.get(column) if column else None
@@ -334,9 +384,13 @@ def row_to_record(row: dict[str, Any], columns: dict[str, str], *, with_dialogue
     if technique is None:
         raise RowError(f"{where}: no CBT technique named in cbt_technique/cbt_plan (one of {list(CBT_TECHNIQUES)})")
     client = {
-        "name": profile["name"], "age": profile["age"], "gender": profile.get("gender"),
-        "occupation": profile.get("occupation"), "education": profile.get("education"),
-        "marital_status": profile.get("marital_status"), "family": profile.get("family"),
+        "name": profile["name"],
+        "age": profile["age"],
+        "gender": profile.get("gender"),
+        "occupation": profile.get("occupation"),
+        "education": profile.get("education"),
+        "marital_status": profile.get("marital_status"),
+        "family": profile.get("family"),
         "personal_info": profile.get("personal_info"),
         "reason_for_counseling": str(get("reason_for_seeking_counseling") or "").strip() or None,
         "distorted_thought": str(get("distorted_thought") or "").strip() or None,
@@ -352,10 +406,19 @@ def row_to_record(row: dict[str, Any], columns: dict[str, str], *, with_dialogue
         flags.append("reference_face:embedded-renderer")
     record = {
         "id": idx,
-        "source": {"dataset": "mirror-release", "row": cactus_row, "generator": str(get("model") or "") or None,
-                   "generator_revision": None, "image_backend": None, "seed": None,
-                   "prompt_version": DEFAULT_PROMPT_VERSION},
-        "client": client, "resistance": resistance, "cbt_technique": technique, "cbt_plan": plan or technique,
+        "source": {
+            "dataset": "mirror-release",
+            "row": cactus_row,
+            "generator": str(get("model") or "") or None,
+            "generator_revision": None,
+            "image_backend": None,
+            "seed": None,
+            "prompt_version": DEFAULT_PROMPT_VERSION,
+        },
+        "client": client,
+        "resistance": resistance,
+        "cbt_technique": technique,
+        "cbt_plan": plan or technique,
         "identity": identity,
     }
     parsed = None
@@ -373,21 +436,40 @@ def row_to_record(row: dict[str, Any], columns: dict[str, str], *, with_dialogue
 class ImportArguments:
     """Arguments of `mirror import`."""
 
-    source: str = field(metadata={"help": f"Release folder (mirror_data.csv|json, mirror_test.csv), one such file, "
-                                          f"or a Hub dataset id (e.g. {RELEASE_REPO_ID}; needs network)."})
+    source: str = field(
+        metadata={
+            "help": f"Release folder (mirror_data.csv|json, mirror_test.csv), one such file, "
+            f"or a Hub dataset id (e.g. {RELEASE_REPO_ID}; needs network)."
+        }
+    )
     output: str = field(metadata={"help": "Raw record folder to write (sessions.jsonl, profiles.jsonl, images/)."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
-    celeba_dir: str | None = field(default=None, metadata={
-        "help": "Folder of CelebA images (img_align_celeba, 000001.jpg ...) for reference faces by index. Used by "
-                "path, never copied; CelebA may not be redistributed, so do not publish a dataset built with it. "
-                "Without it the embedded renderer draws the identities."})
-    render_faces: bool = field(default=True, metadata={
-        "help": "Render a face for every client turn (and identity) so `mirror build` accepts the folder."})
+    celeba_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of CelebA images (img_align_celeba, 000001.jpg ...) for reference faces by index. Used by "
+            "path, never copied; CelebA may not be redistributed, so do not publish a dataset built with it. "
+            "Without it the embedded renderer draws the identities."
+        },
+    )
+    render_faces: bool = field(
+        default=True,
+        metadata={"help": "Render a face for every client turn (and identity) so `mirror build` accepts the folder."},
+    )
     image_backend: str = field(default="embedded", metadata={"help": "Image backend for the faces."})
-    on_bad_row: str = field(default="raise", metadata={
-        "help": "raise: stop at the first unusable row; skip: leave it out and list it in import-report.json."})
+    on_bad_row: str = field(
+        default="raise",
+        metadata={
+            "help": "raise: stop at the first unusable row; skip: leave it out and list it in import-report.json."
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "Import only the first N rows of each file."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output folder."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into a non-empty output folder (the files import writes are replaced; nothing else is touched)."
+        },
+    )
 
 
 @dataclass
@@ -423,8 +505,14 @@ def import_release(args: ImportArguments) -> ImportResult:
         columns = map_columns(rows[0].keys(), needed, path)
         for line, row in enumerate(rows[: args.limit] if args.limit else rows, start=1):
             try:
-                record, parsed = row_to_record(row, columns, with_dialogue=kind == "sessions", source_name=path.name,
-                                               line=line, celeba_dir=celeba_dir)
+                record, parsed = row_to_record(
+                    row,
+                    columns,
+                    with_dialogue=kind == "sessions",
+                    source_name=path.name,
+                    line=line,
+                    celeba_dir=celeba_dir,
+                )
             except (RowError, FileNotFoundError, ValueError) as err:
                 if args.on_bad_row == "raise":
                     raise
@@ -443,7 +531,8 @@ def import_release(args: ImportArguments) -> ImportResult:
         for kind, records in outputs.items():
             if records:
                 (staging / f"{kind}.jsonl").write_text(
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+                )
         output.mkdir(parents=True, exist_ok=True)
         if args.render_faces:
             from .build import render_faces
@@ -454,10 +543,13 @@ def import_release(args: ImportArguments) -> ImportResult:
             for file in staging.glob("*.jsonl"):
                 shutil.copyfile(file, output / file.name)
     report = {
-        "source": provenance, "license": RELEASE_LICENSE, "files": {"train": train and train.name,
-                                                                      "test": test and test.name},
-        "sessions": len(outputs["sessions"]), "profiles": len(outputs["profiles"]),
-        "dropped_screenplay_lines": dropped_lines, "skipped_rows": skipped,
+        "source": provenance,
+        "license": RELEASE_LICENSE,
+        "files": {"train": train and train.name, "test": test and test.name},
+        "sessions": len(outputs["sessions"]),
+        "profiles": len(outputs["profiles"]),
+        "dropped_screenplay_lines": dropped_lines,
+        "skipped_rows": skipped,
         "reference_faces": "celeba (not redistributable; do not publish)" if celeba_dir else "embedded-renderer",
         "image_backend": args.image_backend if args.render_faces else None,
     }
@@ -470,8 +562,10 @@ ARGUMENTS = (ImportArguments,)
 
 def main(args: ImportArguments) -> int:
     result = import_release(args)
-    print(f"Imported {result.sessions} session(s) and {result.profiles} profile(s) into {result.output}; "
-          f"{result.dropped_lines} unparsable screenplay line(s) dropped, {len(result.skipped_rows)} row(s) skipped "
-          f"(see import-report.json).")
+    print(
+        f"Imported {result.sessions} session(s) and {result.profiles} profile(s) into {result.output}; "
+        f"{result.dropped_lines} unparsable screenplay line(s) dropped, {len(result.skipped_rows)} row(s) skipped "
+        f"(see import-report.json)."
+    )
     print(f"Next: mirror build --input {result.output} --output <dataset folder>")
     return 0

@@ -89,7 +89,7 @@ def test_registry_and_clear_errors(tiny_sdxl):
     with pytest.raises(ValueError, match="needs a model"):
         get_image_backend("diffusers")
     with pytest.raises(ValueError, match="needs ip_adapter"):
-        get_image_backend("diffusers", model=str(tiny_sdxl[0]))
+        get_image_backend("diffusers", model=str(tiny_sdxl[0]), ip_adapter="")
     with pytest.raises(ValueError, match="takes no model"):
         get_image_backend("embedded", model="x")
     with pytest.raises(ValueError, match=r"available: \['embedded', 'diffusers'\]"):

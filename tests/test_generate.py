@@ -340,3 +340,57 @@ def test_prompts_carry_the_paper_rules():
     for example in prompt["examples"]:  # the few-shot examples parse cleanly with our own parser
         parsed = G.parse_screenplay(example)
         assert parsed.num_dropped == 0 and G.check_screenplay(parsed.turns) is None
+
+
+def test_faces_under_accelerate_launch_two_processes(tmp_path, server, loopback, profiles_file):
+    """Multi-GPU face rendering, exercised on CPU: the text stage here, then `accelerate launch --num_processes 2
+    --cpu -m dataset_builder.generate --stages faces`, then the filters; same records as one single-process run."""
+    base_url, _ = server
+    single = recipe(tmp_path, base_url, profiles_file, name="single")
+    G.generate(G.GenerateConfig.from_dict(single))
+
+    data = recipe(tmp_path, base_url, profiles_file, name="split")
+    path = write_recipe(tmp_path, data)
+    G.generate(G.load_config(path), stages=["text"])
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "dataset_builder.generate",
+        "--config",
+        str(path),
+        "--stages",
+        "faces",
+    ]
+    done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("generate: faces") >= 2  # one progress bar per process
+    G.generate(G.load_config(path), stages=["filters"])
+    assert read_records(Path(data["output_dir"])) == [
+        json.loads(json.dumps(r).replace("/single", "/split")) for r in read_records(Path(single["output_dir"]))
+    ]
+
+
+def test_stages_in_the_wrong_order_are_refused(tmp_path, server, loopback, profiles_file):
+    base_url, _ = server
+    config = G.GenerateConfig.from_dict(
+        recipe(tmp_path, base_url, profiles_file, max_profiles=1, resistance_styles=["none"])
+    )
+    with pytest.raises(FileNotFoundError, match="run the text stage first"):
+        G.generate(config, stages=["faces"])
+    G.generate(config, stages=["text"])
+    with pytest.raises(FileNotFoundError, match="run the faces stage"):
+        G.generate(config, stages=["filters"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        G.generate(config, stages=["paint"])

@@ -40,7 +40,8 @@ class DiffusersFaceBackend:
 
     Args:
         model: SDXL pipeline folder or Hub id (e.g. `stabilityai/stable-diffusion-xl-base-1.0`).
-        ip_adapter: IP-Adapter folder or Hub id (e.g. `h94/IP-Adapter`); required for `identity_adapter="ip-adapter"`.
+        ip_adapter: IP-Adapter folder or Hub id (default `h94/IP-Adapter`, its SDXL plus-face weights), so
+            `mirror render-faces --backend diffusers --model <SDXL id>` works with no other option.
         ip_adapter_subfolder / ip_adapter_weight: where the adapter file lives in it.
         image_encoder / image_encoder_subfolder: the adapter's CLIP vision encoder (loaded into the pipeline).
         ip_adapter_scale: strength of the identity conditioning.
@@ -58,10 +59,10 @@ class DiffusersFaceBackend:
         self,
         model: str | None = None,
         *,
-        ip_adapter: str | None = None,
+        ip_adapter: str | None = "h94/IP-Adapter",
         ip_adapter_subfolder: str | None = "sdxl_models",
         ip_adapter_weight: str = "ip-adapter-plus-face_sdxl_vit-h.safetensors",
-        image_encoder: str | None = None,
+        image_encoder: str | None = "h94/IP-Adapter",
         image_encoder_subfolder: str | None = "models/image_encoder",
         ip_adapter_scale: float = 0.7,
         identity_adapter: str = "ip-adapter",
@@ -120,7 +121,8 @@ class DiffusersFaceBackend:
             getattr(torch, dtype) if dtype else (torch.float16 if self.device.startswith("cuda") else torch.float32)
         )
         components = {}
-        if image_encoder and self.identity_adapter == "ip-adapter":
+        has_own_encoder = (Path(model) / "image_encoder").is_dir()  # a local pipeline folder that ships one
+        if image_encoder and self.identity_adapter == "ip-adapter" and not has_own_encoder:
             from transformers import CLIPVisionModelWithProjection
 
             components["image_encoder"] = CLIPVisionModelWithProjection.from_pretrained(
