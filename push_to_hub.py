@@ -121,6 +121,7 @@ class RepoPlan:
     files: list[PlannedFile]
     skipped: list[tuple[str, str]]  # (relative path, why)
     deletions: list[str] = field(default_factory=list)  # stale remote shards the new build no longer has
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -219,7 +220,16 @@ def plan_folder(folder: str | Path, repo_type: str, repo_id: str, *, allow_unkno
             if leaked:
                 raise ValueError(f"{local} contains a local path ({leaked[0]}...); remove it before publishing")
         files.append(PlannedFile(relative, local, content))
-    return RepoPlan(repo_type, folder, repo_id, files, skipped)
+    plan = RepoPlan(repo_type, folder, repo_id, files, skipped)
+    adapter_config = folder / "adapter_config.json"
+    if repo_type == "model" and adapter_config.is_file():
+        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        if base.startswith(("/", "~", ".")):
+            plan.warnings.append(
+                f"this LoRA adapter's base model is a local folder ({Path(base).name}); nobody else can load it. "
+                "Train from a Hub model id, or merge it first (`mirror merge`) and push the merged folder"
+            )
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -270,6 +280,7 @@ def describe(plan: RepoPlan, private: bool) -> list[str]:
         lines.append(f"  {'delete':<9} {path} (stale shard, not in this build)")
     for relative, why in plan.skipped:
         lines.append(f"  {'skip':<9} {relative}: {why}")
+    lines += [f"  WARNING: {warning}" for warning in plan.warnings]
     return lines
 
 

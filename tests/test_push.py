@@ -198,6 +198,11 @@ def test_dry_run_prints_the_plan_and_changes_nothing(sample_dataset_dir, model_f
     assert "upload    data/sft/planning-00000-of-00001.parquet" in out
     assert "upload    mirror_training.json (local paths redacted)" in out
     assert "skip      optimizer.pt: a pickle" in out and "Dry run: nothing was uploaded" in out
+    assert "WARNING" not in out
+    # A LoRA adapter on a local base model cannot be loaded by anyone else: said loudly.
+    (model_folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model_folder)}))
+    push(_args(model_dirs=[str(model_folder)], dry_run=True), api=hub.api)
+    assert "WARNING: this LoRA adapter's base model is a local folder (mirror-tiny)" in capsys.readouterr().out
 
 
 def test_refuses_without_login_and_before_any_work(sample_dataset_dir):
