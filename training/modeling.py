@@ -419,10 +419,7 @@ def mirror_sft_config_class():
     # Picklable (the Trainer saves its arguments with every checkpoint): found again as `training.modeling.MirrorSFTConfig`.
     MirrorSFTConfig.__qualname__ = "MirrorSFTConfig"
     MirrorSFTConfig.__module__ = __name__
-    # Picklable as `training.modeling.MirrorSFTConfig` (the Trainer saves its args into every checkpoint): one class,
-    # reachable under its module-level name.
-    MirrorSFTConfig.__qualname__ = "MirrorSFTConfig"
-    return globals().setdefault("MirrorSFTConfig", MirrorSFTConfig)
+    return MirrorSFTConfig
 
 
 def apply_training_speedups(trainer) -> dict[str, Any]:
