@@ -269,6 +269,7 @@ class CachedChat:
 
     def __call__(self, messages: list[dict[str, Any]], seed: int) -> str:
         from inference.backends import GenerationConfig
+        from inference.backends.endpoint import EndpointError
 
         settings = {
             "temperature": self.settings.temperature,
@@ -280,7 +281,10 @@ class CachedChat:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        reply = self.get_backend().chat(messages, config=GenerationConfig(**settings))
+        try:
+            reply = self.get_backend().chat(messages, config=GenerationConfig(**settings))
+        except EndpointError as err:  # the server is down or refuses: an environment problem, not bad output
+            raise ConnectionError(f"{err} (the stage shards written so far are kept: rerun to resume)") from err
         self.cache.put(key, reply)
         return reply
 
@@ -1061,7 +1065,6 @@ def main(args: GenerateArguments) -> int:
 if __name__ == "__main__":  # `accelerate launch -m dataset_builder.generate --config ... --stages faces`
     import sys
 
-    from transformers import HfArgumentParser
+    import mirror_cli
 
-    (arguments,) = HfArgumentParser(GenerateArguments).parse_args_into_dataclasses()
-    sys.exit(main(arguments))
+    sys.exit(mirror_cli.main(["generate", *sys.argv[1:]], prog="python -m dataset_builder.generate"))

@@ -394,3 +394,20 @@ def test_stages_in_the_wrong_order_are_refused(tmp_path, server, loopback, profi
         G.generate(config, stages=["filters"])
     with pytest.raises(ValueError, match="unknown stage"):
         G.generate(config, stages=["paint"])
+
+
+def test_cli_generate_and_a_dead_server(tmp_path, loopback, profiles_file, server):
+    import mirror_cli
+
+    base_url, _ = server
+    data = recipe(tmp_path, base_url, profiles_file, max_profiles=1, resistance_styles=["none"])
+    path = write_recipe(tmp_path, data)
+    assert mirror_cli.main(["generate", "--config", str(path), "--stages", "text"]) == 0
+    dead = recipe(
+        tmp_path, "http://127.0.0.1:9/v1", profiles_file, name="dead", max_profiles=1, resistance_styles=["none"]
+    )
+    dead["llm"]["max_concurrency"] = 1
+    dead_path = tmp_path / "dead.yaml"
+    dead_path.write_text(yaml.safe_dump(dead))
+    assert mirror_cli.main(["generate", "--config", str(dead_path)]) == 2  # one line, exit 2, nothing lost
+    assert not list((Path(dead["output_dir"]) / ".work" / "screenplays").glob("shard-*"))

@@ -261,3 +261,51 @@ def test_json_column_orient_is_read(tmp_path):
     path = tmp_path / "mirror_data.json"
     path.write_text(json.dumps({key: [row[key] for row in TRAIN_ROWS] for key in TRAIN_ROWS[0]}))
     assert [row["idx"] for row in read_release_file(path)] == [row["idx"] for row in TRAIN_ROWS]
+
+
+def test_cli_import_and_missing_column_is_one_line(tmp_path, capsys):
+    import mirror_cli
+
+    release = write_release(tmp_path / "release")
+    assert (
+        mirror_cli.main(["import", "--source", str(release), "--output", str(tmp_path / "raw"), "--no_render_faces"])
+        == 0
+    )
+    assert (tmp_path / "raw" / "sessions.jsonl").is_file() and not (tmp_path / "raw" / "images").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_csv(bad / "mirror_data.csv", [{k: v for k, v in TRAIN_ROWS[0].items() if k != "dialogue"}])
+    assert mirror_cli.main(["import", "--source", str(bad), "--output", str(tmp_path / "raw2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and err[0].startswith("mirror import: error:")
+        and "missing needed column(s) ['dialogue']" in err[0]
+    )
+
+
+def test_hub_id_takes_the_local_file_path(tmp_path, monkeypatch):
+    """The Hub is unreachable here: `hf_hub_download` (the network edge) is replaced by a copy from a local
+    release folder; everything after the download is the code path local files take."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    release = write_release(tmp_path / "hub-cache")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None):
+        calls.append((repo_id, filename, repo_type, revision))
+        if not (release / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(release / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    result = import_release(
+        ImportArguments(
+            source="multimodal-reframing/mirror", output=str(tmp_path / "raw"), revision="main", render_faces=False
+        )
+    )
+    assert result.sessions == 2 and result.profiles == 1
+    assert ("multimodal-reframing/mirror", "mirror_data.csv", "dataset", "main") in calls
+    report = json.loads((tmp_path / "raw" / "import-report.json").read_text())
+    assert report["source"] == "hf://datasets/multimodal-reframing/mirror@main" and report["license"] == "gpl-2.0"
