@@ -78,17 +78,28 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             records = [json.loads(Path(p).read_text()) for p in paths]
             assert all(r["status"] == "complete" for r in records), [r["failure"] for r in records if r["failure"]]
-            results[concurrency] = {"sessions": len(paths), "seconds": seconds, "per_minute": 60 * len(paths) / seconds}
-            print(f"concurrency {concurrency:>3}: {len(paths)} sessions in {seconds:6.2f}s = "
-                  f"{results[concurrency]['per_minute']:7.1f} sessions/min")
+            results[concurrency] = {
+                "sessions": len(paths),
+                "seconds": seconds,
+                "per_minute": 60 * len(paths) / seconds,
+            }
+            print(
+                f"concurrency {concurrency:>3}: {len(paths)} sessions in {seconds:6.2f}s = "
+                f"{results[concurrency]['per_minute']:7.1f} sessions/min"
+            )
     ratio = results[args.k]["per_minute"] / results[1]["per_minute"]
     target = 0.8 * args.k
-    print(f"speed-up at concurrency {args.k}: {ratio:.2f}x (target >= {target:.1f}x) -> "
-          f"{'OK' if ratio >= target else 'BELOW TARGET'}")
+    print(
+        f"speed-up at concurrency {args.k}: {ratio:.2f}x (target >= {target:.1f}x) -> "
+        f"{'OK' if ratio >= target else 'BELOW TARGET'}"
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"k": args.k, "latency": args.latency, "results": results, "ratio": ratio,
-                                  "target": target}, indent=1))
+    output.write_text(
+        json.dumps(
+            {"k": args.k, "latency": args.latency, "results": results, "ratio": ratio, "target": target}, indent=1
+        )
+    )
     return 0
 
 

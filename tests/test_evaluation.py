@@ -337,3 +337,43 @@ def test_report_dir_json_is_plain(tmp_path):
     folder = write_report(report, tmp_path / "r")
     assert json.loads((folder / "report.json").read_text())["plots"] == {}
     assert "> n" in (folder / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ recipes, CLI
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_bundled_eval_recipes_load(name):
+    from evaluation.config import load_eval_config
+    from recipes import resolve_recipe
+
+    config = load_eval_config(resolve_recipe(name, kind="eval"))
+    assert config.therapists and config.client_model and config.judge_model
+    assert all(spec.model.identity != config.judge_model.identity for spec in config.therapists)
+    if name == "paper":
+        strategies = {spec.strategy for spec in config.therapists}
+        assert {"base", "planning", "ec_planning", "cactus_plan"} <= strategies
+        assert config.client_model.backend == config.judge_model.backend == "endpoint"
+        assert (config.faces.clip_threshold, config.faces.identity_threshold, config.faces.max_attempts) == (
+            0.2,
+            0.3,
+            10,
+        )
+        assert config.client.max_turns == 20
+    else:
+        assert {config.client_model.backend, config.judge_model.backend} == {"scripted"}
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    from evaluation.cli import EvaluateArguments, main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "output_dir: x\ndataset: y\ntherapists: [{name: t, model: {model: m, backend: scripted}}]\n"
+        "client_model: {model: client, backend: scripted}\njudge_model: {model: judge, backend: scripted}\n"
+        "client: {max_turnz: 3}\n"
+    )
+    with pytest.raises(ValueError, match=r"bad.yaml.client: unknown key\(s\) \['max_turnz'\]"):
+        main(EvaluateArguments(config=str(bad)))
+    with pytest.raises(FileNotFoundError, match="no recipe"):
+        main(EvaluateArguments(config="no-such-recipe"))
