@@ -105,6 +105,40 @@ def build_tiny_image_classifier(
     return output_dir
 
 
+def build_tiny_text_classifier(
+    output_dir: str | Path, labels: list[str], favour: str | None = None, seed: int = 0
+) -> Path:
+    """A tiny BERT text classifier (character tokenizer) with `labels`; `favour` pins the winning label.
+
+    It stands in for a dialogue-safety classifier that `transformers.pipeline("text-classification")` loads by id.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tiny_clip_tokenizer(output_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model = BertForSequenceClassification(config)
+    if favour is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.fill_(-10.0)
+            model.classifier.bias[labels.index(favour)] = 10.0
+    model.save_pretrained(output_dir)
+    return output_dir
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A scripted OpenAI-compatible chat server (tests and benches): real HTTP on 127.0.0.1, answers from a callback
 

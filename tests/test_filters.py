@@ -243,3 +243,15 @@ def test_generation_judged_records_drop_only_on_recorded_failures():
     assert not failed and not next(r for r in results if r.name == "turn_count").passed
     short["quality"]["flags"].append("failed:nsfw: turn 0: NSFW p=0.90")
     assert [r.name for r in F.apply_filters(short)[1]] == ["recorded_failures"]
+
+
+def test_dialogue_safety_classifier_by_id(tmp_path):
+    from dataset_builder.tiny import build_tiny_text_classifier
+
+    unsafe = build_tiny_text_classifier(tmp_path / "unsafe", ["safe", "unsafe"], favour="unsafe")
+    safe = build_tiny_text_classifier(tmp_path / "safe", ["safe", "unsafe"], favour="safe")
+    failing = F.DialogueSafety(F.FilterConfig(safety_model=str(unsafe)))(GOOD)
+    assert not failing.passed and "classifier unsafe p=1.00" in failing.reason and failing.score > 0.99
+    assert F.DialogueSafety(F.FilterConfig(safety_model=str(safe)))(GOOD).passed
+    with pytest.raises(F.ModelUnavailable, match="no-such-org/safety"):
+        F.DialogueSafety(F.FilterConfig(safety_model="no-such-org/safety"))

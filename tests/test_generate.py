@@ -411,3 +411,28 @@ def test_cli_generate_and_a_dead_server(tmp_path, loopback, profiles_file, serve
     dead_path.write_text(yaml.safe_dump(dead))
     assert mirror_cli.main(["generate", "--config", str(dead_path)]) == 2  # one line, exit 2, nothing lost
     assert not list((Path(dead["output_dir"]) / ".work" / "screenplays").glob("shard-*"))
+
+
+def test_cactus_from_the_hub_takes_the_export_path(monkeypatch):
+    """The Hub is unreachable here: `datasets.load_dataset` (the network edge) returns rows in CACTUS's layout."""
+    import datasets
+
+    intake = "Name: Ana Ruiz\nAge: 29\nGender: female\nOccupation: Nurse\n\n3. Reason for Seeking Counseling\nPanic at work.\n"
+    rows = [
+        {
+            "intake_form": intake,
+            "thought": "I will faint.",
+            "patterns": "Catastrophizing",
+            "cbt_technique": "Decatastrophizing",
+            "cbt_plan": "1. ...",
+            "attitude": a,
+        }
+        for a in ("positive", "negative")
+    ]
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or rows)
+    name, profiles = G.load_profiles(G.GenerateConfig(profiles="hub", profiles_revision="v1"))
+    assert calls == [((G.CACTUS_REPO_ID,), {"split": "train", "revision": "v1"})]
+    assert (
+        name == "cactus" and len(profiles) == 1 and profiles[0]["client"]["reason_for_counseling"] == "Panic at work."
+    )
