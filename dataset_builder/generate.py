@@ -75,6 +75,9 @@ class LLMConfig:
     max_concurrency: int = field(default=8, metadata={"help": "Parallel requests against the server."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request attempt."})
     max_attempts: int = field(default=3, metadata={"help": "Tries per item when the output is unusable."})
+    request_retries: int = field(
+        default=3, metadata={"help": "Retries of a request on timeouts, dropped connections and 5xx (with backoff)."}
+    )
 
 
 @dataclass
@@ -139,7 +142,7 @@ class GenerateConfig:
         """Hash of everything that shapes the records (the output folder itself excluded)."""
         data = self.to_dict()
         data.pop("output_dir")
-        for key in ("max_concurrency", "timeout"):  # how fast, not what
+        for key in ("max_concurrency", "timeout", "request_retries"):  # how fast, not what
             data["llm"].pop(key)
             if data["expression_llm"]:
                 data["expression_llm"].pop(key)
@@ -294,11 +297,15 @@ def make_backend(settings: LLMConfig):
     if settings.base_url:
         from inference.backends.endpoint import EndpointBackend, api_key_from_env
 
+        if settings.api_key_env and not os.environ.get(settings.api_key_env):
+            raise ValueError(f"llm.api_key_env: the environment variable {settings.api_key_env} is empty or unset")
+
         return EndpointBackend(
             settings.base_url,
             settings.model,
             api_key=api_key_from_env(settings.api_key_env),
             timeout=settings.timeout,
+            max_retries=settings.request_retries,
             max_concurrency=settings.max_concurrency,
             supports_images=False,
         )
@@ -608,7 +615,7 @@ class Generator:
 
         versions = {}
         for package in (
-            "mirror",
+            "mirror-therapy",
             "transformers",
             "datasets",
             "huggingface-hub",

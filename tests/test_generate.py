@@ -199,7 +199,11 @@ def test_generate_build_and_load(tmp_path, server, loopback, filter_models, prof
         "base_url": base_url,
     }
     assert manifest["models"]["filters"]["age_model"] == filter_models["age_model"]
-    assert manifest["packages"]["transformers"] and manifest["seeds"]["base"] == 0
+    assert (
+        manifest["packages"]["transformers"]
+        and manifest["packages"]["mirror-therapy"]
+        and manifest["seeds"]["base"] == 0
+    )
     assert set(manifest["prompts"]) == {"screenplay_v1.yaml", "expression_v1.yaml"}
     assert manifest["counts"]["screenplays_usable"] == 4
 
@@ -406,7 +410,7 @@ def test_cli_generate_and_a_dead_server(tmp_path, loopback, profiles_file, serve
     dead = recipe(
         tmp_path, "http://127.0.0.1:9/v1", profiles_file, name="dead", max_profiles=1, resistance_styles=["none"]
     )
-    dead["llm"]["max_concurrency"] = 1
+    dead["llm"].update(max_concurrency=1, request_retries=0)
     dead_path = tmp_path / "dead.yaml"
     dead_path.write_text(yaml.safe_dump(dead))
     assert mirror_cli.main(["generate", "--config", str(dead_path)]) == 2  # one line, exit 2, nothing lost
