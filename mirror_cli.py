@@ -20,7 +20,7 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("dataset_builder.cli", "build", "Validate raw records and export a Hub-ready Mirror dataset folder."),
     "render-faces": ("dataset_builder.cli", "render", "Render a face image for every client turn that has none."),
-    "import": ("dataset_builder.importer", "", "Import client profiles from an existing dataset."),
+    "import": ("dataset_builder.importer", "", "Import the official Mirror release (CSV/JSON, local or Hub)."),
     "generate": ("dataset_builder.generate", "", "Generate therapy sessions with LLMs (paper steps 1-4)."),
     "train": ("training.train", "", "Fine-tune a therapist model with TRL (LoRA, QLoRA or full)."),
     "merge": ("training.merge", "", "Merge a LoRA adapter into its base model."),
