@@ -8,6 +8,8 @@ Where the filters run:
   which drops a session whose `quality.flags` already carries a `failed:<filter>` flag. Generation
   (`mirror generate`) runs every filter with the recipe's thresholds and writes dropped sessions as such flagged
   records, so the builder lists them in `filtered` with the generation's reasons and scores: one audit trail.
+  Such records also carry `JUDGED_FLAG`; the builder then drops them only on those recorded failures, so a
+  recipe's own thresholds are not overruled by the defaults (`apply_filters`).
 - The model-based filters (`ModelFilters`: CLIP image-text similarity, face presence, age and gender consistency,
   identity similarity, NSFW, and an optional dialogue-safety classifier) load real models by id with
   transformers. A model that cannot be loaded raises, or, with `on_missing_model="skip"`, is recorded as a
