@@ -48,7 +48,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "thinking_trap": ("thinking_trap", "thinking_traps", "patterns"),
     "reason_for_seeking_counseling": ("reason_for_seeking_counseling", "reason_for_counseling"),
     "cbt_plan": ("cbt_plan",),
-    "dialogue": ("dialogue",),
+    "dialogue": ("dialogue", "proc_dialogue"),  # raw screenplay text, else the paper's parsed turns
     # optional
     "cbt_technique": ("cbt_technique",),
     "personality": ("personality", "attitude"),
@@ -154,6 +154,32 @@ def parse_screenplay(text: str, client_name: str | None = None) -> ParsedScreenp
             }
         )
     return ParsedScreenplay(turns, dropped)
+
+
+def parse_dialogue_cell(value: Any, client_name: str | None = None) -> ParsedScreenplay:
+    """A `dialogue` cell: screenplay text, or (the `proc_dialogue` column) the paper's parsed turns as a JSON or
+    Python-literal list of `{speaker, stage_direction, statement}`, rendered back to lines and parsed the same way."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        import ast
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass  # not a list after all: parse as text
+    if isinstance(value, list):
+        lines = []
+        for turn in value:
+            if not isinstance(turn, dict):
+                lines.append(str(turn))
+                continue
+            direction = turn.get("stage_direction") or turn.get("direction")
+            speaker = str(turn.get("speaker") or turn.get("role") or "").strip()
+            lines.append(f"{speaker}: {f'[{direction}] ' if direction else ''}{turn.get('statement') or ''}")
+        value = "\n".join(lines)
+    return parse_screenplay(str(value or ""), client_name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,7 +449,7 @@ def row_to_record(
     }
     parsed = None
     if with_dialogue:
-        parsed = parse_screenplay(str(get("dialogue") or ""), client["name"])
+        parsed = parse_dialogue_cell(get("dialogue"), client["name"])
         if not parsed.turns:
             raise RowError(f"{where}: the dialogue has no parsable line ({parsed.num_dropped} line(s) dropped)")
         record["turns"] = parsed.turns
@@ -457,6 +483,10 @@ class ImportArguments:
         metadata={"help": "Render a face for every client turn (and identity) so `mirror build` accepts the folder."},
     )
     image_backend: str = field(default="embedded", metadata={"help": "Image backend for the faces."})
+    image_model: str | None = field(
+        default=None, metadata={"help": "Model id or folder of a model-based image backend (e.g. an SDXL pipeline)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Device of a model-based image backend."})
     on_bad_row: str = field(
         default="raise",
         metadata={
@@ -538,7 +568,9 @@ def import_release(args: ImportArguments) -> ImportResult:
             from .build import render_faces
             from .images import get_image_backend
 
-            render_faces(staging, output, get_image_backend(args.image_backend))
+            render_faces(
+                staging, output, get_image_backend(args.image_backend, model=args.image_model, device=args.device)
+            )
         else:
             for file in staging.glob("*.jsonl"):
                 shutil.copyfile(file, output / file.name)

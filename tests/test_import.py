@@ -274,7 +274,9 @@ def test_cli_import_and_missing_column_is_one_line(tmp_path, capsys):
     assert (tmp_path / "raw" / "sessions.jsonl").is_file() and not (tmp_path / "raw" / "images").exists()
     bad = tmp_path / "bad"
     bad.mkdir()
-    write_csv(bad / "mirror_data.csv", [{k: v for k, v in TRAIN_ROWS[0].items() if k != "dialogue"}])
+    write_csv(
+        bad / "mirror_data.csv", [{k: v for k, v in TRAIN_ROWS[0].items() if k not in ("dialogue", "proc_dialogue")}]
+    )
     assert mirror_cli.main(["import", "--source", str(bad), "--output", str(tmp_path / "raw2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -309,3 +311,31 @@ def test_hub_id_takes_the_local_file_path(tmp_path, monkeypatch):
     assert ("multimodal-reframing/mirror", "mirror_data.csv", "dataset", "main") in calls
     report = json.loads((tmp_path / "raw" / "import-report.json").read_text())
     assert report["source"] == "hf://datasets/multimodal-reframing/mirror@main" and report["license"] == "gpl-2.0"
+
+
+def test_proc_dialogue_column_when_dialogue_is_missing(tmp_path):
+    from dataset_builder.importer import parse_dialogue_cell
+
+    turns = parse_screenplay(DIALOGUE_1, "Laura Saunders").turns
+    as_python = repr(
+        [
+            {
+                "speaker": "Client" if t["speaker"] == "client" else "Therapist",
+                "stage_direction": t["stage_direction"],
+                "statement": t["statement"],
+            }
+            for t in turns
+        ]
+    )
+    parsed = parse_dialogue_cell(as_python, "Laura Saunders")
+    assert [(t["speaker"], t["statement"], t["stage_direction"]) for t in parsed.turns] == [
+        (t["speaker"], t["statement"], t["stage_direction"]) for t in turns
+    ]
+    rows = [{**{k: v for k, v in TRAIN_ROWS[0].items() if k != "dialogue"}, "proc_dialogue": as_python}]
+    release = tmp_path / "release"
+    release.mkdir()
+    write_csv(release / "mirror_data.csv", rows)
+    result = import_release(ImportArguments(source=str(release), output=str(tmp_path / "raw"), render_faces=False))
+    assert result.sessions == 1
+    record = json.loads((tmp_path / "raw" / "sessions.jsonl").read_text())
+    assert len(record["turns"]) == len(turns)
