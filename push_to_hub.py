@@ -326,12 +326,20 @@ def push(args: PushArguments, api=None) -> list[RepoPlan]:
     ]  # every folder checked before the first upload
     private = not args.public
     for plan in plans:
+        visibility = private
         if not args.dry_run:
             validate_on_hub(plan.folder / "README.md", plan.repo_type)
             api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+            # An existing repo keeps its visibility: report what it is, not what was asked for.
+            visibility = bool(getattr(api.repo_info(plan.repo_id, repo_type=plan.repo_type), "private", private))
+            if visibility != private:
+                state = "private" if visibility else "PUBLIC"
+                plan.warnings.append(f"{plan.repo_id} already exists and is {state}; its visibility was left as is")
+            if args.revision:
+                api.create_branch(plan.repo_id, branch=args.revision, repo_type=plan.repo_type, exist_ok=True)
         if user is not None:
             compare_with_remote(api, plan, args.revision)
-        print("\n".join(describe(plan, private)))
+        print("\n".join(describe(plan, visibility)))
         changed = [p for p in plan.files if p.status == "upload"]
         if args.dry_run:
             continue

@@ -33,6 +33,9 @@ class FakeHub:
         self.api.create_repo.side_effect = self.create_repo
         self.api.list_repo_tree.side_effect = self.list_repo_tree
         self.api.create_commit.side_effect = self.create_commit
+        self.api.repo_info.side_effect = lambda repo_id, *, repo_type=None, **k: mock.MagicMock(
+            private=self.repos[(repo_type or "model", repo_id)]["private"]
+        )
 
     def create_repo(self, repo_id, *, repo_type=None, private=None, exist_ok=False, **kwargs):
         key = (repo_type or "model", repo_id)
@@ -160,7 +163,7 @@ def test_push_uploads_the_right_files_privately_and_repushing_commits_nothing(
     assert [op.path_in_repo for op in hub.commits[-1][2]] == ["generation_config.json"]  # only what changed
 
 
-def test_stale_shards_are_deleted_and_public_must_be_asked_for(sample_dataset_dir):
+def test_stale_shards_are_deleted_and_public_must_be_asked_for(sample_dataset_dir, capsys):
     from push_to_hub import push
 
     hub = FakeHub()
@@ -172,6 +175,10 @@ def test_stale_shards_are_deleted_and_public_must_be_asked_for(sample_dataset_di
     files = hub.repos[("dataset", "someone/mirror")]["files"]
     assert "data/sft/train-00000-of-00001.parquet" not in files  # would be read as part of the `sft` config
     assert files["notes.txt"] == b"someone else's file"  # not ours: left alone
+    # The repo existed and was public: left public, and said so.
+    push(_args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror"), api=hub.api)
+    assert hub.repos[("dataset", "someone/mirror")]["private"] is False
+    assert "WARNING: someone/mirror already exists and is PUBLIC" in capsys.readouterr().out
     hub2 = FakeHub()
     push(_args(dataset_dir=str(sample_dataset_dir), public=True), api=hub2.api)
     assert hub2.api.create_repo.call_args.kwargs["private"] is False
@@ -286,3 +293,14 @@ def test_script_entry_point_dry_run_offline(tmp_path, sample_dataset_dir):
         and "error: cannot confirm a Hugging Face Hub login" in proc.stderr
         and SENTINEL not in proc.stderr
     )
+
+
+def test_push_to_a_branch_creates_it_first(sample_dataset_dir):
+    from push_to_hub import push
+
+    hub = FakeHub()
+    push(_args(dataset_dir=str(sample_dataset_dir), dataset_repo_id="someone/mirror", revision="v2"), api=hub.api)
+    hub.api.create_branch.assert_called_once_with("someone/mirror", branch="v2", repo_type="dataset", exist_ok=True)
+    assert hub.api.create_commit.call_args.kwargs["revision"] == "v2"
+    names = [c[0] for c in hub.api.mock_calls]
+    assert names.index("create_branch") < names.index("create_commit")
