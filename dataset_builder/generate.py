@@ -8,7 +8,8 @@ resumes where it stopped (ids already in a shard are skipped) and finishes with 
    identity matched on gender and age (from a user pool, or the embedded renderer's identities).
 2. `screenplays`: one LLM call per session with the versioned prompt `dataset_builder/prompts/screenplay_<v>.yaml`,
    parsed with the release's tolerant parser; bounded retries with new seeds; output that stays unusable is
-   kept in the shard with its reason (and listed in `generation-report.json`), never silently dropped.
+   kept with its reason (`generation-report.json`) and written as a flagged placeholder record, so `mirror build`
+   lists it in `filtered` with the raw text: never silently dropped.
 3. `expressions`: per client turn an expression and a contrasting expression (prompt `expression_<v>.yaml`).
 4. `faces`: a face per client turn from an image backend (embedded renderer or diffusers); files written
    atomically and skipped when present. Under `accelerate launch` the sessions are split between processes
@@ -54,6 +55,7 @@ CACTUS_REPO_ID = "LangAGI-Lab/cactus"
 STAGES = ("profiles", "screenplays", "expressions", "faces", "filters")
 STAGE_GROUPS = ("text", "faces", "filters")  # text = profiles + screenplays + expressions (the LLM stages)
 MANIFEST = "manifest.json"
+MAX_RAW_CHARS = 20_000  # of an unusable model output kept for the audit trail
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -729,7 +731,14 @@ class Generator:
                     }
                 reasons.append(f"attempt {attempt + 1}: {problem}")
             logger.warning("screenplay %s unusable after %d attempt(s): %s", job["id"], attempts, reasons[-1])
-            return {"id": job["id"], "status": "unusable", "reason": "; ".join(reasons), "attempts": attempts}
+            return {
+                "id": job["id"],
+                "status": "unusable",
+                "reason": "; ".join(reasons),
+                "attempts": attempts,
+                "seed": seed,
+                "raw": text[:MAX_RAW_CHARS],
+            }
 
         return run_stage(
             "screenplays",
@@ -875,6 +884,42 @@ class Generator:
             },
         }
 
+    def unusable_record(self, job: dict[str, Any], screenplay: dict[str, Any]) -> dict[str, Any]:
+        """A placeholder for a screenplay that stayed unusable: one therapist turn holding the raw model output,
+        flagged `failed:screenplay_unusable`, so `mirror build` lists it in `filtered` (never in `sessions`) with
+        the reason and the text that could not be parsed."""
+        return {
+            "id": job["id"],
+            "source": {
+                "dataset": job["dataset"],
+                "row": str(job["row"]),
+                "generator": self.backend_name("llm"),
+                "generator_revision": self.config.llm.revision,
+                "image_backend": None,
+                "seed": screenplay.get("seed"),
+                "prompt_version": self.config.prompt_version,
+            },
+            "client": job["client"],
+            "resistance": job["resistance"],
+            "cbt_technique": job["cbt_technique"],
+            "cbt_plan": job["cbt_plan"],
+            "identity": {"key": job["identity"]["key"], "image": None},
+            "turns": [
+                {
+                    "speaker": "therapist",
+                    "statement": screenplay.get("raw", ""),
+                    "stage_direction": None,
+                    "image": None,
+                    "expression": None,
+                    "contrast_expression": None,
+                }
+            ],
+            "quality": {
+                "scores": {"screenplay_attempts": float(screenplay["attempts"])},
+                "flags": [f"{FAILED_FLAG}screenplay_unusable: {screenplay['reason']}", JUDGED_FLAG],
+            },
+        }
+
     def backend_name(self, which: str) -> str:
         return self.config.llm.model if which == "llm" else (self.config.expression_llm or self.config.llm).model
 
@@ -979,9 +1024,16 @@ class Generator:
         if missing:
             raise FileNotFoundError(f"{len(missing)} face image(s) missing (first: {missing[0]}): run the faces stage")
         records = self.stage_filters(records)
+        placeholders = {
+            j["id"]: self.unusable_record(j, screenplays[j["id"]])
+            for j in jobs
+            if screenplays[j["id"]]["status"] != "ok"
+        }
+        by_id = {r["id"]: r for r in records} | placeholders
         # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
         _atomic_write_text(
-            self.output / "sessions-00000.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            self.output / "sessions-00000.jsonl",
+            "".join(json.dumps(by_id[j["id"]], ensure_ascii=False) + "\n" for j in jobs),
         )
         unusable = [
             {"id": j["id"], "reason": screenplays[j["id"]]["reason"]}

@@ -238,6 +238,18 @@ def test_unusable_output_is_recorded_with_reason(tmp_path, loopback, profiles_fi
     on_disk = json.loads((Path(data["output_dir"]) / "generation-report.json").read_text())
     assert on_disk["unusable"] == report["unusable"]
 
+    from datasets import load_dataset
+
+    from dataset_builder.build import build_dataset
+
+    result = build_dataset(data["output_dir"], tmp_path / "dataset")
+    assert result.num_rows["sessions"] == 2  # Kwame's two sessions
+    filtered = load_dataset(str(tmp_path / "dataset"), "filtered", split="train").filter(lambda r: not r["kept"])
+    assert sorted(filtered["id"]) == sorted(reasons)
+    row = filtered.filter(lambda r: r["id"] == "mirror-sample-e01-emotional")[0]
+    assert row["field"] == "recorded_failures" and "screenplay_unusable: attempt 1: only 0 parsable" in row["reason"]
+    assert REFUSAL in row["record"]  # the raw output is kept for the audit
+
 
 def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback, profiles_file):
     base_url, _ = server
