@@ -10,6 +10,7 @@ stage direction (caption similarity).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -81,21 +82,26 @@ def predict(therapist: Any, examples: list[dict[str, Any]], batch_size: int = 8,
     return outputs
 
 
-def _metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
+@functools.cache
+def load_metric(name: str) -> Any:
+    """A bundled metric module loaded once per process (`evaluate.load` copies and hashes the module each call)."""
     import evaluate
 
     from .metrics import metric_path
 
+    return evaluate.load(metric_path(name))
+
+
+def _metrics(predictions: list[str], semantic: list[float], rouge: list[float]) -> dict[str, Any]:
+    """Means of the per-pair scores of a subset, and its corpus-level distinct-n."""
     if not predictions:
         return {"n_turns": 0}
-    result = {"n_turns": len(predictions)}
-    result["semantic_similarity"] = evaluate.load(metric_path("semantic_similarity")).compute(
-        predictions=predictions, references=references
-    )["semantic_similarity"]
-    result["rouge_l"] = evaluate.load(metric_path("rouge_l")).compute(predictions=predictions, references=references)[
-        "rouge_l"
-    ]
-    result.update(evaluate.load(metric_path("distinct_n")).compute(predictions=predictions))
+    result = {
+        "n_turns": len(predictions),
+        "semantic_similarity": sum(semantic) / len(semantic),
+        "rouge_l": sum(rouge) / len(rouge),
+    }
+    result.update(load_metric("distinct_n").compute(predictions=predictions))
     return result
 
 
@@ -108,20 +114,19 @@ def reference_metrics(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Overall and per-resistance reference metrics for one therapist, with the predictions for audit."""
-    import evaluate
-
-    from .metrics import metric_path
-
     examples = reference_examples(sessions, max_turns_per_session)
     outputs = predict(therapist, examples, batch_size, progress)
-    result: dict[str, Any] = {
-        "overall": _metrics([o["prediction"] for o in outputs], [e["reference"] for e in examples])
-    }
+    predictions, references = [o["prediction"] for o in outputs], [e["reference"] for e in examples]
+    semantic, rouge = [], []
+    if predictions:  # per-pair scores once; subsets average them (one embedding pass, not one per subset)
+        semantic = load_metric("semantic_similarity").compute(predictions=predictions, references=references)["scores"]
+        rouge = load_metric("rouge_l").compute(predictions=predictions, references=references)["scores"]
+    result: dict[str, Any] = {"overall": _metrics(predictions, semantic, rouge)}
     by_resistance: dict[str, Any] = {}
     for style in sorted({e["resistance"] for e in examples if e["resistance"]}):
         chosen = [i for i, e in enumerate(examples) if e["resistance"] == style]
         by_resistance[style] = _metrics(
-            [outputs[i]["prediction"] for i in chosen], [examples[i]["reference"] for i in chosen]
+            [predictions[i] for i in chosen], [semantic[i] for i in chosen], [rouge[i] for i in chosen]
         )
     result["by_resistance"] = by_resistance
     if therapist.strategy == "ec_planning":
@@ -131,7 +136,7 @@ def reference_metrics(
             if o["caption"] and e["gold_stage_direction"]
         ]
         if pairs:
-            result["overall"]["caption_similarity"] = evaluate.load(metric_path("semantic_similarity")).compute(
+            result["overall"]["caption_similarity"] = load_metric("semantic_similarity").compute(
                 predictions=[p for p, _ in pairs], references=[r for _, r in pairs]
             )["semantic_similarity"]
     result["predictions"] = [

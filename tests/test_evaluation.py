@@ -227,31 +227,94 @@ def test_face_loop_retries_with_new_seeds_then_records_unverified():
     assert len(failure.value.attempts) == 2
 
 
-def test_identity_verifier_loads_a_model_by_path_tiny_stand_in(tmp_path):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+def tiny_clip(folder: Path) -> str:
+    """A tiny random CLIP (text + vision) with a character-level tokenizer: a stand-in loaded by path like a Hub id."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+    folder.mkdir(parents=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz,.":
+        vocab[char], vocab[char + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={
+            **layers,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 128,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder / "model")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor, tokenizer).save_pretrained(folder / "model")
+    return str(folder / "model")
+
+
+def test_verifier_models_load_by_id_and_their_scores_are_recorded(tmp_path):
     from dataset_builder.images import FaceRequest, get_image_backend
-    from evaluation.faces import IdentityVerifier
+    from evaluation.faces import ClipTextVerifier, IdentityVerifier
 
-    config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPVisionModel(config).save_pretrained(tmp_path / "tiny-id")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        tmp_path / "tiny-id"
-    )
+    model = tiny_clip(tmp_path / "tiny-clip")
     renderer = get_image_backend("embedded")
     reference = renderer.render(FaceRequest("p-01", "neutral", "female", 26))
-    face = renderer.render(FaceRequest("p-01", "sad, looking down", "female", 26, seed=3))
-    same = IdentityVerifier(str(tmp_path / "tiny-id"), threshold=0.3).check(face, description="", reference=face)
-    assert same.passed and same.score == pytest.approx(1.0, abs=1e-4)
-    impossible = IdentityVerifier(str(tmp_path / "tiny-id"), threshold=1.01)
-    loop = FaceLoop(renderer, [impossible], FaceLoopConfig(max_attempts=3))
-    result = loop.render(
-        identity_key="p-01", gender="female", age=26, stage_direction="sad", statement="", reference=reference, seed=0
+    identity = IdentityVerifier(model, threshold=0.3).check(reference, description="", reference=reference)
+    assert identity.passed and identity.score == pytest.approx(1.0, abs=1e-4)
+    clip = ClipTextVerifier(model, threshold=-1.0).check(reference, description="looks away", reference=None)
+    assert clip.passed and -1.0 <= clip.score <= 1.0
+
+    config = FaceLoopConfig(max_attempts=2, clip_model=model, clip_threshold=1.01, identity_model=model)
+    verifiers = config.build_verifiers()
+    assert [v.name.split("(")[0] for v in verifiers] == ["clip_text", "identity"]
+    result = FaceLoop(renderer, verifiers, config).render(
+        identity_key="p-01",
+        gender="female",
+        age=26,
+        stage_direction="looks away",
+        statement="",
+        reference=reference,
+        seed=5,
     )
-    assert not result.verified and len(result.attempts) == 3
-    assert all(a["checks"][0]["name"].startswith("identity(") for a in result.attempts)
+    assert not result.verified and [a["seed"] for a in result.attempts] == [5, 6]
+    for attempt in result.attempts:
+        clip_check, identity_check = attempt["checks"]
+        assert not clip_check["passed"] and clip_check["threshold"] == 1.01 and clip_check["score"] < 1.01
+        assert identity_check["threshold"] == 0.3 and identity_check["score"] is not None
+
+
+def test_face_loop_llm_expression_and_contrast():
+    from dataset_builder.images import get_image_backend
+
+    seen = []
+
+    class Renderer:
+        name = "recording"
+
+        def render(self, request):
+            seen.append(request)
+            return get_image_backend("embedded").render(request)
+
+    writer = ScriptedBackend("expr", responder=lambda m: "Expression: tight lips, eyes down\nContrast: broad smile")
+    loop = FaceLoop(Renderer(), [], FaceLoopConfig(expression_source="llm"), expression_backend=writer)
+    result = loop.render(
+        identity_key="k",
+        gender="male",
+        age=40,
+        stage_direction="Looks at the floor",
+        statement="Fine.",
+        reference=None,
+        seed=1,
+    )
+    assert result.verified and result.expression == "tight lips, eyes down"
+    assert seen[0].expression == "tight lips, eyes down" and seen[0].contrast_expression == "broad smile"
+    with pytest.raises(ValueError, match="expression model"):
+        FaceLoop(Renderer(), [], FaceLoopConfig(expression_source="llm"))
 
 
 # ----------------------------------------------------------------------------------------------- metric modules

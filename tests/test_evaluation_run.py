@@ -183,7 +183,8 @@ def http_run(tiny_llava_dir, sample_dataset_dir, tmp_path_factory):
             resistance=["emotional", "cognitive"],
             client_model={**endpoint, "model": "client"},
             judge_model={**endpoint, "model": "judge"},
-            reference={"split": "train", "max_sessions": 2, "max_turns_per_session": 2},
+            reference={"split": "train", "max_sessions": 1, "max_turns_per_session": 2},
+            client={"max_turns": 5},
         )
         data["therapists"] = [
             {
@@ -259,7 +260,7 @@ def test_report_json_markdown_and_png_agree(http_run):
         for style, by_style in report["therapists"][name]["by_resistance"].items():
             assert f"| {name} | {style} | " in markdown and by_style["ctrs/focus"]["n"] >= 1
     assert report["therapists"]["tiny-vlm"]["reference"]["overall"]["caption_similarity"] is not None
-    assert re.search(r"\| tiny-vlm \| 4 \| ", markdown), "reference metrics row"
+    assert re.search(r"\| tiny-vlm \| 2 \| ", markdown), "reference metrics row"
     for filename in ("ctrs.png", "alliance.png", "panas.png"):
         plotted = report["plots"][filename]
         with Image.open(folder / filename) as image:
@@ -301,3 +302,41 @@ def test_quickstart_evaluation_runs_offline_and_says_it_is_noise(tiny_llava_dir,
     assert (folder / "ctrs.png").is_file()
     with pytest.raises(FileExistsError):
         run_quickstart_evaluation(tiny_llava_dir, sample_dataset_dir, tmp_path / "qs", progress=False)
+
+
+def test_sessions_that_hit_errors_are_retried_on_resume(sample_dataset_dir, tmp_path):
+    from evaluation.scripted import ScriptedBackend
+
+    def down(messages):
+        raise ConnectionError("therapist endpoint is down")
+
+    config = from_dict(EvalConfig, scripted_config(tmp_path / "run", sample_dataset_dir, max_profiles=2))
+    pool = BackendPool()
+    pool.register(config.therapists[0].model, ScriptedBackend("therapist", responder=down))
+    with pytest.raises(RuntimeError, match="4 session\\(s\\) hit errors"):
+        run_evaluation(config, pool=pool, progress=False)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "sessions").glob("*/*.json")]
+    assert {r["status"] for r in records} == {"error"} and "endpoint is down" in records[0]["failure"]["reason"]
+    assert json.loads((tmp_path / "run" / MANIFEST).read_text())["status"] == "running"
+
+    run_evaluation(from_dict(EvalConfig, scripted_config(tmp_path / "run", sample_dataset_dir, max_profiles=2)))
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "sessions").glob("*/*.json")]
+    assert len(records) == 4 and {r["status"] for r in records} == {"complete"}
+
+
+def test_reference_metrics_only_run(sample_dataset_dir, tmp_path):
+    data = scripted_config(
+        tmp_path / "run",
+        sample_dataset_dir,
+        simulate=False,
+        reference={"split": "train", "max_sessions": 2, "max_turns_per_session": 3},
+    )
+    data.pop("client_model")
+    data.pop("judge_model")
+    report = json.loads((run_evaluation(from_dict(EvalConfig, data), progress=False) / "report.json").read_text())
+    for name in ("text-a", "text-b"):
+        reference = report["therapists"][name]["reference"]
+        assert reference["overall"]["n_turns"] == 6 and 0 <= reference["overall"]["rouge_l"] <= 1
+        assert set(reference["by_resistance"]) and report["therapists"][name]["scores"] == {}
+    predictions = json.loads((tmp_path / "run" / "reference" / "text-a.json").read_text())["predictions"]
+    assert predictions[0]["prediction"] == "That sounds hard. What went through your mind when that happened?"
