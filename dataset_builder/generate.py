@@ -399,7 +399,9 @@ def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
                 }
                 for r in rows
             ]
-            name = path.stem
+            # Keep the records' own provenance (it decides the licence on the card); else name them by the file.
+            sources = {(r.get("source") or {}).get("dataset") for r in rows}
+            name = sources.pop() if len(sources) == 1 and None not in sources else path.stem
         else:
             profiles = _distinct_cactus(rows)
             name = "cactus"

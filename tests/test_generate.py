@@ -115,7 +115,7 @@ def profiles_file(tmp_path_factory):
         record["id"], record["source"]["row"] = f"eval-{row}", row
         record["client"].update(name=name, age=age, gender=gender)
         records.append(record)
-    path = tmp_path_factory.mktemp("profiles") / "mirror-sample.jsonl"  # the file name is the dataset name
+    path = tmp_path_factory.mktemp("profiles") / "pinned.jsonl"  # records keep their source.dataset
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
 
