@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .build import BuildOptions
@@ -48,18 +48,27 @@ class RenderArguments:
 
     input: Path = field(metadata={"help": "Raw record folder."})
     output: Path = field(metadata={"help": "Folder for the records with images (resumable)."})
-    backend: str = field(default="embedded", metadata={"help": "Image backend name (embedded: offline, Pillow)."})
-    model: str | None = field(
-        default=None, metadata={"help": "Model id or folder for a model-based backend (e.g. a diffusers pipeline)."}
-    )
-    device: str | None = field(
-        default=None, metadata={"help": "Device for a model-based backend (cuda, cpu, mps); default: its own."}
+    backend: str = field(
+        default="embedded", metadata={"help": "Image backend: embedded (offline, Pillow) or diffusers (a model)."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Re-render images that already exist."})
 
 
+@dataclass
+class ImageBackendOptions:
+    """Options forwarded to the image backend (`get_image_backend(backend, **options)`); unset ones are left out,
+    so each backend keeps its own defaults."""
+
+    model: str | None = field(default=None, metadata={"help": "Diffusion model id or folder (diffusers backend)."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
+    device: str | None = field(default=None, metadata={"help": "Device of a model backend (cuda, cpu, mps)."})
+    dtype: str | None = field(default=None, metadata={"help": "Weights dtype of a model backend (e.g. float16)."})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "Denoising steps per image."})
+    guidance_scale: float | None = field(default=None, metadata={"help": "Classifier-free guidance scale."})
+
+
 BUILD_ARGUMENTS = (BuildArguments,)
-RENDER_ARGUMENTS = (RenderArguments,)
+RENDER_ARGUMENTS = (RenderArguments, ImageBackendOptions)
 
 
 def build_main(args: BuildArguments) -> int:
@@ -99,12 +108,12 @@ def print_load_hint(folder: Path) -> None:
     )
 
 
-def render_main(args: RenderArguments) -> int:
+def render_main(args: RenderArguments, backend_options: ImageBackendOptions) -> int:
     """Render a face image for every client turn that has none (paper step 3) with an image backend."""
     from .build import render_faces
     from .images import get_image_backend
 
-    options = {name: value for name, value in (("model", args.model), ("device", args.device)) if value is not None}
+    options = {name: value for name, value in asdict(backend_options).items() if value is not None}
     try:
         backend = get_image_backend(args.backend, **options)
     except TypeError as error:  # an option this backend does not take
