@@ -48,10 +48,10 @@ def merge_adapter(
     device: str | None = None,
 ) -> Path:
     """Merge the adapter in `adapter_dir` into its base model and save a Hub-ready folder; returns `output_dir`."""
-    import torch
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    from inference.backends.transformers_backend import parse_dtype
     from model_cards import render_model_card
     from training.train import TRAINING_RECORD
 
@@ -72,7 +72,7 @@ def merge_adapter(
     )
 
     model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = parse_dtype(dtype)  # the one dtype parser (inference.backends.transformers_backend)
     model = model_class.from_pretrained(
         base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map=device, use_safetensors=True
     )
