@@ -5,6 +5,11 @@ is shown at the top and opens every session; the safety layer is always on (the 
 disabled): each message is screened before a reply is generated, and once it detects a crisis the referral
 replaces every reply and a banner says so until "New session". Client text is not logged unless
 `--log-client-text` is given; uploaded images sit in Gradio's temporary cache, which is cleared periodically.
+
+Built on `gr.Blocks`, not `gr.ChatInterface(multimodal=True)`: the multimodal textbox attaches files to one message
+and has no webcam source, while the face here is a standing input (upload or webcam) that the session keeps across
+turns; and the crisis banner and the "New session" button reset a per-tab therapist session, which ChatInterface
+would need extra inputs, outputs and state for, so it would not be shorter.
 """
 
 from __future__ import annotations

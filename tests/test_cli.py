@@ -162,3 +162,27 @@ def test_user_mistakes_are_one_line_exit_2(command, case, tmp_path):
     assert "Traceback" not in result.stderr and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mirror {command}: error: ") and expected in lines[0], lines
+
+
+def test_wheel_ships_the_recipes_and_every_data_file(tmp_path):
+    """A non-editable install finds `--config llava-1.5-7b/base`: recipes and other data files are package data.
+    Built from a copy of the tracked files, so the checkout gets no build/ folder."""
+    import shutil
+    import zipfile
+
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    packages = ("dataset_builder/", "training/", "inference/", "evaluation/", "model_cards/", "recipes/")
+    wanted = [f for f in tracked if f.startswith(packages) or f in ("pyproject.toml", "README.md") or "/" not in f]
+    source = tmp_path / "src"
+    for name in wanted:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    subprocess.run([*command, str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"recipes/__init__.py", "recipes/llava-1.5-7b/base.yaml", "recipes/tiny/base.yaml"} <= names
+    assert {"mirror_cli.py", "mirror_quickstart.py"} <= names
+    data = [f for f in wanted if f.startswith(packages) and f.endswith((".yaml", ".jsonl", ".jinja", ".json"))]
+    assert data and [f for f in data if f not in names] == []
