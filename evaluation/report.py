@@ -317,6 +317,8 @@ def _draw(filename: str, data: dict[str, Any], path: Path) -> None:
     )
     if filename == "panas.png":
         ax.axhline(0, color="black", linewidth=0.8)
+    else:  # the rubric's full scale, so bars of different runs compare at a glance
+        ax.set_ylim(0, 6 if filename == "ctrs.png" else 7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

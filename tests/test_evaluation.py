@@ -178,6 +178,24 @@ def test_judge_retries_unreadable_answers_with_backoff_then_records_missing(tmp_
     assert waits == [0.5, 1.0]  # exponential backoff between retry rounds
 
 
+def test_judge_call_failures_are_retried_and_not_cached(tmp_path):
+    state = {"down": True}
+
+    def responder(messages):
+        if state["down"]:
+            raise ConnectionError("judge server unreachable")
+        return "Score: 3"
+
+    backend = ScriptedBackend("judge", responder=responder)
+    judge = Judge(backend, [load_rubric("ctrs")], tmp_path, max_retries=1, backoff=0)
+    result = judge.judge_session(_record())
+    assert all(item["score"] is None and "unreachable" in item["error"] for item in result["items"].values())
+    assert backend.calls == 2, "one batch call plus one retry round"
+    state["down"] = False
+    again = Judge(backend, [load_rubric("ctrs")], tmp_path, max_retries=1, backoff=0).judge_session(_record())
+    assert {item["score"] for item in again["items"].values()} == {3}, "a failed call was not cached"
+
+
 # ------------------------------------------------------------------------------------------------- face loop
 
 
