@@ -340,3 +340,51 @@ def test_reference_metrics_only_run(sample_dataset_dir, tmp_path):
         assert set(reference["by_resistance"]) and report["therapists"][name]["scores"] == {}
     predictions = json.loads((tmp_path / "run" / "reference" / "text-a.json").read_text())["predictions"]
     assert predictions[0]["prediction"] == "That sounds hard. What went through your mind when that happened?"
+
+
+class SeeingTherapist:
+    """A stand-in vision therapist: answers a fixed line, checks it got exactly one face per prompt."""
+
+    name = "seeing-stand-in"
+    supports_images = True
+
+    def chat_batch(self, conversations, images=None, config=None):
+        for messages, given in zip(conversations, images, strict=True):
+            placeholders = sum(b["type"] == "image" for m in messages for b in m["content"])
+            assert placeholders == len(given)
+        return ["What do you notice in yourself right now?"] * len(conversations)
+
+    def chat(self, messages, images=None, config=None):
+        return self.chat_batch([messages], [images or []], config)[0]
+
+
+def test_unfinished_vision_session_leftovers_are_replaced_on_resume(sample_dataset_dir, tmp_path):
+    from evaluation.faces import image_sha256
+    from evaluation.pipeline import load_profiles
+    from evaluation.runner import SessionRunner, session_path
+
+    data = scripted_config(tmp_path / "run", sample_dataset_dir, max_profiles=1)
+    data["therapists"] = [{"name": "vlm", "model": {**SCRIPTED, "model": "therapist"}, "strategy": "base"}]
+    config = from_dict(EvalConfig, data)
+    pool = BackendPool()
+    pool.register(config.therapists[0].model, SeeingTherapist())
+    profile = load_profiles(config)[0]
+    path = session_path(tmp_path / "run", "vlm", profile["id"])
+    # What a kill leaves behind: a half-rendered .partial folder, or images renamed before the record was written.
+    partial, images = path.with_name(f".{path.stem}.partial"), path.with_suffix("")
+    for folder in (partial, images):
+        folder.mkdir(parents=True)
+        (folder / "turn-00.png").write_bytes(b"stale")
+    SessionRunner(config, tmp_path / "run", pool).run([profile], progress=False)
+    record = json.loads(path.read_text())
+    assert record["status"] == "complete" and not partial.exists()
+    faced = [t for t in record["turns"] if t.get("image")]
+    assert len(faced) == 3 and sorted(p.name for p in images.iterdir()) == [
+        "turn-00.png",
+        "turn-02.png",
+        "turn-04.png",
+    ]
+    for turn in faced:
+        with Image.open(path.parent / turn["image"]) as image:
+            assert image_sha256(image.convert("RGB")) == turn["image_sha256"]
+        assert turn["face"]["verified"] and turn["face"]["attempts"][0]["checks"] == []
