@@ -271,6 +271,8 @@ class CachedChat:
 
     def __init__(self, get_backend: Callable[[], Any], settings: LLMConfig, cache: ResponseCache):
         self.get_backend, self.settings, self.cache = get_backend, settings, cache
+        # Requests in flight never exceed max_concurrency, however the stages nest their thread pools.
+        self._slots = threading.BoundedSemaphore(max(1, settings.max_concurrency))
 
     def __call__(self, messages: list[dict[str, Any]], seed: int) -> str:
         from inference.backends import GenerationConfig
@@ -287,7 +289,8 @@ class CachedChat:
         if cached is not None:
             return cached
         try:
-            reply = self.get_backend().chat(messages, config=GenerationConfig(**settings))
+            with self._slots:
+                reply = self.get_backend().chat(messages, config=GenerationConfig(**settings))
         except EndpointError as err:  # the server is down or refuses: an environment problem, not bad output
             raise ConnectionError(f"{err} (the stage shards written so far are kept: rerun to resume)") from err
         self.cache.put(key, reply)
@@ -755,33 +758,35 @@ class Generator:
         settings = self.config.expression_llm or self.config.llm
         attempts = max(1, settings.max_attempts)
 
-        def work(session):
-            turns, out = session["turns"], []
-            for index, turn in enumerate(turns):
-                if turn["speaker"] != "client":
-                    continue
-                messages = expression_messages(turns, index, self.expression_prompt)
-                parsed = None
-                for attempt in range(attempts):
-                    seed = derive_seed(self.config.seed, session["id"], "expression", index, attempt)
-                    parsed = parse_expressions(chat(messages, seed))
-                    if parsed:
-                        break
-                if not parsed:
-                    logger.warning(
-                        "expression %s turn %d unusable after %d attempt(s); the stage direction "
-                        "is used instead (flagged in the record)",
-                        session["id"],
-                        index,
-                        attempts,
-                    )
-                out.append(
-                    {
-                        "turn": index,
-                        "expression": parsed[0] if parsed else None,
-                        "contrast_expression": parsed[1] if parsed else None,
-                    }
+        def turn_expression(session: dict[str, Any], index: int) -> dict[str, Any]:
+            messages = expression_messages(session["turns"], index, self.expression_prompt)
+            parsed = None
+            for attempt in range(attempts):
+                parsed = parse_expressions(
+                    chat(messages, derive_seed(self.config.seed, session["id"], "expression", index, attempt))
                 )
+                if parsed:
+                    break
+            if not parsed:
+                logger.warning(
+                    "expression %s turn %d unusable after %d attempt(s); the stage direction is used "
+                    "instead (flagged in the record)",
+                    session["id"],
+                    index,
+                    attempts,
+                )
+            return {
+                "turn": index,
+                "expression": parsed[0] if parsed else None,
+                "contrast_expression": parsed[1] if parsed else None,
+            }
+
+        def work(session):
+            # The turns of one session are independent requests (the screenplay is complete), so they run in
+            # parallel too; CachedChat's semaphore keeps the total in flight at max_concurrency.
+            indices = [i for i, turn in enumerate(session["turns"]) if turn["speaker"] == "client"]
+            with ThreadPoolExecutor(max_workers=max(1, min(settings.max_concurrency, len(indices) or 1))) as pool:
+                out = list(pool.map(lambda index: turn_expression(session, index), indices))
             return {"id": session["id"], "expressions": out}
 
         return run_stage(
