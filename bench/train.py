@@ -56,6 +56,39 @@ from bench.common import measure  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 IMAGE_SIZE, PATCH_SIZE = 336, 14
+SPEED_RECIPE = REPO / "recipes" / "llava-1.5-7b" / "base.yaml"
+_BLOCK_START, _BLOCK_END = "# >>> proposed speed settings:", "# <<<"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training-speed settings
+
+
+def proposed_speed_settings(recipe: str | Path = SPEED_RECIPE) -> dict[str, dict]:
+    """The `# >>> proposed speed settings: <GPU> (...)` blocks of a recipe, commented out there until measured:
+    {GPU name: {key: value}}. The recipe is the one place they are written; the bench and the tests read them."""
+    import yaml
+
+    blocks: dict[str, dict] = {}
+    name, lines = None, []
+    for line in Path(recipe).read_text(encoding="utf-8").splitlines():
+        if line.startswith(_BLOCK_START):
+            name, lines = line[len(_BLOCK_START) :].split("(")[0].strip(), []
+        elif line.startswith(_BLOCK_END) and name is not None:
+            blocks[name] = yaml.safe_load("\n".join(lines)) or {}
+            name = None
+        elif name is not None:
+            lines.append(line.removeprefix("#").removeprefix(" "))
+    return blocks
+
+
+def settings_argv(settings: dict) -> list[str]:
+    """`mirror train` flags for a settings mapping (booleans as true/false, mappings as JSON)."""
+    argv = []
+    for key, value in settings.items():
+        text = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else value
+        argv += [f"--{key}", str(text)]
+    return argv
 
 
 # ----------------------------------------------------------------------------------------------------------------------
