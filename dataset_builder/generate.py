@@ -818,7 +818,9 @@ class Generator:
                 targets.append((self.output / identity["image"], "neutral", None, 0))
             for index, turn in enumerate(record["turns"]):
                 if turn["speaker"] == "client":
-                    expression = "; ".join(filter(None, [turn.get("stage_direction"), turn.get("expression")]))
+                    # The paper renders the LLM's facial-expression description; the stage direction stands in
+                    # when that description was unusable (the record is flagged).
+                    expression = turn.get("expression") or turn.get("stage_direction")
                     targets.append(
                         (
                             self.output / turn["image"],
