@@ -142,6 +142,14 @@ def write_recipe(tmp_path, data) -> Path:
     return path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def read_records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "sessions-00000.jsonl").read_text().splitlines()]
 
@@ -382,6 +390,8 @@ def test_faces_under_accelerate_launch_two_processes(tmp_path, server, loopback,
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
         "-m",
         "dataset_builder.generate",
         "--config",
