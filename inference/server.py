@@ -1,43 +1,51 @@
-"""`mirror serve`: a small OpenAI-compatible HTTP server (`/v1/chat/completions`, `/v1/models`) for any ChatBackend.
+"""`mirror serve`: an OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`) for any ChatBackend, on
+FastAPI + uvicorn, with the crisis-safety layer in front of the model.
 
-Why it exists: evaluation, data generation and other labs' tools already speak the OpenAI chat API, so serving a
-MIRROR checkpoint this way lets them use it unchanged (including through `EndpointBackend`), and the test suite
-gets a real HTTP server without vLLM. It is the Python standard library only (`ThreadingHTTPServer`); requests
-are answered one at a time by the backend (a lock), which is what one local model can do anyway. For
-throughput serve the checkpoint with `vllm serve` instead: the wire format is the same.
+Why it exists: evaluation, data generation, chat front ends and other labs' tools already speak the OpenAI chat API
+(including `EndpointBackend` and the official `openai` client), and the test suite gets a real HTTP server without
+vLLM. Requests are answered one at a time by the backend (a lock), which is what one local model can do anyway. To
+serve a raw model at scale use `vllm serve` or `transformers serve`: the wire format is the same.
+
+Safety: an OpenAI-compatible endpoint is exactly what apps put in front of people, so by default every user turn of
+each request's history is screened by `inference.safety` (one fresh `SafetySession` per request replays the
+history, so a referral, or a pending safety question, persists across stateless requests), and the referral or the
+scripted safety question is answered instead of calling the model. `--no_safety` serves machine clients
+(evaluation, data generation) and is refused unless the server is bound to a loopback address. Client text is not
+logged.
 
 Accepted: `messages` with string contents or `text` / `image_url` parts (base64 data URLs only: the server never
-fetches remote URLs), `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n=1`.
-Not supported (clear 400): streaming, `n > 1`, tools.
+fetches remote URLs), `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n=1`,
+`stream` (server-sent events in the OpenAI chunk format; the reply is generated whole, then streamed).
+Not supported (clear 400): `n > 1`, tools. The API key (Bearer) is checked, and `Content-Length` validated, before
+the body is read.
 """
 
-from __future__ import annotations
-
-import argparse
 import base64
 import binascii
+import functools
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, field, fields
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .backends import load_backend
-from .backends.base import ChatBackend, GenerationConfig
+from .backends.base import ChatBackend, GenerationConfig, ModelLoadArguments
+from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a few face images as base64 fit many times over
+LOOPBACK_NAMES = ("localhost",)
 
 
 class RequestError(ValueError):
@@ -45,27 +53,51 @@ class RequestError(ValueError):
 
 
 @dataclass
-class ServeConfig:
-    """Options of `mirror serve` (also the argparse flags)."""
+class ServeArguments:
+    """Options of `mirror serve` besides the model (ModelLoadArguments) and default sampling (GenerationConfig)."""
 
-    model: str = field(metadata={"help": "Model folder or Hub id (merged model or LoRA adapter)."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Interface to bind; 0.0.0.0 exposes it to the network."})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Interface to bind; 0.0.0.0 exposes the server to the network."}
+    )
     port: int = field(default=8000, metadata={"help": "Port (0 picks a free one)."})
     served_model_name: str | None = field(
-        default=None, metadata={"help": "Model id reported by /v1/models (default: --model)."}
+        default=None, metadata={"help": "Model id reported by /v1/models and in replies (default: --model)."}
     )
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, mps or auto (default: best available)."})
-    dtype: str | None = field(default=None, metadata={"help": "bfloat16, float16, float32 or auto."})
-    backend: str = field(default="transformers", metadata={"help": "transformers or vllm."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow repository code (off: it runs code)."})
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "Local inference backend.", "choices": ["transformers", "vllm"]},
+    )
     api_key_env: str | None = field(
         default=None,
-        metadata={"help": "Name of an environment variable holding a key that clients must send as Bearer token."},
+        metadata={
+            "help": "Name of an environment variable holding the key clients must send as a Bearer token (not the "
+            "key itself: command lines are visible to other users). Default: no key."
+        },
     )
-    temperature: float = field(default=0.7, metadata={"help": "Default temperature when a request sets none."})
-    top_p: float = field(default=0.9, metadata={"help": "Default top_p when a request sets none."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Default max tokens when a request sets none."})
+    max_body_bytes: int = field(
+        default=MAX_BODY_BYTES, metadata={"help": "Largest request body accepted; larger ones get HTTP 413."}
+    )
+    no_safety: bool = field(
+        default=False,
+        metadata={
+            "help": "Serve the raw model without crisis screening, for machine clients (evaluation, generation) "
+            "only. Refused unless --host is a loopback address."
+        },
+    )
+    locale: str = field(
+        default=SafetyConfig.locale, metadata={"help": SafetyConfig.__dataclass_fields__["locale"].metadata["help"]}
+    )
+    log_client_text: bool = field(
+        default=False, metadata={"help": "Opt in to logging what clients write (off: client text is sensitive)."}
+    )
+
+
+ARGUMENTS = (ModelLoadArguments, ServeArguments, GenerationConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Request parsing (framework-free, so it is testable and reusable)
+# --------------------------------------------------------------------------------------------------------------
 
 
 def decode_data_url(url: str) -> Image.Image:
@@ -117,6 +149,15 @@ def parse_messages(raw_messages: Any) -> tuple[list[dict[str, Any]], list[Image.
     return messages, images
 
 
+def user_turns(messages: list[dict[str, Any]]) -> list[str]:
+    """The text of every user message, in order: what the safety layer screens."""
+    return [
+        " ".join(block["text"] for block in message["content"] if block["type"] == "text")
+        for message in messages
+        if message["role"] == "user"
+    ]
+
+
 def _number(body: dict[str, Any], key: str, kind: type, default: Any, low: float, high: float) -> Any:
     value = body.get(key)
     if value is None:
@@ -130,8 +171,6 @@ def _number(body: dict[str, Any], key: str, kind: type, default: Any, low: float
 
 def parse_generation(body: dict[str, Any], defaults: GenerationConfig) -> GenerationConfig:
     """Request sampling parameters over the server's defaults (the paper's 0.7 / 0.9 / 128 unless changed)."""
-    if body.get("stream"):
-        raise RequestError("streaming is not supported by mirror serve; send stream=false")
     if body.get("n", 1) != 1:
         raise RequestError("only n=1 is supported")
     if body.get("tools"):
@@ -154,284 +193,351 @@ def parse_generation(body: dict[str, Any], defaults: GenerationConfig) -> Genera
     )
 
 
-class ClosingHTTPServer(ThreadingHTTPServer):
-    """A `ThreadingHTTPServer` that leaves no thread behind when closed.
-
-    HTTP/1.1 clients keep connections open, so a plain server's handler threads stay parked on idle sockets after
-    `shutdown()`; `socketserver` does not even track daemon handler threads. Left until interpreter exit, such
-    threads are killed during finalisation, which can abort the process ("terminate called without an active
-    exception", seen intermittently in the test suite). Closing shuts every open client connection down, which
-    ends its handler, then joins the handler threads (bounded by `close_timeout`).
-    """
-
-    daemon_threads = True  # a handler stuck in a long generation never keeps the process alive
-    block_on_close = False  # joining is done below, for daemon threads too
-    allow_reuse_address = True
-    close_timeout = 30.0  # seconds server_close() waits for handlers (one generation in flight at most)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._connections: set[socket.socket] = set()
-        self._handlers: set[threading.Thread] = set()
-        self._tracking_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), daemon=self.daemon_threads
-        )
-        with self._tracking_lock:
-            self._connections.add(request)
-            self._handlers = {handler for handler in self._handlers if handler.is_alive()}
-            self._handlers.add(thread)
-        thread.start()
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._tracking_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def server_close(self) -> None:
-        super().server_close()
-        with self._tracking_lock:
-            connections, handlers = list(self._connections), list(self._handlers)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)  # the handler's next read returns EOF and it finishes
-            except OSError:
-                pass  # already closed by the client
-        deadline = time.monotonic() + self.close_timeout
-        for handler in handlers:
-            if handler is not threading.current_thread():
-                handler.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-class MirrorHTTPServer(ClosingHTTPServer):
-    """The `mirror serve` server: the backend, its default sampling settings and an optional API key."""
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        backend: ChatBackend,
-        *,
-        model_name: str | None = None,
-        defaults: GenerationConfig | None = None,
-        api_key: str | None = None,
-    ) -> None:
-        super().__init__(address, ChatCompletionsHandler)
-        self.backend = backend
-        self.model_name = model_name or backend.name
-        self.defaults = defaults or GenerationConfig()
-        self.api_key = api_key
-        self.created = int(time.time())
-        self.lock = threading.Lock()
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-
-class ChatCompletionsHandler(BaseHTTPRequestHandler):
-    server: MirrorHTTPServer
-    protocol_version = "HTTP/1.1"  # keep-alive, so a client's connection pool is reused
-    server_version = "mirror-serve"
-
-    def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging, not stderr
-        logger.info("%s - %s", self.address_string(), format % args)
-
-    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind, "code": status}})
-
-    def _authorised(self) -> bool:
-        if not self.server.api_key:
-            return True
-        supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if hmac.compare_digest(supplied.encode(), self.server.api_key.encode()):
-            return True
-        self._send_error(HTTPStatus.UNAUTHORIZED, "invalid or missing API key", "authentication_error")
+def is_loopback(host: str) -> bool:
+    """Is `host` a loopback address (127.0.0.0/8, ::1) or `localhost`?"""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
         return False
 
-    def do_GET(self) -> None:
-        if not self._authorised():
-            return
-        if self.path.rstrip("/") in ("/v1/models", "/models"):
-            model = {
-                "id": self.server.model_name,
-                "object": "model",
-                "created": self.server.created,
-                "owned_by": "mirror",
-            }
-            self._send_json(HTTPStatus.OK, {"object": "list", "data": [model]})
-        elif self.path.rstrip("/") in ("/health", "/v1/health"):
-            self._send_json(HTTPStatus.OK, {"status": "ok"})
-        else:
-            self._send_error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found_error")
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
-            return
-        raw = self.rfile.read(length)
-        if not self._authorised():
-            return
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            self._send_error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found_error")
-            return
+def check_no_safety_host(host: str) -> None:
+    """Serving without the safety layer is for machine clients on this machine only."""
+    if not is_loopback(host):
+        raise ValueError(
+            f"--no_safety serves the raw model without crisis screening and is refused on {host!r}: bind it to "
+            "127.0.0.1 (machine clients on this machine), or drop --no_safety"
+        )
+
+
+@functools.cache
+def _default_detector() -> CrisisDetector:
+    """One default detector per process (loading the embedding model takes seconds), shared by every app."""
+    return CrisisDetector(SafetyConfig())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _error_body(status: int, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+class _GuardMiddleware:
+    """Checks the API key and the declared body size from the headers alone, before the app reads the body.
+
+    A pure ASGI middleware, so nothing of the body is read for a request that is refused. Bodies without a
+    `Content-Length` (chunked) are counted while the endpoint reads them.
+    """
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if self.api_key is not None and scope["path"] not in ("/health", "/v1/health"):
+            supplied = headers.get("authorization", "")
+            token = supplied[7:].strip() if supplied[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                return await _send_json(
+                    send, 401, _error_body(401, "invalid or missing API key", "authentication_error")
+                )
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return await _send_json(send, 400, _error_body(400, "Content-Length must be a non-negative integer"))
+            if int(declared) > self.max_body_bytes:
+                return await _send_json(send, 413, _error_body(413, f"request body over {self.max_body_bytes} bytes"))
+        return await self.app(scope, receive, send)
+
+
+async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    backend: ChatBackend,
+    *,
+    model_name: str | None = None,
+    defaults: GenerationConfig | None = None,
+    api_key: str | None = None,
+    safety: SafetyConfig | None = None,
+    detector: CrisisDetector | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Any:
+    """The FastAPI app serving `backend`.
+
+    `safety` defaults to the safety layer on (`SafetyConfig()`); `SafetyConfig(enabled=False)` serves the raw
+    model (the caller checks the host: see `check_no_safety_host`). `detector` is shared by all requests; by default
+    one per process is built.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    safety = safety or SafetyConfig()
+    if safety.enabled and detector is None:
+        detector = _default_detector() if safety == SafetyConfig() else CrisisDetector(safety)
+    model_name = model_name or backend.name
+    defaults = defaults or GenerationConfig()
+    created = int(time.time())
+    lock = threading.Lock()
+
+    app = FastAPI(title="mirror serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.backend, app.state.model_name, app.state.safety = backend, model_name, safety
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse(_error_body(status, message, kind), status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        detail = f"no route {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return error(exc.status_code, detail, kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, str(exc))
+
+    @app.get("/health")
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models() -> dict[str, Any]:
+        model = {"id": model_name, "object": "model", "created": created, "owned_by": "mirror"}
+        return {"object": "list", "data": [model]}
+
+    def generate(messages, images, config) -> tuple[str, Any]:
+        with lock:
+            text = backend.chat(messages, images or None, config)
+            return text, getattr(backend, "last_usage", None)
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                return error(413, f"request body over {max_body_bytes} bytes")
+            chunks.append(chunk)
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(b"".join(chunks) or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return error(400, f"invalid JSON: {exc}")
+        try:
             if not isinstance(body, dict):
                 raise RequestError("the request body must be a JSON object")
             messages, images = parse_messages(body.get("messages"))
-            config = parse_generation(body, self.server.defaults)
-            if images and not self.server.backend.supports_images:
-                raise RequestError(f"model {self.server.model_name!r} is text-only but the request has images")
-        except json.JSONDecodeError as error:
-            self._send_error(HTTPStatus.BAD_REQUEST, f"invalid JSON: {error}")
-            return
-        except RequestError as error:
-            self._send_error(HTTPStatus.BAD_REQUEST, str(error))
-            return
-        try:
-            with self.server.lock:
-                text = self.server.backend.chat(messages, images or None, config)
-                usage = getattr(self.server.backend, "last_usage", None)
-        except ValueError as error:  # e.g. placeholder / image mismatch found by the backend
-            self._send_error(HTTPStatus.BAD_REQUEST, str(error))
-            return
-        except Exception as error:
-            logger.exception("generation failed")
-            self._send_error(
-                HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {type(error).__name__}", "server_error"
+            config = parse_generation(body, defaults)
+            if images and not backend.supports_images:
+                raise RequestError(f"model {model_name!r} is text-only but the request has images")
+        except RequestError as exc:
+            return error(400, str(exc))
+
+        decision: SafetyDecision | None = None
+        session = None
+        turns = user_turns(messages)
+        if safety.enabled and turns:
+            session = SafetySession(safety, detector=detector)
+            decision = await run_in_threadpool(session.check_history, turns)
+        usage, finish_reason = None, "stop"
+        if decision is not None and not decision.allow_model_reply:
+            text = decision.message or ""  # the referral or the safety question; the model is not called
+        else:
+            try:
+                raw, usage = await run_in_threadpool(generate, messages, images, config)
+            except ValueError as exc:  # e.g. placeholder / image mismatch found by the backend
+                return error(400, str(exc))
+            except Exception as exc:
+                logger.exception("generation failed")
+                return error(500, f"generation failed: {type(exc).__name__}", "server_error")
+            if usage is not None and usage.completion_tokens >= config.max_new_tokens:
+                finish_reason = "length"
+            text = session.filter_reply(turns[-1], raw) if session is not None else raw
+            if text != raw:
+                finish_reason = "stop"  # a safety message replaced the reply
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        usage_body = None
+        if usage is not None:
+            usage_body = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _stream_events(
+                completion_id, model_name, text, finish_reason, usage_body if include_usage else None
             )
-            return
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         response: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": self.server.model_name,
+            "model": model_name,
             "system_fingerprint": "mirror-serve",
             "choices": [
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                     "logprobs": None,
                 }
             ],
         }
-        if usage is not None:
-            response["usage"] = {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            }
-        self._send_json(HTTPStatus.OK, response)
+        if usage_body is not None:
+            response["usage"] = usage_body
+        return response
+
+    return _GuardMiddleware(app, api_key, max_body_bytes)
 
 
-def make_server(
-    backend: ChatBackend,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    model_name: str | None = None,
-    defaults: GenerationConfig | None = None,
-    api_key: str | None = None,
-) -> MirrorHTTPServer:
-    """Bind a server for `backend` (port 0 picks a free port; read it back from `server.base_url`)."""
-    return MirrorHTTPServer((host, port), backend, model_name=model_name, defaults=defaults, api_key=api_key)
+def _stream_events(
+    completion_id: str, model: str, text: str, finish_reason: str, usage: dict[str, int] | None
+) -> Iterator[str]:
+    """Server-sent events in the OpenAI `chat.completion.chunk` format: the role, the text in word-sized pieces,
+    the finish reason, the usage when asked for, then `[DONE]`."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "mirror-serve",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **extra,
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    pieces = text.split(" ")
+    for index, piece in enumerate(pieces):
+        yield chunk({"content": piece if index == 0 else " " + piece})
+    yield chunk({}, finish_reason)
+    if usage is not None:
+        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        yield f"data: {json.dumps({**payload, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    """A server started by `serve_in_thread`."""
+
+    host: str
+    port: int
+    model_name: str
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
 
 
 @contextmanager
-def serve_in_thread(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
-    """Run a server in a daemon thread for the duration of a `with` block (tests, notebooks); yields the server."""
-    server = make_server(backend, host, port, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+def serve_in_thread(
+    backend: ChatBackend, host: str = "127.0.0.1", port: int = 0, *, startup_timeout: float = 30.0, **kwargs: Any
+) -> Iterator[RunningServer]:
+    """Run a server in a background thread for the duration of a `with` block (tests, notebooks).
+
+    Port 0 picks a free port; read the URL from `server.base_url`. `kwargs` go to `create_app` (`safety`, ...).
+    """
+    import uvicorn
+
+    safety = kwargs.get("safety")
+    if safety is not None and not safety.enabled:
+        check_no_safety_host(host)
+    app = create_app(backend, **kwargs)
+    sock = _bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="mirror-serve")
     thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("mirror serve did not start")
+        time.sleep(0.01)
     try:
-        yield server
+        yield RunningServer(host, sock.getsockname()[1], kwargs.get("model_name") or backend.name)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type, skip: tuple[str, ...] = ()) -> None:
-    """One `--flag` per dataclass field, with the field's help text (positional when it has no default)."""
-    for item in fields(config_class):
-        if item.name in skip:
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        help_text = item.metadata.get("help")
-        if item.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
-            continue
-        kind = {"int": int, "float": float}.get(str(item.type), str)
-        if item.default is MISSING and item.default_factory is MISSING:
-            parser.add_argument(flag, type=kind, required=True, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=item.default, help=help_text)
+def main(model: ModelLoadArguments, arguments: ServeArguments, generation: GenerationConfig) -> int:
+    """`mirror serve`: load the model, then serve it until interrupted."""
+    import uvicorn
 
-
-def make_parser(subparsers: Any = None) -> argparse.ArgumentParser:
-    """The `mirror serve` parser; added to `subparsers` when given (the `mirror` CLI), standalone otherwise."""
-    description = "Serve a MIRROR model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)."
-    if subparsers is None:
-        parser = argparse.ArgumentParser(prog="mirror serve", description=description)
-    else:
-        parser = subparsers.add_parser(
-            "serve", help="Serve a model over an OpenAI-compatible API.", description=description
-        )
-    add_dataclass_arguments(parser, ServeConfig)
-    parser.set_defaults(func=main)
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    config = ServeConfig(**{item.name: getattr(args, item.name) for item in fields(ServeConfig)})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .backends import load_backend
     from .backends.endpoint import api_key_from_env
 
-    api_key = api_key_from_env(config.api_key_env)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if arguments.no_safety:
+        check_no_safety_host(arguments.host)  # before loading anything: a refused start should be quick
+    if arguments.max_body_bytes < 1:
+        raise ValueError(f"--max_body_bytes must be positive, got {arguments.max_body_bytes}")
+    model.check_source()
+    api_key = api_key_from_env(arguments.api_key_env)
+    safety = SafetyConfig(
+        enabled=not arguments.no_safety, locale=arguments.locale, log_client_text=arguments.log_client_text
+    )
+    # Built before the model loads, so a safety layer that cannot load fails fast.
+    detector = CrisisDetector(safety) if safety.enabled else None
     backend = load_backend(
-        config.model,
-        backend=config.backend,
-        revision=config.revision,
-        device=config.device,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
+        model.model,
+        backend=arguments.backend,
+        revision=model.revision,
+        device=model.device,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
     )
-    defaults = GenerationConfig(
-        temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens
-    )
-    server = make_server(
+    name = arguments.served_model_name or model.model
+    app = create_app(
         backend,
-        config.host,
-        config.port,
-        model_name=config.served_model_name or config.model,
-        defaults=defaults,
+        model_name=name,
+        defaults=generation,
         api_key=api_key,
+        safety=safety,
+        detector=detector,
+        max_body_bytes=arguments.max_body_bytes,
     )
-    print(f"Serving {server.model_name!r} at {server.base_url} (Ctrl+C to stop)", flush=True)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        logger.warning("Listening on %s without an API key: anyone who can reach it can use the model", config.host)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    sock = _bind(arguments.host, arguments.port)
+    host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
+    screening = "crisis screening ON" if safety.enabled else "crisis screening OFF (--no_safety, loopback only)"
+    print(f"Serving {name!r} at http://{host}:{sock.getsockname()[1]}/v1 ({screening}; Ctrl+C to stop)", flush=True)
+    if not is_loopback(arguments.host) and not api_key:
+        logger.warning("Listening on %s without an API key: anyone who can reach it can use the model", arguments.host)
+    uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, lifespan="off")).run(sockets=[sock])
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(make_parser().parse_args()))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from PIL import Image
@@ -38,3 +42,51 @@ def write_raw(raw_dir: Path, records: list[dict], profiles: list[dict] | None = 
     if profiles is not None:
         (raw_dir / "profiles.jsonl").write_text("".join(json.dumps(p) + "\n" for p in profiles), encoding="utf-8")
     return raw_dir
+
+
+class ClosingHTTPServer(ThreadingHTTPServer):
+    """A `ThreadingHTTPServer` for scripted test servers that leaves no thread behind when closed.
+
+    HTTP/1.1 clients keep connections open, so a plain server's handler threads stay parked on idle sockets after
+    `shutdown()`; left until interpreter exit, such threads can abort the process during finalisation. Closing shuts
+    every open client connection down, which ends its handler, then joins the handler threads (bounded).
+    (Moved here from inference/server.py, which now runs on uvicorn.)
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    close_timeout = 30.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._connections: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
+        self._tracking_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        with self._tracking_lock:
+            self._connections.add(request)
+            self._handlers = {handler for handler in self._handlers if handler.is_alive()}
+            self._handlers.add(thread)
+        thread.start()
+
+    def shutdown_request(self, request) -> None:
+        with self._tracking_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._tracking_lock:
+            connections, handlers = list(self._connections), list(self._handlers)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + self.close_timeout
+        for handler in handlers:
+            if handler is not threading.current_thread():
+                handler.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,5 +1,6 @@
 """Chat backends: local transformers (merged + LoRA adapter folders), OpenAI-compatible endpoints over real HTTP on
-127.0.0.1 (`mirror serve` and a deliberately faulty server), and the optional vLLM backend.
+127.0.0.1 (a deliberately faulty server; `mirror serve` itself is tested in test_server.py), and the optional vLLM
+backend.
 
 Every HTTP exchange is loopback only and bounded: small retry counts, millisecond backoff, sub-second timeouts.
 """
@@ -11,18 +12,16 @@ import os
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from helpers import ClosingHTTPServer
 from PIL import Image
 
 from inference.backends.base import GenerationConfig
 from inference.backends.endpoint import EndpointBackend, EndpointError, image_to_data_url, to_openai_messages
 from inference.backends.transformers_backend import TransformersBackend
-from inference.server import ClosingHTTPServer, serve_in_thread
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=12)
 # CPU by default; MIRROR_TEST_DEVICE=cuda runs the same checks on a GPU.
@@ -196,58 +195,6 @@ def test_openai_message_conversion():
     assert converted[1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert converted[1]["content"][1] == {"type": "text", "text": "hi"}
     assert converted[2] == {"role": "assistant", "content": "hello"}  # text-only content becomes a string
-
-
-def test_endpoint_talks_to_mirror_serve_over_http(llava, allow_loopback_http):
-    messages, images = vision_messages("Tell me about your week."), [face((30, 90, 200), (64, 40))]
-    with serve_in_thread(llava, model_name="tiny-mirror") as server:
-        endpoint = EndpointBackend(server.base_url, "tiny-mirror", timeout=30, max_retries=0)
-        remote = endpoint.chat(messages, images, GREEDY)
-        batch = endpoint.chat_batch([messages, text_messages("And today?")], [images, []], GREEDY)
-        with urllib.request.urlopen(server.base_url + "/models", timeout=5) as response:
-            models = json.load(response)
-    assert not [t for t in threading.enumerate() if "process_request" in t.name], "handler threads left running"
-    # PNG data URLs are lossless, so the served model sees the same pixels and answers the same.
-    assert remote == llava.chat(messages, images, GREEDY)
-    assert batch == [remote, llava.chat(text_messages("And today?"), None, GREEDY)]
-    assert models["data"][0]["id"] == "tiny-mirror"
-
-
-def test_server_rejects_bad_requests(llava, allow_loopback_http):
-    def post(url, body):
-        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as error:
-            return error.code, json.load(error)
-
-    remote_image = {"type": "image_url", "image_url": {"url": "http://example.com/face.png"}}
-    with serve_in_thread(llava) as server:
-        url = server.base_url + "/chat/completions"
-        status, body = post(url, {"messages": [{"role": "user", "content": [remote_image]}]})
-        assert status == 400 and "data URL" in body["error"]["message"]
-        assert post(url, {"messages": [{"role": "user", "content": "hi"}], "stream": True})[0] == 400
-        assert post(url, {"messages": []})[0] == 400
-        assert post(url, {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"})[0] == 400
-        assert post(server.base_url + "/nope", {"messages": []})[0] == 404
-        status, body = post(url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0})
-        assert status == 200 and body["usage"]["completion_tokens"] <= 3
-        # Through the client: a 4xx is not retried.
-        with pytest.raises(EndpointError, match="400"):
-            EndpointBackend(server.base_url, "m", max_retries=3, backoff=0.001).chat(
-                [{"role": "user", "content": [{"type": "image"}]}], [face()], GenerationConfig(max_new_tokens=0)
-            )
-
-
-def test_server_api_key(llava, allow_loopback_http):
-    with serve_in_thread(llava, api_key="s3cret") as server:
-        ok = EndpointBackend(server.base_url, "m", api_key="s3cret", max_retries=0)
-        assert isinstance(ok.chat(text_messages("hi"), None, GREEDY), str)
-        wrong = EndpointBackend(server.base_url, "m", api_key="nope", max_retries=2, backoff=0.001)
-        with pytest.raises(EndpointError, match="401") as error:
-            wrong.chat(text_messages("hi"), None, GREEDY)
-        assert "nope" not in str(error.value) and "nope" not in repr(wrong)
 
 
 class FaultyServer:
