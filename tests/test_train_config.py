@@ -101,6 +101,7 @@ def test_config_takes_a_bundled_recipe_name_from_any_folder(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     for name in ("llava-1.5-7b/base", "recipes/llava-1.5-7b/base.yaml"):
         script_args, _, model_args = parse_args(["--config", name, "--use_cpu", "true"])
+        assert script_args == parse_args([f"--config={name}", "--use_cpu", "true"])[0]
         assert script_args.recipe == name and model_args.model_name_or_path == "llava-hf/llava-1.5-7b-hf"
     with pytest.raises(FileNotFoundError, match=r"no recipe 'llava-1\.5-7b/nope'"):
         parse_args(["--config", "llava-1.5-7b/nope"])

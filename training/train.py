@@ -173,6 +173,7 @@ def parse_args(argv: list[str] | None = None, parser=None):
 
     parser = parser or make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [part for item in argv for part in (item.split("=", 1) if item.startswith("--config=") else [item])]
     recipe = None
     if "--config" in argv:
         index = argv.index("--config") + 1
