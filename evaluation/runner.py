@@ -242,7 +242,7 @@ class SessionRunner:
             "turns": turns,
         }
         try:
-            session = therapist.start_sessions([profile["client"]])[0]
+            session = therapist.start_sessions([profile])[0]  # the profile's cbt_technique + cbt_plan, if any
             if session.plan is not None:
                 record["plan"] = {k: v for k, v in dataclasses.asdict(session.plan).items() if k != "messages"}
             reference = None

@@ -228,8 +228,10 @@ def test_stage_directions_never_reach_the_therapist(http_run):
             assert direction not in text, "a stage direction reached the therapist"
         placeholders = sum(block["type"] == "image" for m in messages for block in m["content"])
         assert n_images == placeholders
-    # Every reply and caption prompt carries the face; only the once-per-session plan request is text only.
-    assert sum(n for _, n in prompts) == len(prompts) - 6 / 2
+    # Every reply and caption prompt carries the face; the plan comes from the profile (paper protocol), so no
+    # text-only plan request is sent.
+    assert sum(n for _, n in prompts) == len(prompts)
+    assert all(r["plan"]["source"] == "profile" for r in records)
     faced = [t for r in records for t in r["turns"] if t["speaker"] == "client" and t.get("image")]
     assert faced and all(t["face"]["attempts"] and t["image_sha256"] for t in faced)
     image = Image.open(http_run["run_dir"] / "sessions" / "tiny-vlm" / faced[0]["image"])
