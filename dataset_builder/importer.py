@@ -533,6 +533,7 @@ def import_release(args: ImportArguments) -> ImportResult:
             raise ValueError(f"{path}: no rows")
         needed = NEEDED_SESSION_COLUMNS if kind == "sessions" else NEEDED_PROFILE_COLUMNS
         columns = map_columns(rows[0].keys(), needed, path)
+        first_row: dict[str, int] = {}
         for line, row in enumerate(rows[: args.limit] if args.limit else rows, start=1):
             try:
                 record, parsed = row_to_record(
@@ -543,6 +544,12 @@ def import_release(args: ImportArguments) -> ImportResult:
                     line=line,
                     celeba_dir=celeba_dir,
                 )
+                if record["id"] in first_row:
+                    raise RowError(
+                        f"{path.name} row {line}: duplicate idx {record['id']!r} "
+                        f"(first at row {first_row[record['id']]})"
+                    )
+                first_row[record["id"]] = line
             except (RowError, FileNotFoundError, ValueError) as err:
                 if args.on_bad_row == "raise":
                     raise

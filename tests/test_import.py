@@ -339,3 +339,11 @@ def test_proc_dialogue_column_when_dialogue_is_missing(tmp_path):
     assert result.sessions == 1
     record = json.loads((tmp_path / "raw" / "sessions.jsonl").read_text())
     assert len(record["turns"]) == len(turns)
+
+
+def test_duplicate_idx_is_named(tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    write_csv(release / "mirror_data.csv", [TRAIN_ROWS[0], TRAIN_ROWS[1], TRAIN_ROWS[0]])
+    with pytest.raises(ValueError, match=r"row 3: duplicate idx 'cactus-101-cognitive-resistance' \(first at row 1\)"):
+        import_release(ImportArguments(source=str(release), output=str(tmp_path / "raw"), render_faces=False))
