@@ -237,7 +237,11 @@ class ResponseCache:
         self._lock = threading.Lock()
         self._entries: dict[str, str] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a kill cut the last line: end it so the next entry stays whole
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write("\n")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:

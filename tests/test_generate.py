@@ -465,3 +465,15 @@ def test_cactus_from_the_hub_takes_the_export_path(monkeypatch):
     assert (
         name == "cactus" and len(profiles) == 1 and profiles[0]["client"]["reason_for_counseling"] == "Panic at work."
     )
+
+
+def test_response_cache_survives_a_torn_line(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    cache = G.ResponseCache(path)
+    cache.put("a", "reply a")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"key": "b", "rep')  # killed mid-write
+    cache = G.ResponseCache(path)
+    cache.put("c", "reply c")
+    reloaded = G.ResponseCache(path)
+    assert reloaded.get("a") == "reply a" and reloaded.get("c") == "reply c" and reloaded.get("b") is None
