@@ -144,10 +144,13 @@ class GenerateConfig:
         """Hash of everything that shapes the records (the output folder itself excluded)."""
         data = self.to_dict()
         data.pop("output_dir")
-        for key in ("max_concurrency", "timeout", "request_retries"):  # how fast, not what
+        # Where and how fast, not what: a rerun may use another server URL, key, device or concurrency.
+        for key in ("max_concurrency", "timeout", "request_retries", "base_url", "api_key_env"):
             data["llm"].pop(key)
             if data["expression_llm"]:
                 data["expression_llm"].pop(key)
+        data["image_options"].pop("device", None)
+        data["filters"].pop("device", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

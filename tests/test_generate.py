@@ -309,6 +309,12 @@ def test_different_config_refuses_to_resume(tmp_path, server, loopback, profiles
     G.generate(G.GenerateConfig.from_dict(data))
     with pytest.raises(ValueError, match="different config"):
         G.generate(G.GenerateConfig.from_dict({**data, "seed": 1}))
+    # Where and how fast it runs is not part of the config's identity: another URL or concurrency resumes.
+    moved = {
+        **data,
+        "llm": {**data["llm"], "base_url": base_url.replace("127.0.0.1", "localhost"), "max_concurrency": 1},
+    }
+    assert G.GenerateConfig.from_dict(moved).digest() == G.GenerateConfig.from_dict(data).digest()
 
 
 def test_config_errors_and_parsers():
