@@ -483,3 +483,17 @@ def test_response_cache_survives_a_torn_line(tmp_path):
     cache.put("c", "reply c")
     reloaded = G.ResponseCache(path)
     assert reloaded.get("a") == "reply a" and reloaded.get("c") == "reply c" and reloaded.get("b") is None
+
+
+@pytest.mark.parametrize("name", ["paper-cactus", "sample-local"])
+def test_bundled_recipes_load(name):
+    import inspect
+
+    from dataset_builder.images.diffusers_backend import DiffusersFaceBackend
+    from recipes import resolve_recipe
+
+    config = G.load_config(resolve_recipe(name, kind="data"))
+    assert config.llm.temperature == 0.7 and config.llm.top_p == 0.9  # the paper's sampling
+    assert config.filters.min_clip_similarity == 0.2 and config.filters.max_age_gap == 10
+    accepted = set(inspect.signature(DiffusersFaceBackend).parameters)
+    assert set(config.image_options) <= accepted  # every option reaches the backend
