@@ -86,7 +86,9 @@ def settings_argv(settings: dict) -> list[str]:
     """`mirror train` flags for a settings mapping (booleans as true/false, mappings as JSON)."""
     argv = []
     for key, value in settings.items():
-        text = json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else value
+        text = (
+            json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else value
+        )
         argv += [f"--{key}", str(text)]
     return argv
 
@@ -195,7 +197,9 @@ def tiny_comparison(args) -> dict:
 
     def baseline():
         # The same SFTConfig, resolved from the same recipe; plain TRL from here on.
-        _, training_args, _ = parse_args(["--config", str(TINY_RECIPE), "--output_dir", str(work / "baseline"), *common])
+        _, training_args, _ = parse_args(
+            ["--config", str(TINY_RECIPE), "--output_dir", str(work / "baseline"), *common]
+        )
         rows = datasets.load_dataset(str(dataset_dir), "sft", split="train")
         rows = rows.filter(lambda v: v == "base", input_columns="variant").select_columns(["messages", "images"])
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -402,38 +406,154 @@ def model_flops(counts, text_config, vision_config, sequence_lengths: list[float
     return float(lm + vision)
 
 
-def real_size(args) -> dict:
+# ----------------------------------------------------------------------------------------------------------------------
+# Real size: settings sweep with a phase profile
+
+# Named settings; `paper` is the baseline every other setting is compared with (speed and loss). A setting may also
+# be written inline: "micro=4,ga=8,ckpt=none,compile=1,metrics=0,kernels=0,pad=64" (ckpt: all, none or everyN).
+NAMED_SETTINGS = {
+    "paper": "ckpt=all,compile=0,metrics=1",  # the recipe as measured before issue 14: full checkpointing, eager
+    "paper-nometrics": "ckpt=all,compile=0,metrics=0",
+}
+
+
+def parse_setting(spec: str, batch_size: int) -> dict:
+    """A setting name or inline spec -> MirrorSFTConfig keys; micro-batch x accumulation must equal `batch_size`."""
+    if spec in ("h100", "h200"):
+        proposal = next(v for k, v in proposed_speed_settings().items() if k.lower().startswith(spec))
+        ga = min(proposal["gradient_accumulation_steps"], batch_size)  # a smaller effective batch (scale-down)
+        if batch_size % ga:
+            raise ValueError(f"Setting {spec!r}: effective batch {batch_size} is not a multiple of ga {ga}")
+        scaled = {"per_device_train_batch_size": batch_size // ga, "gradient_accumulation_steps": ga}
+        return {**proposal, **scaled, "log_token_metrics": False, "name": spec}
+    text = NAMED_SETTINGS.get(spec, spec)
+    values = dict(item.split("=", 1) for item in text.split(",") if item)
+    unknown = set(values) - {"micro", "ga", "ckpt", "compile", "metrics", "kernels", "pad"}
+    if unknown:
+        raise ValueError(f"Unknown key(s) {sorted(unknown)} in setting {spec!r}")
+    ga = int(values.get("ga", 1))
+    micro = int(values.get("micro", batch_size // ga))
+    if micro * ga != batch_size:
+        raise ValueError(f"Setting {spec!r}: micro {micro} x ga {ga} != effective batch {batch_size}")
+    ckpt = values.get("ckpt", "all")
+    settings = {
+        "name": spec,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": ga,
+        "activation_checkpointing": ckpt != "none",
+        "compile_decoder_layers": values.get("compile", "0") == "1",
+        "log_token_metrics": values.get("metrics", "1") == "1",
+    }
+    if ckpt.startswith("every"):
+        settings["activation_checkpointing_kwargs"] = {"every_n_layers": int(ckpt[len("every") :])}
+    if "pad" in values:
+        settings["pad_to_multiple_of"] = int(values["pad"])
+    if values.get("kernels", "0") == "1":
+        settings["model_init_kwargs"] = {"use_kernels": True}
+    return settings
+
+
+def phase_profiler(trainer, sync):
+    """Wall time per optimizer step in data loading (`get_batch_samples`), forward, backward and optimizer step
+    (`on_pre_optimizer_step` -> `on_optimizer_step`); the rest of the step (clipping, scheduler, logging) is "other".
+    Each phase boundary synchronises the GPU, so a phase is charged for its own kernels."""
+    from transformers import TrainerCallback
+
+    totals = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    per_step: list[dict[str, float]] = []
+    marks: dict[str, float] = {}
+
+    def timed(phase, fn):
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync()
+                totals[phase] += time.perf_counter() - start
+
+        return wrapper
+
+    trainer.get_batch_samples = timed("data", trainer.get_batch_samples)
+    trainer.accelerator.backward = timed("backward", trainer.accelerator.backward)
+    model = trainer.model
+
+    def before_forward(module, args, kwargs):
+        sync()
+        marks["forward"] = time.perf_counter()
+
+    def after_forward(module, args, kwargs, output):
+        sync()
+        totals["forward"] += time.perf_counter() - marks.pop("forward")
+
+    model.register_forward_pre_hook(before_forward, with_kwargs=True)
+    model.register_forward_hook(after_forward, with_kwargs=True)
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            marks["step"] = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            sync()
+            marks["optimizer"] = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            sync()
+            totals["optimizer"] += time.perf_counter() - marks.pop("optimizer")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            per_step.append(dict(totals))
+            for key in totals:
+                totals[key] = 0.0
+
+    profile = Profile()
+    profile.per_step = per_step
+    return profile
+
+
+def summarise_profile(per_step: list[dict[str, float]], skip: int, step_s: float) -> dict[str, float]:
+    """Mean seconds per timed step in each phase; `other` is what the step spent elsewhere."""
+    timed = per_step[skip:]
+    if not timed:
+        return {}
+    phases = {key: sum(step[key] for step in timed) / len(timed) for key in timed[0]}
+    # get_batch_samples runs before on_step_begin: its time is part of the step as StepTimer measures it.
+    phases["other"] = max(0.0, step_s - sum(phases.values()))
+    return phases
+
+
+def real_size_run(args, settings: dict, processor, config, rows, peak_tflops: float) -> dict:
+    """Train the random LLaVA-1.5-7B layout with one setting; tokens/s, peak memory, MFU, phases, losses."""
     import torch
     from transformers import LlavaForConditionalGeneration
-    from trl import ModelConfig, SFTConfig
+    from trl import ModelConfig
 
+    from training.modeling import MirrorSFTConfig
     from training.train import MirrorScriptArguments, build_trainer
 
     cuda = torch.cuda.is_available()
-    if not cuda and not args.scale_down:
-        raise SystemExit("--real-size needs a CUDA GPU (a 7B model); use --scale-down to exercise it on CPU")
-    processor = real_size_processor()
-    tokenizer = processor.tokenizer
-    config = llava_7b_config(tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id, args.scale_down)
     dtype = torch.bfloat16 if cuda else torch.float32
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # every setting starts from the same weights
     start = time.perf_counter()
     with torch.device("cuda" if cuda else "cpu"):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     build_s = time.perf_counter() - start
     steps = args.warmup_steps + args.steps
-    rows = synthetic_rows(processor, steps * args.batch_size, args.seq_len)
-
     script_args = MirrorScriptArguments(
         dataset_name="synthetic", variant="base", projector_lr=2e-5, chat_template="llava_eos",
     )  # fmt: skip
     model_args = ModelConfig(
-        model_name_or_path="random-llava-1.5-7b", use_peft=True, lora_r=128, lora_alpha=256, lora_dropout=0.05
-    )
-    training_args = SFTConfig(
+        model_name_or_path="random-llava-1.5-7b", use_peft=True, lora_r=128, lora_alpha=256, lora_dropout=0.0
+    )  # dropout 0: the loss over the first steps is then comparable across settings
+    loop = {key: value for key, value in settings.items() if key != "name"}
+    if loop.get("compile_decoder_layers") and not cuda:
+        loop["compile_backend"] = "aot_eager"  # inductor's C++ code generation takes minutes on a CPU
+    if loop.pop("model_init_kwargs", None):  # `mirror train` passes it to from_pretrained; here: built from config
+        model.set_use_kernels(True)  # Hub kernels (needs the `kernels` package and the Hub on first use)
+    training_args = MirrorSFTConfig(
         output_dir=tempfile.mkdtemp(prefix="mirror-bench-real-"),
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1,
         max_steps=steps,
         learning_rate=2e-4,
         lr_scheduler_type="cosine",
@@ -441,63 +561,144 @@ def real_size(args) -> dict:
         weight_decay=0.0,
         bf16=cuda,
         use_cpu=not cuda,
-        activation_checkpointing=True,
         max_length=None,
         assistant_only_loss=True,
-        logging_steps=max(1, steps),
+        logging_steps=1,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=args.dataloader_workers,
         seed=0,
+        **loop,
     )
     timer = step_timer(cuda_sync)
     trainer = build_trainer(script_args, training_args, model_args, model=model, processing_class=processor,
                             train_dataset=rows, callbacks=[timer])  # fmt: skip
     timer.trainer = trainer
+    profile = phase_profiler(trainer, cuda_sync)
+    trainer.add_callback(profile)
     counts = parameter_counts(trainer.model)
     _, _, peak = peak_memory(trainer.train)
     seconds, _, measured_steps, tokens = timer.steady(skip=args.warmup_steps)
     sequences = measured_steps * args.batch_size  # one image per row
     mean_tokens = tokens / sequences  # real tokens (attention mask) counted by TRL over the timed steps
     flops = model_flops(counts, config.text_config, config.vision_config, [mean_tokens] * sequences, sequences)
-    peak_tflops = args.peak_tflops
+    step_s = seconds / measured_steps
+    result = {
+        "setting": settings,
+        "model_build_s": build_s,
+        "measured_steps": measured_steps,
+        "mean_tokens_per_sequence": mean_tokens,
+        "parameters": counts,
+        "step_s": step_s,
+        "tokens_per_s": tokens / seconds,
+        "samples_per_s": sequences / seconds,
+        "peak_memory_gib": peak / 2**30,
+        "model_tflops_per_step": flops / measured_steps / 1e12,
+        "achieved_tflops": flops / seconds / 1e12,
+        "mfu": flops / seconds / (peak_tflops * 1e12),
+        "profile_s_per_step": summarise_profile(profile.per_step, args.warmup_steps, step_s),
+        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "vision_towers_without_graph": trainer.mirror_speedups["vision_towers_without_graph"],
+    }
+    del trainer, model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def real_size(args) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.scale_down:
+        raise SystemExit("--real-size needs a CUDA GPU (a 7B model); use --scale-down to exercise it on CPU")
+    settings = [parse_setting(spec, args.batch_size) for spec in args.settings.split(";") if spec]
+    processor = real_size_processor()
+    tokenizer = processor.tokenizer
+    config = llava_7b_config(tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id, args.scale_down)
+    rows = synthetic_rows(processor, (args.warmup_steps + args.steps) * args.batch_size, args.seq_len)
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak_tflops = args.peak_tflops
     if peak_tflops is None:
         peak_tflops = H100_BF16_DENSE_TFLOPS
         if cuda and not any(name in device_name for name in ("H100", "H200")):
             print(f"warning: {device_name} is not an H100/H200; MFU uses 989 TFLOP/s unless --peak-tflops is given")
-    achieved = flops / seconds
+    print(f"{'real size' + (' (scaled down)' if args.scale_down else '')} LLaVA-1.5-7B layout on {device_name}, "
+          f"LoRA r=128 + projector, effective batch {args.batch_size}, {args.steps} timed steps after "
+          f"{args.warmup_steps} warm-up, ~{args.seq_len} tokens/row (576 image tokens)")  # fmt: skip
+    runs = []
+    for setting in settings:
+        try:
+            run = real_size_run(args, setting, processor, config, rows, peak_tflops)
+        except torch.OutOfMemoryError as error:  # a setting that does not fit is a result too
+            run = {"setting": setting, "error": f"out of memory: {str(error).splitlines()[0]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        runs.append(run)
+        print_run(run, runs[0])
     report = {
         "mode": "real-size" + (" (scaled down)" if args.scale_down else ""),
         "device": device_name,
-        "dtype": str(dtype),
-        "model_build_s": build_s,
+        "dtype": "torch.bfloat16" if cuda else "torch.float32",
         "batch_size": args.batch_size,
-        "measured_steps": measured_steps,
         "warmup_steps": args.warmup_steps,
-        "mean_tokens_per_sequence": mean_tokens,
-        "parameters": counts,
-        "step_s": seconds / measured_steps,
-        "tokens_per_s": tokens / seconds,
-        "samples_per_s": measured_steps * args.batch_size / seconds,
-        "peak_memory_gib": peak / 2**30,
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "RSS growth",
-        "model_tflops_per_step": flops / measured_steps / 1e12,
-        "achieved_tflops": achieved / 1e12,
+        "timed_steps": args.steps,
         "peak_tflops": peak_tflops,
-        "mfu": achieved / (peak_tflops * 1e12),
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "RSS growth",
+        "runs": runs,
     }
-    print(f"{report['mode']} LLaVA-1.5-7B layout on {device_name} ({report['dtype']}), LoRA r=128 + projector, "
-          f"batch {args.batch_size}, ~{report['mean_tokens_per_sequence']:.0f} tokens/sequence "
-          f"(576 image tokens), {measured_steps} timed steps after {args.warmup_steps} warm-up")  # fmt: skip
-    print(f"  parameters: total {counts['total'] / 1e9:.3f} B, trainable {counts['trainable'] / 1e6:.1f} M "
-          f"(LoRA {counts['lora'] / 1e6:.1f} M)")  # fmt: skip
-    print(f"  {report['step_s']:.3f} s/step  {report['tokens_per_s']:.0f} tokens/s  {report['samples_per_s']:.2f} "
-          f"samples/s  peak memory {report['peak_memory_gib']:.2f} GiB ({report['peak_memory_kind']})")  # fmt: skip
-    print(f"  model FLOPs/step {report['model_tflops_per_step']:.2f} TFLOP, achieved {report['achieved_tflops']:.1f} "
-          f"TFLOP/s, MFU {100 * report['mfu']:.1f} % of {peak_tflops:.0f} TFLOP/s")  # fmt: skip
+    print("\n| setting | micro x ga | checkpointing | compile | metrics | tokens/s | peak GiB | MFU "
+          "| fwd/bwd/opt/data/other s | max loss diff vs first |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        print(markdown_row(run, runs[0]))
     return report
+
+
+def _checkpointing(setting: dict) -> str:
+    if not setting.get("activation_checkpointing"):
+        return "none"
+    every = (setting.get("activation_checkpointing_kwargs") or {}).get("every_n_layers", 1)
+    return "every layer" if every == 1 else f"every {every}th layer"
+
+
+def loss_difference(run: dict, baseline: dict) -> float | None:
+    """Largest relative difference of the logged losses over the common first steps (same seed, same rows)."""
+    if "losses" not in run or "losses" not in baseline:
+        return None
+    pairs = list(zip(run["losses"], baseline["losses"], strict=False))
+    return max((abs(a - b) / max(abs(b), 1e-12) for a, b in pairs), default=None)
+
+
+def markdown_row(run: dict, baseline: dict) -> str:
+    setting = run["setting"]
+    micro, ga = setting["per_device_train_batch_size"], setting["gradient_accumulation_steps"]
+    head = (f"| {setting['name']} | {micro} x {ga} | {_checkpointing(setting)} | {'regional' if setting.get('compile_decoder_layers') else 'eager'} "
+            f"| {'on' if setting.get('log_token_metrics', True) else 'off'} ")  # fmt: skip
+    if "error" in run:
+        return head + f"| — | {run['error']} | — | — | — |"
+    phases = run["profile_s_per_step"]
+    profile = "/".join(f"{phases.get(k, 0):.2f}" for k in ("forward", "backward", "optimizer", "data", "other"))
+    diff = loss_difference(run, baseline)
+    return head + (f"| {run['tokens_per_s']:,.0f} | {run['peak_memory_gib']:.1f} | {100 * run['mfu']:.1f} % "
+                   f"| {profile} | {'—' if diff is None else f'{diff:.1e}'} |")  # fmt: skip
+
+
+def print_run(run: dict, baseline: dict) -> None:
+    setting = run["setting"]
+    if "error" in run:
+        print(f"  {setting['name']}: {run['error']}")
+        return
+    phases = ", ".join(f"{key} {value:.3f} s" for key, value in run["profile_s_per_step"].items())
+    losses = ", ".join(f"{loss:.4f}" for loss in run["losses"])
+    diff = loss_difference(run, baseline)
+    versus = "" if diff is None or run is baseline else f"; max rel. diff vs {baseline['setting']['name']} {diff:.1e}"
+    print(f"  {setting['name']}: {run['step_s']:.3f} s/step  {run['tokens_per_s']:,.0f} tokens/s  "
+          f"peak {run['peak_memory_gib']:.2f} GiB  MFU {100 * run['mfu']:.1f} %")  # fmt: skip
+    print(f"    per step: {phases}")
+    print(f"    losses: {losses}{versus}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -514,6 +715,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peak-tflops", type=float, default=None, help="Real size: peak FLOP/s for MFU (989).")
     parser.add_argument("--dataloader-workers", type=int, default=None, help="Real size: collator workers.")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default: bench/out/train*.json).")
+    parser.add_argument(
+        "--settings",
+        default="paper",
+        help="Real size: ';'-separated settings, compared with the first: a name (paper, paper-nometrics, h100, "
+        "h200: the recipe's proposals) or an inline spec 'micro=4,ga=8,ckpt=none|all|every2,compile=1,metrics=0,"
+        "kernels=1,pad=64'. Micro-batch x ga must equal --batch-size.",
+    )
     args = parser.parse_args(argv)
 
     import torch
