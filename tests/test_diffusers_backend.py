@@ -99,3 +99,54 @@ def test_registry_and_clear_errors(tiny_sdxl):
     assert get_image_backend("embedded", model=None).name.startswith(
         "embedded"
     )  # a forwarded empty --model is dropped
+
+
+class ScriptedChat:
+    """An in-process ChatBackend answering in the real screenplay / expression formats (HTTP is covered by
+    tests/test_generate.py; here the point is the image side of `mirror generate`)."""
+
+    name = "scripted"
+    supports_images = False
+
+    def chat(self, messages, images=None, config=None):
+        if "facial expressions" in messages[0]["content"][0]["text"]:
+            return "Expression: brows drawn together, gaze lowered\nContrast: relaxed brows, open smile"
+        return (
+            "Client: [Sits down slowly, eyes on the floor]\nTherapist: Welcome. What brings you in?\n"
+            "Client: [Shrugs] Work, mostly.\nTherapist: Would you tell me more about work this week?"
+        )
+
+    def chat_batch(self, conversations, images=None, config=None):
+        return [self.chat(m) for m in conversations]
+
+
+def test_generate_with_diffusers_and_an_identity_pool(backend, tmp_path):
+    from dataset_builder import generate as G
+
+    pool = [("pool-f", "female", 28, (200, 150, 120)), ("pool-m", "male", 55, (90, 70, 60))]
+    for key, _, _, colour in pool:
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{key}.png")
+    (tmp_path / "pool.jsonl").write_text(
+        "".join(json.dumps({"key": k, "gender": g, "age": a, "image": f"{k}.png"}) + "\n" for k, g, a, _ in pool)
+    )
+    config = G.GenerateConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "profiles": "sample",
+            "max_profiles": 1,
+            "resistance_styles": ["none"],
+            "identity_pool": str(tmp_path / "pool.jsonl"),
+            "image_backend": "diffusers",
+            "image_filters": False,
+        }
+    )
+    G.generate(config, backend=ScriptedChat(), image_backend=backend)
+    record = json.loads((tmp_path / "out" / "sessions-00000.jsonl").read_text())
+    client = record["client"]
+    expected = "pool-f" if client["gender"] == "female" else "pool-m"
+    assert record["identity"] == {"key": expected, "image": str(tmp_path / f"{expected}.png")}
+    assert "reference_face:identity-pool" in record["quality"]["flags"]
+    assert backend._references[expected] == str(tmp_path / f"{expected}.png")  # the pool face drives the adapter
+    assert record["source"]["image_backend"] == "diffusers"
+    faces = [t["image"] for t in record["turns"] if t["speaker"] == "client"]
+    assert faces and all(Image.open(tmp_path / "out" / f).size == (336, 336) for f in faces)
