@@ -177,3 +177,8 @@ def _print_summary(root: Path, model_dir: Path | None, report_dir: Path | None) 
     print("Publish (private by default; check what would be uploaded first):")
     print(f"  {push} --dry_run")
     print(f"  {push}")
+    # Absolute paths and a bundled recipe name: these lines work from any folder.
+    print("Next: talk to the tiny therapist, then train a real one on a GPU:")
+    if model_dir is not None:
+        print(f"  mirror chat --model {model_dir}")
+    print(f"  mirror train --config llava-1.5-7b/planning --dataset_name {root / DATASET_FOLDER}")
