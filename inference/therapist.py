@@ -349,8 +349,10 @@ class MirrorTherapist:
     ) -> MirrorTherapist:
         """Load a therapist from a model folder or Hub id (merged model or LoRA adapter).
 
-        The strategy defaults to the one the folder declares (`mirror_config.json` or model card `variant`),
-        else `base` for VLMs and `text` for causal LMs.
+        The strategy defaults to the one the folder declares (`mirror_config.json`, the training record or the model
+        card's `variant`), else `base` for VLMs and `text` for causal LMs; a declaration that cannot be read (Hub
+        unreachable, 401) is an error (`read_default_strategy`), never a silent `base`. `backend_kwargs` go to the
+        backend, e.g. `processor_source=` to use another processor on purpose (transformers backend).
         """
         path_or_hub_id = str(path_or_hub_id)
         model = load_backend(
