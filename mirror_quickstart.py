@@ -180,5 +180,6 @@ def _print_summary(root: Path, model_dir: Path | None, report_dir: Path | None) 
     # Absolute paths and a bundled recipe name: these lines work from any folder.
     print("Next: talk to the tiny therapist, then train a real one on a GPU:")
     if model_dir is not None:
-        print(f"  mirror chat --model {model_dir}")
+        profile = json.loads((root / "raw" / "profiles.jsonl").read_text(encoding="utf-8").splitlines()[0])
+        print(f"  mirror chat --model {model_dir} --image {root / 'raw' / profile['identity']['image']}")
     print(f"  mirror train --config llava-1.5-7b/planning --dataset_name {root / DATASET_FOLDER}")
