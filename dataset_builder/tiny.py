@@ -71,6 +71,22 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
     return output_dir
 
 
+def _label_maps(labels: list[str]) -> dict:
+    return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def _pin_label(model, labels: list[str], favour: str | None):
+    """With `favour`, make that label win for every input: a zero classifier weight and a pinned bias."""
+    import torch
+
+    if favour is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.fill_(-10.0)
+            model.classifier.bias[labels.index(favour)] = 10.0
+    return model
+
+
 def build_tiny_image_classifier(
     output_dir: str | Path, labels: list[str], favour: str | None = None, seed: int = 0
 ) -> Path:
@@ -90,15 +106,9 @@ def build_tiny_image_classifier(
         intermediate_size=37,
         image_size=32,
         patch_size=8,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        **_label_maps(labels),
     )
-    model = ViTForImageClassification(config)
-    if favour is not None:
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.fill_(-10.0)
-            model.classifier.bias[labels.index(favour)] = 10.0
+    model = _pin_label(ViTForImageClassification(config), labels, favour)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
@@ -126,16 +136,9 @@ def build_tiny_text_classifier(
         intermediate_size=37,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        **_label_maps(labels),
     )
-    model = BertForSequenceClassification(config)
-    if favour is not None:
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.fill_(-10.0)
-            model.classifier.bias[labels.index(favour)] = 10.0
-    model.save_pretrained(output_dir)
+    _pin_label(BertForSequenceClassification(config), labels, favour).save_pretrained(output_dir)
     return output_dir
 
 
