@@ -875,20 +875,7 @@ class Generator:
             turns.append(turn)
         image = identity.get("image") or f"images/{identity['key']}/identity.png"
         return {
-            "id": job["id"],
-            "source": {
-                "dataset": job["dataset"],
-                "row": str(job["row"]),
-                "generator": self.backend_name("llm"),
-                "generator_revision": self.config.llm.revision,
-                "image_backend": self.image_backend_name(),
-                "seed": screenplay["seed"],
-                "prompt_version": self.config.prompt_version,
-            },
-            "client": job["client"],
-            "resistance": job["resistance"],
-            "cbt_technique": job["cbt_technique"],
-            "cbt_plan": job["cbt_plan"],
+            **self.record_head(job, self.image_backend_name(), screenplay["seed"]),
             "identity": {"key": identity["key"], "image": image},
             "turns": turns,
             "quality": {
@@ -905,20 +892,7 @@ class Generator:
         flagged `failed:screenplay_unusable`, so `mirror build` lists it in `filtered` (never in `sessions`) with
         the reason and the text that could not be parsed."""
         return {
-            "id": job["id"],
-            "source": {
-                "dataset": job["dataset"],
-                "row": str(job["row"]),
-                "generator": self.backend_name("llm"),
-                "generator_revision": self.config.llm.revision,
-                "image_backend": None,
-                "seed": screenplay.get("seed"),
-                "prompt_version": self.config.prompt_version,
-            },
-            "client": job["client"],
-            "resistance": job["resistance"],
-            "cbt_technique": job["cbt_technique"],
-            "cbt_plan": job["cbt_plan"],
+            **self.record_head(job, None, screenplay.get("seed")),
             "identity": {"key": job["identity"]["key"], "image": None},
             "turns": [
                 {
@@ -934,6 +908,22 @@ class Generator:
                 "scores": {"screenplay_attempts": float(screenplay["attempts"])},
                 "flags": [f"{FAILED_FLAG}screenplay_unusable: {screenplay['reason']}", JUDGED_FLAG],
             },
+        }
+
+    def record_head(self, job: dict[str, Any], image_backend: str | None, seed: int | None) -> dict[str, Any]:
+        """What every generated record starts with: its id, its provenance and the profile it was written from."""
+        return {
+            "id": job["id"],
+            "source": {
+                "dataset": job["dataset"],
+                "row": str(job["row"]),
+                "generator": self.backend_name("llm"),
+                "generator_revision": self.config.llm.revision,
+                "image_backend": image_backend,
+                "seed": seed,
+                "prompt_version": self.config.prompt_version,
+            },
+            **{key: job[key] for key in ("client", "resistance", "cbt_technique", "cbt_plan")},
         }
 
     def backend_name(self, which: str) -> str:
