@@ -28,6 +28,14 @@ def assert_names(err: RecordError, record_id: str, field: str):
     assert err.record_id == record_id and err.field == field
 
 
+def rejection(record, tmp_path, field: str, *policy: ImagePolicy) -> str:
+    """`validate_session` raises a RecordError naming the record and `field`; returns its message."""
+    with pytest.raises(RecordError) as info:
+        validate_session(record, tmp_path, *policy)
+    assert_names(info.value, record["id"], field)
+    return str(info.value)
+
+
 def test_valid_record_passes_and_embeds_png(record, tmp_path):
     out = validate_session(record, tmp_path)
     image = out["turns"][first_client_turn(record)]["image"]
@@ -35,60 +43,35 @@ def test_valid_record_passes_and_embeds_png(record, tmp_path):
     assert out["quality"] == {"scores": [], "flags": []}
 
 
-def test_missing_field(record, tmp_path):
-    del record["client"]["distorted_thought"]
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "client.distorted_thought")
-    assert "missing" in str(info.value)
-
-
-def test_extra_field(record, tmp_path):
-    record["mood"] = "grumpy"
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "mood")
-    assert "unknown field" in str(info.value)
-
-
-def test_extra_field_in_turn(record, tmp_path):
-    record["turns"][1]["emotion"] = "x"
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "turns[1].emotion")
-
-
-def test_unknown_resistance_lists_allowed_values(record, tmp_path):
-    record["resistance"] = "passive"
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "resistance")
-    for allowed in ("none", "emotional", "cognitive", "behavioral"):
-        assert allowed in str(info.value)
-
-
-def test_unknown_technique_lists_allowed_values(record, tmp_path):
-    record["cbt_technique"] = "Hypnosis"
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "cbt_technique")
-    assert "Decatastrophizing" in str(info.value) and "Systematic Exposure" in str(info.value)
-
-
-def test_empty_session(record, tmp_path):
-    record["turns"] = []
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], "turns")
-    assert "empty session" in str(info.value)
+@pytest.mark.parametrize(
+    ("mutate", "field", "expected"),
+    [
+        (lambda r: r["client"].pop("distorted_thought"), "client.distorted_thought", ["missing"]),
+        (lambda r: r.update(mood="grumpy"), "mood", ["unknown field"]),
+        (lambda r: r["turns"][1].update(emotion="x"), "turns[1].emotion", []),
+        (lambda r: r.update(resistance="passive"), "resistance", ["none", "emotional", "cognitive", "behavioral"]),
+        (lambda r: r.update(cbt_technique="Hypnosis"), "cbt_technique", ["Decatastrophizing", "Systematic Exposure"]),
+        (lambda r: r.update(turns=[]), "turns", ["empty session"]),
+    ],
+    ids=[
+        "missing",
+        "extra",
+        "extra_in_turn",
+        "unknown_resistance_lists_allowed",
+        "unknown_technique_lists_allowed",
+        "empty_session",
+    ],
+)
+def test_bad_field_is_named(record, tmp_path, mutate, field, expected):
+    mutate(record)
+    message = rejection(record, tmp_path, field)
+    assert all(word in message for word in expected), message
 
 
 def test_client_turn_without_image(record, tmp_path):
     index = first_client_turn(record)
     record["turns"][index]["image"] = None
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], f"turns[{index}].image")
+    rejection(record, tmp_path, f"turns[{index}].image")
     # ...and accepted when images are optional
     assert validate_session(record, tmp_path, ImagePolicy(require_images=False))["turns"][index]["image"] is None
 
@@ -99,7 +82,7 @@ def test_non_utf8_text_names_record_and_field(record, tmp_path):
     line = line.replace(b"MALIK_BAD", b"Mal\xe9k")  # Latin-1 byte, not UTF-8
     path = tmp_path / "sessions.jsonl"
     path.write_bytes(line + b"\n")
-    (line_number, err), = list(iter_jsonl(path))
+    ((line_number, err),) = list(iter_jsonl(path))
     assert isinstance(err, RecordError) and line_number == 1
     assert err.record_id == record["id"] and err.field == "turns[1].statement"
     assert "not valid UTF-8" in str(err) and "0xe9" in str(err)
@@ -108,19 +91,13 @@ def test_non_utf8_text_names_record_and_field(record, tmp_path):
 def test_image_file_missing(record, tmp_path):
     index = first_client_turn(record)
     (tmp_path / record["turns"][index]["image"]).unlink()
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], f"turns[{index}].image")
-    assert "missing" in str(info.value)
+    assert "missing" in rejection(record, tmp_path, f"turns[{index}].image")
 
 
 def test_not_an_image(record, tmp_path):
     index = first_client_turn(record)
     (tmp_path / record["turns"][index]["image"]).write_text("definitely not a PNG")
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], f"turns[{index}].image")
-    assert "not an image" in str(info.value)
+    assert "not an image" in rejection(record, tmp_path, f"turns[{index}].image")
 
 
 def test_truncated_image(record, tmp_path):
@@ -130,28 +107,19 @@ def test_truncated_image(record, tmp_path):
     buffer = io.BytesIO()
     noisy.save(buffer, format="PNG")
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], f"turns[{index}].image")
-    assert "truncated or corrupt" in str(info.value)
+    assert "truncated or corrupt" in rejection(record, tmp_path, f"turns[{index}].image")
 
 
 def test_image_above_pixel_cap(record, tmp_path):
     index = first_client_turn(record)
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path, ImagePolicy(max_pixels=40 * 40))
-    assert_names(info.value, record["id"], f"turns[{index}].image")
-    assert "above the cap" in str(info.value)
+    assert "above the cap" in rejection(record, tmp_path, f"turns[{index}].image", ImagePolicy(max_pixels=40 * 40))
 
 
 @pytest.mark.parametrize("pillow_limit", [30 * 30, 40 * 40])  # error (> 2x limit) and warning (> limit) paths
 def test_decompression_bomb_is_caught(record, tmp_path, monkeypatch, pillow_limit):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)  # our 48x48 images now look like bombs to Pillow
     index = first_client_turn(record)
-    with pytest.raises(RecordError) as info:
-        validate_session(record, tmp_path)
-    assert_names(info.value, record["id"], f"turns[{index}].image")
-    assert "decompression bomb" in str(info.value)
+    assert "decompression bomb" in rejection(record, tmp_path, f"turns[{index}].image")
 
 
 def _roundtrip(image: Image.Image, tmp_path: Path, fmt: str = "PNG", **save) -> Image.Image:
