@@ -9,7 +9,7 @@ tests, `bench/evaluate.py`) and their scores mean nothing.
 - `therapist`: a short canned reply (for the runner bench's text therapist).
 
 `openai_app(responders, latency)` wraps responders in a FastAPI app speaking `/v1/chat/completions`; the `model`
-field of the request picks the responder. `serve(app)` runs it with uvicorn on 127.0.0.1 in a thread.
+field of the request picks the responder. `ServedApp(app)` runs it with uvicorn on 127.0.0.1 in a thread.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at runtime.
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dataset_builder.tiny import make_chat_app, serve_app
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 Responder = Callable[[list[dict[str, Any]]], str]
@@ -108,34 +110,20 @@ class ScriptedBackend:
 
 
 def openai_app(responders: dict[str, Responder], latency: float = 0.0, calls: list | None = None):
-    """A FastAPI app speaking OpenAI's chat-completions API; `model` picks the responder. Each request sleeps
-    `latency` seconds without blocking others (async), so the server is never the bottleneck. `calls` (a list)
-    receives every request body, for tests."""
-    import asyncio
+    """A FastAPI app speaking OpenAI's chat-completions API (`dataset_builder.tiny.make_chat_app`); `model` picks
+    the responder. Each request sleeps `latency` seconds without blocking others (async), so the server is never
+    the bottleneck. `calls` (a list) receives every request body, for tests."""
+    from fastapi import HTTPException
 
-    from fastapi import FastAPI, HTTPException, Request
-
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await request.json()
+    def respond(body: dict[str, Any]) -> str:
         if calls is not None:
             calls.append(body)
         responder = responders.get(body.get("model"))
         if responder is None:
             raise HTTPException(404, f"unknown model {body.get('model')!r}; serving {sorted(responders)}")
-        if latency:
-            await asyncio.sleep(latency)
-        text = responder(body.get("messages") or [])
-        return {
-            "id": "chatcmpl-scripted",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        }
+        return responder(body.get("messages") or [])
+
+    app = make_chat_app(respond, latency)
 
     @app.get("/v1/models")
     async def models():
@@ -144,33 +132,9 @@ def openai_app(responders: dict[str, Responder], latency: float = 0.0, calls: li
     return app
 
 
-class ServedApp:
-    """A uvicorn server on 127.0.0.1 (free port) in a daemon thread; use as a context manager."""
-
-    def __init__(self, app) -> None:
-        import socket
-
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+class ServedApp(serve_app):
+    """`dataset_builder.tiny.serve_app` that enters as itself, its URL in `base_url`: `with ServedApp(app) as s`."""
 
     def __enter__(self) -> "ServedApp":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the scripted OpenAI-compatible server did not start")
-            time.sleep(0.01)
+        self.base_url = super().__enter__()
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
