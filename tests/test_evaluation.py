@@ -10,6 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from dataset_builder.tiny import build_tiny_clip
 from evaluation.client import ClientConfig, ClientFailure, VirtualClient, validate_client_output
 from evaluation.faces import Check, FaceLoop, FaceLoopConfig, FaceLoopFailure
 from evaluation.judges import Judge, load_rubric, parse_score
@@ -210,12 +211,9 @@ class RejectingVerifier:
         return Check(self.name, False, 0.05, 0.2, "stand-in that rejects every face")
 
 
-def test_face_loop_retries_with_new_seeds_then_records_unverified():
-    from dataset_builder.images import get_image_backend
-
-    verifier = RejectingVerifier()
-    loop = FaceLoop(get_image_backend("embedded"), [verifier], FaceLoopConfig(max_attempts=4))
-    result = loop.render(
+def render_face(loop: FaceLoop, **request):
+    """`loop.render` for a face request: one client turn's defaults, `request` overriding any of them."""
+    defaults = dict(
         identity_key="p-01",
         gender="female",
         age=26,
@@ -224,6 +222,15 @@ def test_face_loop_retries_with_new_seeds_then_records_unverified():
         reference=None,
         seed=100,
     )
+    return loop.render(**{**defaults, **request})
+
+
+def test_face_loop_retries_with_new_seeds_then_records_unverified():
+    from dataset_builder.images import get_image_backend
+
+    verifier = RejectingVerifier()
+    loop = FaceLoop(get_image_backend("embedded"), [verifier], FaceLoopConfig(max_attempts=4))
+    result = render_face(loop)
     assert not result.verified and isinstance(result.image, Image.Image)
     assert [a["seed"] for a in result.attempts] == [100, 101, 102, 103]
     assert all(not a["passed"] and a["checks"][0]["score"] == 0.05 for a in result.attempts)
@@ -233,53 +240,15 @@ def test_face_loop_retries_with_new_seeds_then_records_unverified():
         get_image_backend("embedded"), [RejectingVerifier()], FaceLoopConfig(max_attempts=2, on_failure="fail")
     )
     with pytest.raises(FaceLoopFailure, match="always-reject") as failure:
-        strict.render(
-            identity_key="p-01",
-            gender="female",
-            age=26,
-            stage_direction="Frowns",
-            statement="",
-            reference=None,
-            seed=0,
-        )
+        render_face(strict, stage_direction="Frowns", statement="", seed=0)
     assert len(failure.value.attempts) == 2
-
-
-def tiny_clip(folder: Path) -> str:
-    """A tiny random CLIP (text + vision) with a character-level tokenizer: a stand-in loaded by path like a Hub id."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder.mkdir(parents=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in "abcdefghijklmnopqrstuvwxyz,.":
-        vocab[char], vocab[char + "</w>"] = len(vocab), len(vocab) + 1
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={
-            **layers,
-            "vocab_size": len(vocab),
-            "max_position_embeddings": 128,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={**layers, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder / "model")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor, tokenizer).save_pretrained(folder / "model")
-    return str(folder / "model")
 
 
 def test_verifier_models_load_by_id_and_their_scores_are_recorded(tmp_path):
     from dataset_builder.images import FaceRequest, get_image_backend
     from evaluation.faces import ClipTextVerifier, IdentityVerifier
 
-    model = tiny_clip(tmp_path / "tiny-clip")
+    model = str(build_tiny_clip(tmp_path / "tiny-clip"))  # loaded by path like a Hub id
     renderer = get_image_backend("embedded")
     reference = renderer.render(FaceRequest("p-01", "neutral", "female", 26))
     identity = IdentityVerifier(model, threshold=0.3).check(reference, description="", reference=reference)
@@ -290,15 +259,8 @@ def test_verifier_models_load_by_id_and_their_scores_are_recorded(tmp_path):
     config = FaceLoopConfig(max_attempts=2, clip_model=model, clip_threshold=1.01, identity_model=model)
     verifiers = config.build_verifiers()
     assert [v.name.split("(")[0] for v in verifiers] == ["clip_text", "identity"]
-    result = FaceLoop(renderer, verifiers, config).render(
-        identity_key="p-01",
-        gender="female",
-        age=26,
-        stage_direction="looks away",
-        statement="",
-        reference=reference,
-        seed=5,
-    )
+    loop = FaceLoop(renderer, verifiers, config)
+    result = render_face(loop, stage_direction="looks away", statement="", reference=reference, seed=5)
     assert not result.verified and [a["seed"] for a in result.attempts] == [5, 6]
     for attempt in result.attempts:
         clip_check, identity_check = attempt["checks"]
@@ -320,15 +282,7 @@ def test_face_loop_llm_expression_and_contrast():
 
     writer = ScriptedBackend("expr", responder=lambda m: "Expression: tight lips, eyes down\nContrast: broad smile")
     loop = FaceLoop(Renderer(), [], FaceLoopConfig(expression_source="llm"), expression_backend=writer)
-    result = loop.render(
-        identity_key="k",
-        gender="male",
-        age=40,
-        stage_direction="Looks at the floor",
-        statement="Fine.",
-        reference=None,
-        seed=1,
-    )
+    result = render_face(loop, identity_key="k", gender="male", age=40, stage_direction="Looks at the floor", seed=1)
     assert result.verified and result.expression == "tight lips, eyes down"
     assert seen[0].expression == "tight lips, eyes down" and seen[0].contrast_expression == "broad smile"
     with pytest.raises(ValueError, match="expression model"):
