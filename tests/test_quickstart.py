@@ -91,6 +91,30 @@ print(json.dumps({{"sizes": sizes, "planning": sorted(planning), "model": type(m
     )
     assert "upload    model.safetensors" in proc.stdout and "upload    data/sft/planning-" in proc.stdout
 
+    # The README's Python snippets run as written, from the folder the README says (`mirror_quickstart` is the
+    # default output; this run used `qs`).
+    (tmp_path / "mirror_quickstart").symlink_to(qs)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    snippets = [(tmp_path / "mirror_quickstart", blocks[0]), (tmp_path, blocks[1])]
+    assert "load_dataset(\"mirror\")" in blocks[0] and "MirrorTherapist.from_pretrained" in blocks[1]
+    for cwd, code in snippets:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # The closing "Next" hints work from any folder: the chat line as printed, with a piped client turn.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    chat = next(line.strip() for line in out.splitlines() if line.strip().startswith("mirror chat "))
+    proc = subprocess.run([mirror, *chat.split()[1:]], cwd=elsewhere, env=env, input="[looks away] fine.\n/quit\n",
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "Therapist:" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    train = next(line.strip() for line in out.splitlines() if line.strip().startswith("mirror train "))
+    assert "--config llava-1.5-7b/planning" in train  # a bundled recipe name, resolved from any folder:
+    from recipes import resolve_recipe
+
+    assert resolve_recipe("llava-1.5-7b/planning").is_file()
+
 
 def test_skip_training_and_output_folder_safety(tmp_path, capsys):
     from mirror_quickstart import QuickstartArguments, main
