@@ -144,6 +144,8 @@ def build_report(
         client_turns = [t for r in records for t in r["turns"] if t["speaker"] == "client"]
         styles = sorted({j["resistance"] for j in judged if j.get("resistance")})
         ref = reference.get(spec.name)
+        # Plans the therapist model wrote itself (not taken from the profile): how many could not be parsed.
+        generated = [r["plan"] for r in records if (r.get("plan") or {}).get("source") == "generated"]
         therapists[spec.name] = {
             "model": spec.model.model,
             "backend": spec.model.backend,
@@ -160,6 +162,12 @@ def build_report(
                 "client_retries": sum(len(t.get("client_attempts") or [1]) - 1 for t in client_turns),
                 "unverified_faces": sum(1 for t in client_turns if t.get("face") and not t["face"]["verified"]),
                 "crisis_flags": sum(1 for t in client_turns if (t.get("safety") or {}).get("is_risk")),
+                "plans_generated": len(generated),
+                "plan_parse_failure_rate": (
+                    sum(not (p["technique_parsed"] and p["plan_parsed"]) for p in generated) / len(generated)
+                    if generated
+                    else None
+                ),
             },
             "scores": _scores_for(judged, settings),
             "by_resistance": {

@@ -95,6 +95,8 @@ def test_killed_run_resumes_with_every_session_exactly_once(sample_dataset_dir, 
     assert manifest["config"]["therapists"][0]["name"] == "text-a"
     report = json.loads((report_dir / "report.json").read_text())
     assert report["therapists"]["text-a"]["sessions"]["complete"] == 8
+    planned = report["therapists"]["text-b"]["sessions"]  # cactus_plan: the profiles carry the plans
+    assert (planned["plans_generated"], planned["plan_parse_failure_rate"]) == (0, None)
 
     with pytest.raises(FileExistsError, match="finished evaluation run"):
         run_evaluation(load_eval_config(config_path), progress=False)
