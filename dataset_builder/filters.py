@@ -144,6 +144,13 @@ class FilterResult:
     reason: str = ""
 
 
+def _lowest_turn(name: str, scores, turns: list[int], minimum: float, reason: str) -> FilterResult:
+    """The turn with the lowest score decides; `reason` is formatted with that score and `minimum`."""
+    worst = int(scores.argmin())
+    score = float(scores[worst])
+    return FilterResult(name, score, score >= minimum, f"turn {turns[worst]}: " + reason.format(score, minimum))
+
+
 def _words(text: str | None) -> list[str]:
     return _WORD.findall((text or "").lower())
 
@@ -512,14 +519,13 @@ class ModelFilters:
             similarity = (
                 self._image_embeddings(model_id, [images[i] for i in indices]) * self._text_embeddings(model_id, texts)
             ).sum(-1)
-            worst = int(similarity.argmin())
             results.append(
-                FilterResult(
+                _lowest_turn(
                     "clip_similarity",
-                    float(similarity[worst]),
-                    float(similarity[worst]) >= config.min_clip_similarity,
-                    f"turn {indices[worst]}: image-text similarity {float(similarity[worst]):.3f} < "
-                    f"{config.min_clip_similarity}",
+                    similarity,
+                    indices,
+                    config.min_clip_similarity,
+                    "image-text similarity {:.3f} < {}",
                 )
             )
         if images:
@@ -529,13 +535,9 @@ class ModelFilters:
             model, _ = self._clip(model_id)
             scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
             probability = (scale * image_vectors @ text_vectors.T).softmax(-1)[:, 0]
-            worst = int(probability.argmin())
             results.append(
-                FilterResult(
-                    "face_presence",
-                    float(probability[worst]),
-                    float(probability[worst]) >= config.min_face_probability,
-                    f"turn {order[worst]}: no face found (p={float(probability[worst]):.2f})",
+                _lowest_turn(
+                    "face_presence", probability, order, config.min_face_probability, "no face found (p={:.2f})"
                 )
             )
         return results
@@ -574,14 +576,8 @@ class ModelFilters:
         order = list(images)
         vectors = self._image_embeddings(self.config.identity_model, [reference, *(images[i] for i in order)])
         similarity = vectors[1:] @ vectors[0]
-        worst = int(similarity.argmin())
-        return FilterResult(
-            "identity_similarity",
-            float(similarity[worst]),
-            float(similarity[worst]) >= self.config.min_identity_similarity,
-            f"turn {order[worst]}: identity similarity {float(similarity[worst]):.3f} < "
-            f"{self.config.min_identity_similarity}",
-        )
+        minimum = self.config.min_identity_similarity
+        return _lowest_turn("identity_similarity", similarity, order, minimum, "identity similarity {:.3f} < {}")
 
     def nsfw(self, images: dict[int, Any]) -> FilterResult:
         outputs = self._pipeline(self.config.nsfw_model)(
