@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -12,7 +15,21 @@ from pathlib import Path
 
 from PIL import Image
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "dataset_builder" / "sample"
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO / "dataset_builder" / "sample"
+
+
+def offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh offline process: its own HF_HOME under `tmp_path`, the Hub off."""
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", **extra}
+
+
+def run_python(
+    *args, cwd=None, env=None, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """`python *args` (a script and its arguments, or "-c", code) in a fresh process, its output captured as text."""
+    command = [sys.executable, *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
 
 
 def sample_records(n: int | None = None) -> list[dict]:

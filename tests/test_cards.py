@@ -3,7 +3,6 @@ per-variant SFT configs (loaded by `datasets` and by TRL's own `trl sft` CLI), a
 
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -13,13 +12,13 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from helpers import sample_records, with_images, write_raw
+from helpers import offline_env, run_python, sample_records, with_images, write_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(tmp_path):
-    return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return offline_env(tmp_path, HF_DATASETS_OFFLINE="1")
 
 
 def _build(tmp_path, name, *, dataset_values, celeba=False):
@@ -188,23 +187,14 @@ def test_load_dataset_by_folder_name_from_its_parent(tmp_path):
     records = with_images(sample_records(2), tmp_path / "raw")
     write_raw(tmp_path / "raw", records)
     env = _env(tmp_path)
-    build = subprocess.run(
-        [sys.executable, str(ROOT / "mirror_cli.py"), "build", "--input", "raw", "--output", "mirror"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    build = run_python(ROOT / "mirror_cli.py", "build", "--input", "raw", "--output", "mirror", cwd=tmp_path, env=env)
     assert build.returncode == 0, build.stderr[-3000:]
     code = (
         "import json; from datasets import load_dataset; d = load_dataset('mirror'); "
         "p = load_dataset('mirror', 'sft_planning', split='train'); "
         "print(json.dumps({'splits': list(d), 'rows': d['train'].num_rows, 'variants': sorted(set(p['variant']))}))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_python("-c", code, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"splits": ["train"], "rows": 2, "variants": ["planning"]}
@@ -351,9 +341,7 @@ def test_model_card_snippet_runs_against_the_tiny_model(tmp_path, tiny_llava_dir
     assert 'load_dataset("someone/mirror", "profiles", split="test")' in snippet
     snippet = snippet.replace('"someone/mirror-tiny"', repr(str(tiny_llava_dir)))
     snippet = snippet.replace('"someone/mirror"', repr(str(sample_dataset_dir)))
-    proc = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600
-    )
+    proc = run_python("-c", snippet, cwd=ROOT, env=_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 2 and "AI" in proc.stdout  # the disclosure, then the (random) reply

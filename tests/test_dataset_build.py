@@ -2,13 +2,10 @@
 therapist never sees stage directions, builds are atomic and re-runs are no-ops with byte-identical parquet."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import sample_profiles, sample_records, with_images, write_raw
+from helpers import offline_env, run_python, sample_profiles, sample_records, with_images, write_raw
 
 from dataset_builder.build import build_dataset
 from dataset_builder.schema import SESSION_FEATURES
@@ -82,9 +79,7 @@ filtered = load_dataset(folder, "filtered", split="train")
 out["filtered"] = [len(filtered), sum(filtered["kept"])]
 print(json.dumps(out))
 """
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python("-c", script, cwd=tmp_path, env=offline_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["sessions"] == [4, "PngImageFile", "RGB", True]
@@ -183,12 +178,12 @@ def test_cli_build_reports_bad_record(tmp_path):
     records = with_images(sample_records(2), tmp_path / "raw")
     records[1]["resistance"] = "stubborn"
     raw = write_raw(tmp_path / "raw", records)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "mirror_cli.py"), "build", "--input", str(raw), "--output", str(tmp_path / "o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    env = offline_env(tmp_path)
+    cmd = [ROOT / "mirror_cli.py", "build", "--input", raw, "--output", tmp_path / "o"]
+    proc = run_python(*cmd, env=env)
     assert proc.returncode == 2
     assert records[1]["id"] in proc.stderr and "resistance" in proc.stderr and "stubborn" in proc.stderr
-    proc = subprocess.run([*cmd, "--on-bad-record", "skip"], capture_output=True, text=True, env=env, timeout=300)
+    proc = run_python(*cmd, "--on-bad-record", "skip", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Skipped 1 bad record" in proc.stdout and "load_dataset" in proc.stdout
 

@@ -6,14 +6,12 @@ dataset folder, a real tiny model folder with its card, the file selection, the 
 import hashlib
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from helpers import offline_env, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789abcdef"
@@ -268,26 +266,12 @@ def test_token_never_appears_in_logs_or_files(tmp_path, sample_dataset_dir, mode
 
 def test_script_entry_point_dry_run_offline(tmp_path, sample_dataset_dir):
     """`python push_to_hub.py ... --dry_run` in a fresh process: offline, so whoami fails and ids show <user>."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_TOKEN": SENTINEL}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(sample_dataset_dir), "--dry_run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = offline_env(tmp_path, HF_TOKEN=SENTINEL)
+    proc = run_python(ROOT / "push_to_hub.py", "--dataset_dir", sample_dataset_dir, "--dry_run", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"dataset <user>/{sample_dataset_dir.name} (private)" in proc.stdout
     assert SENTINEL not in proc.stdout + proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "push_to_hub.py"), "--dataset_dir", str(tmp_path / "nope")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python(ROOT / "push_to_hub.py", "--dataset_dir", tmp_path / "nope", cwd=tmp_path, env=env)
     assert (
         proc.returncode == 2
         and "error: cannot confirm a Hugging Face Hub login" in proc.stderr
