@@ -31,6 +31,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def allow_loopback_http(monkeypatch):
+    """HF_HUB_OFFLINE=1 (above) makes huggingface_hub refuse *every* request, loopback included. Lift it for one
+    test in this process; use it only where every request goes to 127.0.0.1."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A tiny random LLaVA folder (model, processor, EOS-terminated chat template)."""

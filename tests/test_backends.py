@@ -71,15 +71,6 @@ def adapter_dir(tiny_llava_dir, tmp_path_factory):
     return make_lora_adapter(tiny_llava_dir, tmp_path_factory.mktemp("lora-adapter"))
 
 
-@pytest.fixture
-def allow_loopback_http(monkeypatch):
-    """conftest sets HF_HUB_OFFLINE=1, which makes huggingface_hub refuse *every* request, loopback included.
-    Lift it for one test; these tests only ever talk to 127.0.0.1."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-
 # ----------------------------------------------------------------------------------------------- transformers
 
 

@@ -82,14 +82,6 @@ def server():
         yield base_url, app
 
 
-@pytest.fixture
-def loopback(monkeypatch):
-    """conftest's HF_HUB_OFFLINE=1 also blocks 127.0.0.1 in huggingface_hub; lift it for this process only."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-
 @pytest.fixture(scope="module")
 def filter_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen-filter-models")
@@ -154,7 +146,7 @@ def read_records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "sessions-00000.jsonl").read_text().splitlines()]
 
 
-def test_generate_build_and_load(tmp_path, server, loopback, filter_models, profiles_file):
+def test_generate_build_and_load(tmp_path, server, allow_loopback_http, filter_models, profiles_file):
     from datasets import load_dataset
 
     from dataset_builder.build import build_dataset
@@ -230,7 +222,7 @@ def test_generate_build_and_load(tmp_path, server, loopback, filter_models, prof
     assert app.state.num_requests == before and read_records(out) == records
 
 
-def test_unusable_output_is_recorded_with_reason(tmp_path, loopback, profiles_file):
+def test_unusable_output_is_recorded_with_reason(tmp_path, allow_loopback_http, profiles_file):
     app = make_chat_app(
         lambda body: REFUSAL if "Nadia" in body["messages"][-1]["content"] else recorded_reply(body, set())
     )
@@ -271,7 +263,7 @@ def uninterrupted(server, profiles_file, tmp_path_factory):
     return read_records(Path(data["output_dir"]))
 
 
-def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback, profiles_file, uninterrupted):
+def test_kill_and_resume_gives_the_same_records(tmp_path, server, allow_loopback_http, profiles_file, uninterrupted):
     base_url, _ = server
 
     data = recipe(tmp_path, base_url, profiles_file, name="resumed")
@@ -303,7 +295,7 @@ def test_kill_and_resume_gives_the_same_records(tmp_path, server, loopback, prof
     assert read_records(Path(data["output_dir"])) == uninterrupted  # image paths are relative to the folder
 
 
-def test_different_config_refuses_to_resume(tmp_path, server, loopback, profiles_file):
+def test_different_config_refuses_to_resume(tmp_path, server, allow_loopback_http, profiles_file):
     base_url, _ = server
     data = recipe(tmp_path, base_url, profiles_file, max_profiles=1, resistance_styles=["none"])
     G.generate(G.GenerateConfig.from_dict(data))
@@ -379,7 +371,9 @@ def test_prompts_carry_the_paper_rules():
         assert parsed.num_dropped == 0 and G.check_screenplay(parsed.turns) is None
 
 
-def test_faces_under_accelerate_launch_two_processes(tmp_path, server, loopback, profiles_file, uninterrupted):
+def test_faces_under_accelerate_launch_two_processes(
+    tmp_path, server, allow_loopback_http, profiles_file, uninterrupted
+):
     """Multi-GPU face rendering, exercised on CPU: the text stage here, then `accelerate launch --num_processes 2
     --cpu -m dataset_builder.generate --stages faces`, then the filters; same records as one single-process run."""
     base_url, _ = server
@@ -417,7 +411,7 @@ def test_faces_under_accelerate_launch_two_processes(tmp_path, server, loopback,
     assert read_records(Path(data["output_dir"])) == uninterrupted
 
 
-def test_stages_in_the_wrong_order_are_refused(tmp_path, server, loopback, profiles_file):
+def test_stages_in_the_wrong_order_are_refused(tmp_path, server, allow_loopback_http, profiles_file):
     base_url, _ = server
     config = G.GenerateConfig.from_dict(
         recipe(tmp_path, base_url, profiles_file, max_profiles=1, resistance_styles=["none"])
@@ -431,7 +425,7 @@ def test_stages_in_the_wrong_order_are_refused(tmp_path, server, loopback, profi
         G.generate(config, stages=["paint"])
 
 
-def test_cli_generate_and_a_dead_server(tmp_path, loopback, profiles_file, server):
+def test_cli_generate_and_a_dead_server(tmp_path, allow_loopback_http, profiles_file, server):
     import mirror_cli
 
     base_url, _ = server
