@@ -13,6 +13,8 @@ import string
 from pathlib import Path
 
 _CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+# The transformer size every tiny stand-in here shares (CLIP text and vision towers, ViT, BERT).
+_TINY_LAYERS = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
 def build_tiny_clip_tokenizer(output_dir: str | Path):
@@ -41,11 +43,8 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config={
+            **_TINY_LAYERS,
             "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
             "max_position_embeddings": 77,
             "projection_dim": projection_dim,
             "bos_token_id": tokenizer.bos_token_id,
@@ -53,10 +52,7 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
             "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            **_TINY_LAYERS,
             "image_size": image_size,
             "patch_size": 8,
             "projection_dim": projection_dim,
@@ -100,10 +96,7 @@ def build_tiny_image_classifier(
 
     torch.manual_seed(seed)
     config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=37,
+        **{**_TINY_LAYERS, "num_hidden_layers": 1},
         image_size=32,
         patch_size=8,
         **_label_maps(labels),
@@ -129,11 +122,8 @@ def build_tiny_text_classifier(
     tokenizer = build_tiny_clip_tokenizer(output_dir)
     torch.manual_seed(seed)
     config = BertConfig(
+        **{**_TINY_LAYERS, "num_hidden_layers": 1},
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=37,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
         **_label_maps(labels),
@@ -272,24 +262,13 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        **_TINY_LAYERS,
         vocab_size=len(tokenizer),
         hidden_act="gelu",
         projection_dim=32,
     )
     image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            image_size=32,
-            projection_dim=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            patch_size=8,
-        )
+        CLIPVisionConfig(**_TINY_LAYERS, image_size=32, projection_dim=32, patch_size=8)
     )
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipeline = StableDiffusionXLPipeline(
