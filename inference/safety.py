@@ -119,6 +119,14 @@ class SafetyConfig:
             "top-k safe exemplars for the semantic layer to fire."
         },
     )
+    semantic_refer_margin: float = field(
+        default=0.12,
+        metadata={
+            "help": "A semantic hit whose risk-minus-safe margin reaches this refers at once; a weaker one (between "
+            "semantic_margin and this) asks the scripted safety question first. Set it to semantic_margin to refer "
+            "on every semantic hit."
+        },
+    )
     semantic_top_k: int = field(
         default=3, metadata={"help": "Number of nearest exemplars averaged on each side (risk, safe)."}
     )
@@ -665,7 +673,11 @@ class CrisisDetector:
                     continue
                 detail = f"risk={risk:.2f} safe={safe:.2f}"
                 status = "past" if past else "current"
-                kind = "check_in" if ambiguous else category
+                # Similarity is weaker evidence than a stated intent: a clause only a little closer to risk than to
+                # its safe look-alikes gets the safety question (a "no" costs the client one turn), a clear one the
+                # referral. An ambiguous wording always asks.
+                weak = risk - safe < self.config.semantic_refer_margin
+                kind = "check_in" if ambiguous or weak else category
                 per_turn_hits[index].append(
                     _Hit("semantic", self.exemplars.risk_ids[best], kind, risk, status, detail)
                 )

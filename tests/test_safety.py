@@ -228,7 +228,7 @@ def test_a_negated_hit_does_not_switch_off_the_semantic_layer(detector, monkeypa
     seen.clear()
     result = detector.detect("I'm not suicidal or anything, I just keep wishing I could sleep forever and not exist")
     assert seen and all("suicidal" not in text for text in seen)
-    assert result.is_risk, result.reason
+    assert (result.is_risk or result.check_in) and "semantic:" in result.reason, result.reason  # not let through
 
 
 @pytest.mark.parametrize("text", ["i wanna kil my self", "ive been feeling sucidal", "i dont want to live anymroe"])
@@ -266,6 +266,18 @@ def test_resistant_but_safe_talk_gets_no_check_in(detector, text):
     assert not result.check_in and not result.is_risk, result.reason
 
 
+def test_weak_semantic_evidence_asks_and_strong_evidence_refers(detector):
+    """A clause only a little closer to risk than to its safe look-alikes gets the question, not the referral."""
+    import dataclasses as dc
+
+    text = "I'm not suicidal or anything, I just keep wishing I could sleep forever and not exist"
+    asks = detector.detect(text)
+    assert asks.check_in and not asks.is_risk and "semantic:" in asks.reason
+    eager = CrisisDetector(dc.replace(detector.config, semantic_refer_margin=0.0), embedder=detector.embedder)
+    refers = eager.detect(text)
+    assert refers.is_risk and refers.category == "suicidal_ideation"
+
+
 def _rates(detector, items_by_label, risk_labels):
     """(recall, false-positive rate, misses, false positives): a turn counts as flagged when the layer does not
     let the model answer it, i.e. risk (referral) or an ambiguous turn (the safety question)."""
@@ -290,6 +302,13 @@ def heldout_rates(detector):
     print(
         f"\nHELD-OUT crisis detection ({HELDOUT.name}, never tuned on): recall={recall:.3f} on {n_risk} risk turns, "
         f"false-positive rate={fpr:.3f} on {n_safe} benign turns (target: recall >= 0.95, FPR <= 0.10)"
+    )
+    results = detector.detect_batch([item["text"] for items in heldout.values() for item in items])
+    referred = [r.is_risk for r in results]
+    n = len(heldout["risk"])
+    print(
+        f"  of which referred at once (the rest get the safety question): {sum(referred[:n]) / n:.3f} of risk turns, "
+        f"{sum(referred[n:]) / (len(referred) - n):.3f} of benign turns"
     )
     for kind in dict.fromkeys(item["kind"] for items in heldout.values() for item in items):
         missed = sum(item["kind"] == kind for item, _ in misses + false_positives)
