@@ -220,8 +220,18 @@ def headline_keys(report: dict[str, Any]) -> list[str]:
     return sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown section after a blank line: `## title`, a blank line, then a table of `header` and `rows`."""
+    row_lines = ["| " + " | ".join(map(str, row)) + " |" for row in [header, *rows]]
+    return ["", f"## {title}", "", row_lines[0], "|" + "---|" * len(header), *row_lines[1:]]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    keys = headline_keys(report)
+    keys, therapists = headline_keys(report), report["therapists"]
     confidence = round(report["run"]["confidence"] * 100)
     lines = [
         "# MIRROR evaluation report",
@@ -229,51 +239,33 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Dataset `{report['run']['dataset']}`, client `{report['run']['client_model']}`, judge "
         f"`{report['run']['judge_model']}`. Cells: mean [{confidence}% bootstrap CI] (percent of judge answers "
         "parseable). Unparseable answers are missing values, not zeros.",
-        "",
     ]
-    for note in report["run"]["notes"]:
-        lines.append(f"> {note}")
     if report["run"]["notes"]:
-        lines.append("")
-    lines += [
-        "## Sessions",
-        "",
-        "| therapist | strategy | sessions | complete | failed | error | mean turns |",
-        "|---|---|---|---|---|---|---|",
+        lines += ["", *(f"> {note}" for note in report["run"]["notes"])]
+    columns = ("total", "complete", "failed", "error")
+    sessions = [
+        [name, d["strategy"], *(d["sessions"][k] for k in columns), _num(d["sessions"]["mean_turns"], ".1f")]
+        for name, d in therapists.items()
     ]
-    for name, data in report["therapists"].items():
-        s = data["sessions"]
-        mean_turns = f"{s['mean_turns']:.1f}" if s["mean_turns"] is not None else "n/a"
-        lines.append(
-            f"| {name} | {data['strategy']} | {s['total']} | {s['complete']} | {s['failed']} | {s['error']} "
-            f"| {mean_turns} |"
-        )
+    lines += _table("Sessions", ["therapist", "strategy", "sessions", *columns[1:], "mean turns"], sessions)
     if keys:
-        lines += ["", "## Judge scores", "", "| therapist | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        for name, data in report["therapists"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(data["scores"].get(k)) for k in keys) + " |")
-        lines += [
-            "",
-            "## By resistance style",
-            "",
-            "| therapist | resistance | " + " | ".join(keys) + " |",
-            "|---|---|" + "---|" * len(keys),
+        scores = [[name, *(_fmt(d["scores"].get(k)) for k in keys)] for name, d in therapists.items()]
+        lines += _table("Judge scores", ["therapist", *keys], scores)
+        by_style = [
+            [name, style, *(_fmt(style_scores.get(k)) for k in keys)]
+            for name, d in therapists.items()
+            for style, style_scores in d["by_resistance"].items()
         ]
-        for name, data in report["therapists"].items():
-            for style, scores in data["by_resistance"].items():
-                lines.append(f"| {name} | {style} | " + " | ".join(_fmt(scores.get(k)) for k in keys) + " |")
-    ref_rows = [(n, d["reference"]["overall"]) for n, d in report["therapists"].items() if d["reference"]]
-    if ref_rows:
-        lines += [
-            "",
-            "## Reference metrics (next turn given the gold history)",
-            "",
-            "| therapist | turns | " + " | ".join(REFERENCE_METRICS) + " |",
-            "|---|---|" + "---|" * len(REFERENCE_METRICS),
-        ]
-        for name, overall in ref_rows:
-            cells = [f"{overall[m]:.3f}" if overall.get(m) is not None else "n/a" for m in REFERENCE_METRICS]
-            lines.append(f"| {name} | {overall.get('n_turns', 0)} | " + " | ".join(cells) + " |")
+        lines += _table("By resistance style", ["therapist", "resistance", *keys], by_style)
+    reference = [
+        [name, d["reference"]["overall"].get("n_turns", 0)]
+        + [_num(d["reference"]["overall"].get(m), ".3f") for m in REFERENCE_METRICS]
+        for name, d in therapists.items()
+        if d["reference"]
+    ]
+    if reference:
+        title = "Reference metrics (next turn given the gold history)"
+        lines += _table(title, ["therapist", "turns", *REFERENCE_METRICS], reference)
     return "\n".join(lines) + "\n"
 
 
