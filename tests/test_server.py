@@ -316,9 +316,15 @@ def test_arguments_follow_the_subcommand_contract():
     assert ServeArguments().host == "127.0.0.1" and not ServeArguments().no_safety
 
 
-@pytest.mark.parametrize("case", ["missing", "dataset", "no_safety_remote"])
-def test_startup_errors_are_one_line_and_exit_2(case, tmp_path, sample_dataset_dir):
-    model = {"missing": str(tmp_path / "no-such-model"), "dataset": str(sample_dataset_dir)}.get(case, "x")
+@pytest.mark.parametrize("case", ["missing", "dataset", "unknown_id_offline", "no_safety_remote"])
+def test_startup_errors_are_one_line_and_exit_2(case, tmp_path, sample_dataset_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the subprocess must not reach the Hub
+    models = {
+        "missing": str(tmp_path / "no-such-model"),
+        "dataset": str(sample_dataset_dir),
+        "unknown_id_offline": "nobody-here/no-such-mirror-model",
+    }
+    model = models.get(case, "x")
     argv = ["serve", "--model", model, "--port", "0"]
     if case == "no_safety_remote":
         argv += ["--host", "0.0.0.0", "--no_safety"]
