@@ -371,20 +371,23 @@ def cactus_row_to_profile(row: dict[str, Any], index: int) -> dict[str, Any]:
     }
 
 
+def _mirror_profiles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Profiles from MIRROR profile/session records: their source row (else their id), client and CBT plan."""
+    return [
+        {
+            "row": r.get("source", {}).get("row") or r["id"],
+            **{k: r[k] for k in ("client", "cbt_technique", "cbt_plan")},
+        }
+        for r in rows
+    ]
+
+
 def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
     """(dataset name, distinct client profiles) from the configured source."""
     source = config.profiles
     if source == "sample":
         rows = [json.loads(line) for line in SAMPLE_PROFILES.read_text(encoding="utf-8").splitlines() if line.strip()]
-        profiles = [
-            {
-                "row": r["source"]["row"],
-                "client": r["client"],
-                "cbt_technique": r["cbt_technique"],
-                "cbt_plan": r["cbt_plan"],
-            }
-            for r in rows
-        ]
+        profiles = _mirror_profiles(rows)
         name = "mirror-sample"
     elif source == "hub":
         import datasets
@@ -400,15 +403,7 @@ def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
 
         rows = read_release_file(path)
         if rows and "client" in rows[0]:  # MIRROR profile/session records
-            profiles = [
-                {
-                    "row": r.get("source", {}).get("row") or r["id"],
-                    "client": r["client"],
-                    "cbt_technique": r["cbt_technique"],
-                    "cbt_plan": r["cbt_plan"],
-                }
-                for r in rows
-            ]
+            profiles = _mirror_profiles(rows)
             # Keep the records' own provenance (it decides the licence on the card); else name them by the file.
             sources = {(r.get("source") or {}).get("dataset") for r in rows}
             name = sources.pop() if len(sources) == 1 and None not in sources else path.stem
