@@ -27,8 +27,13 @@ def tiny_args(model_dir, dataset_dir, output_dir, *extra: str):
     return parse_args(tiny_argv(model_dir, dataset_dir, output_dir, *extra))
 
 
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
+def train_with_snapshots(trainer):
+    """Train; return the parameters before and after, the names of the trainable ones, and the train output."""
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+    trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
+    result = trainer.train()
+    after = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+    return before, after, trainable, result
 
 
 class StepCounter:
@@ -55,10 +60,7 @@ def lora_run(tiny_llava_dir, sample_dataset_dir, tmp_path_factory):
         tiny_llava_dir, sample_dataset_dir, output_dir, "--max_steps", "3", "--save_steps", "2"
     )
     trainer = build_trainer(script_args, training_args, model_args)
-    before = snapshot(trainer.model)
-    trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
-    result = trainer.train()
-    after = snapshot(trainer.model)
+    before, after, trainable, result = train_with_snapshots(trainer)
     folder = save_model_folder(trainer, script_args, training_args, model_args, metrics=result.metrics)
     return {
         "trainer": trainer,
@@ -264,10 +266,7 @@ def test_text_variant_trains_a_causal_lm(tiny_lm_dir, sample_dataset_dir, tmp_pa
     row = trainer.train_dataset[0]
     kept = [token for token in row["labels"] if token != -100]
     assert tokenizer.decode(kept) == row["messages"][-1]["content"] + tokenizer.eos_token
-    before = snapshot(trainer.model)
-    trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
-    result = trainer.train()
-    after = snapshot(trainer.model)
+    before, after, trainable, result = train_with_snapshots(trainer)
     assert trainable and all(not torch.equal(before[n], after[n]) for n in trainable)
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
     assert math.isfinite(result.metrics["train_loss"])
@@ -283,13 +282,10 @@ def test_full_finetuning_freezes_the_vision_tower(tiny_llava_dir, sample_dataset
         "--save_strategy", "no",
     )  # fmt: skip
     trainer = build_trainer(script_args, training_args, model_args)
-    before = snapshot(trainer.model)
-    trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
+    before, after, trainable, _ = train_with_snapshots(trainer)
     assert not any("vision_tower" in name for name in trainable)
     assert any("multi_modal_projector" in name for name in trainable)
     assert any("language_model.layers" in name for name in trainable) and "lm_head.weight" in trainable
-    trainer.train()
-    after = snapshot(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before if "vision_tower" in n)
     assert all(not torch.equal(before[n], after[n]) for n in trainable if "multi_modal_projector" in n)
     projector_lrs = {g["initial_lr"] for g in trainer.optimizer.param_groups if g["name"].startswith("projector")}
