@@ -255,3 +255,29 @@ def test_facts_are_defined_once():
     assert parse_dtype("bfloat16") is torch.bfloat16 and parse_dtype("auto") == "auto"
     with pytest.raises(ValueError, match="Unknown dtype"):
         parse_dtype("bfloat17")
+
+
+def test_bench_settings_specs():
+    """`bench/train.py --real-size --settings` specs: inline keys, the recipe's proposals, the same effective batch."""
+    from bench.train import parse_setting
+
+    spec = parse_setting("micro=4,ga=8,ckpt=every2,compile=1,metrics=0,pad=64,kernels=1", 32)
+    assert spec == {
+        "name": "micro=4,ga=8,ckpt=every2,compile=1,metrics=0,pad=64,kernels=1",
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 8,
+        "activation_checkpointing": True,
+        "activation_checkpointing_kwargs": {"every_n_layers": 2},
+        "compile_decoder_layers": True,
+        "log_token_metrics": False,
+        "pad_to_multiple_of": 64,
+        "model_init_kwargs": {"use_kernels": True},
+    }
+    paper = parse_setting("paper", 32)
+    assert (paper["per_device_train_batch_size"], paper["activation_checkpointing"]) == (32, True)
+    h100 = parse_setting("h100", 32)
+    assert (h100["per_device_train_batch_size"], h100["gradient_accumulation_steps"]) == (4, 8)
+    with pytest.raises(ValueError, match="effective batch"):
+        parse_setting("micro=4,ga=4", 32)
+    with pytest.raises(ValueError, match="Unknown key"):
+        parse_setting("micro=4,ga=8,warp=9", 32)
