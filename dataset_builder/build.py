@@ -22,6 +22,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .builder import MirrorBuilder, raw_files
+from .files import atomic_write
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError
 
@@ -349,7 +350,7 @@ def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, over
             out_records = []
             for record in tqdm(records, desc=f"Rendering faces ({path.name})", unit="record"):
                 out_records.append(_render_record(record, raw_dir, output_dir, backend, FaceRequest, overwrite))
-            _atomic_write(output_dir / path.name,
+            atomic_write(output_dir / path.name,
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_records).encode("utf-8"))
     return output_dir
 
@@ -394,12 +395,6 @@ def _copy_relative(raw_dir: Path, output_dir: Path, relative: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     return relative
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def build_sample_dataset(output_dir: str | Path, work_dir: str | Path | None = None,

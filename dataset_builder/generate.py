@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
 
@@ -174,13 +175,6 @@ def load_prompt(kind: str, version: str) -> dict[str, Any]:
 # Atomic shards, resumable stages and the LLM cache
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class ShardedStage:
     """A stage's JSONL shards: read what is done, write new items in atomic shards."""
 
@@ -204,7 +198,7 @@ class ShardedStage:
         while (self.folder / f"shard-{index:05d}.jsonl").exists():
             index += 1
         text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
-        _atomic_write_text(self.folder / f"shard-{index:05d}.jsonl", text)
+        atomic_write(self.folder / f"shard-{index:05d}.jsonl", text)
 
 
 def run_stage(
@@ -998,7 +992,7 @@ class Generator:
             self._check_manifest()
             self.output.mkdir(parents=True, exist_ok=True)
             dataset, jobs = self.stage_profiles()
-            _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset), indent=2) + "\n")
+            atomic_write(self.output / MANIFEST, json.dumps(self._manifest(dataset), indent=2) + "\n")
             screenplays = self.stage_screenplays(jobs, CachedChat(lambda: self.backend, self.config.llm, cache))
             usable = [
                 {"id": j["id"], "turns": screenplays[j["id"]]["turns"]}
@@ -1032,7 +1026,7 @@ class Generator:
         }
         by_id = {r["id"]: r for r in records} | placeholders
         # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
-        _atomic_write_text(
+        atomic_write(
             self.output / "sessions-00000.jsonl",
             "".join(json.dumps(by_id[j["id"]], ensure_ascii=False) + "\n" for j in jobs),
         )
@@ -1053,9 +1047,9 @@ class Generator:
             "unusable": unusable,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _atomic_write_text(self.output / "generation-report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write(self.output / "generation-report.json", json.dumps(report, indent=2) + "\n")
         dataset = jobs[0]["dataset"] if jobs else None
-        _atomic_write_text(self.output / MANIFEST, json.dumps(self._manifest(dataset, counts), indent=2) + "\n")
+        atomic_write(self.output / MANIFEST, json.dumps(self._manifest(dataset, counts), indent=2) + "\n")
         return report
 
     def _records(self) -> tuple[list[dict], dict[str, dict], list[dict]]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from dataset_builder.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 RUBRIC_DIR = Path(__file__).parent / "rubrics"
@@ -258,11 +260,7 @@ class JudgeCache:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(value)}")
-        tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(self._path(key), json.dumps(value, ensure_ascii=False))
 
 
 @dataclass

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from dataset_builder.files import atomic_write
+
 from .client import ClientConfig, ClientFailure, VirtualClient, load_client_prompt
 from .config import EvalConfig, TherapistSpec
 from .faces import FaceLoop, FaceLoopFailure, image_sha256
@@ -49,10 +51,7 @@ def stable_seed(*parts: Any) -> int:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def session_path(run_dir: Path, therapist: str, profile_id: str) -> Path:
