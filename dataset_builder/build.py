@@ -22,7 +22,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .builder import MirrorBuilder, raw_files
-from .files import atomic_write
+from .files import atomic_save_png, atomic_write
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError
 
@@ -366,10 +366,7 @@ def _render_record(record, raw_dir, output_dir, backend, face_request, overwrite
         if overwrite or not target.exists():
             image = backend.render(face_request(identity_key=key, expression=expression, gender=client.get("gender"),
                                                 age=client.get("age"), contrast_expression=contrast, seed=seed))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            image.save(tmp, format="PNG")
-            os.replace(tmp, target)
+            atomic_save_png(image, target)
         return relative.as_posix()
 
     if record["identity"].get("image") is None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dataset_builder.files import atomic_write
+
 REPORT_SCHEMA_VERSION = 1
 CTRS_ITEMS = ("understanding", "interpersonal_effectiveness", "collaboration", "guided_discovery", "focus", "strategy")
 ALLIANCE_ITEMS = ("goal", "task", "bond")
@@ -333,9 +335,7 @@ def write_report(report: dict[str, Any], folder: str | Path) -> Path:
     for filename, data in report["plots"].items():
         _draw(filename, data, folder / filename)
     (folder / "report.md").write_text(to_markdown(report), encoding="utf-8")
-    tmp = folder / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(folder / "report.json")
+    atomic_write(folder / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
     return folder
 
 
