@@ -43,7 +43,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .files import atomic_write
+from inference.backends.base import text_message
+
+from .files import atomic_save_png, atomic_write
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
 
@@ -502,10 +504,7 @@ def screenplay_messages(job: dict[str, Any], prompt: dict[str, Any]) -> list[dic
         cbt_plan=job["cbt_plan"],
         examples=examples,
     )
-    return [
-        {"role": "system", "content": [{"type": "text", "text": prompt["system"]}]},
-        {"role": "user", "content": [{"type": "text", "text": user}]},
-    ]
+    return [text_message("system", prompt["system"]), text_message("user", user)]
 
 
 def check_screenplay(turns: list[dict[str, Any]]) -> str | None:
@@ -538,10 +537,7 @@ def _line(turn: dict[str, Any]) -> str:
 def expression_messages(turns: list[dict[str, Any]], index: int, prompt: dict[str, Any]) -> list[dict[str, Any]]:
     history = "\n".join(_line(t) for t in turns[:index]) or "(nothing yet)"
     user = prompt["user"].format(history=history, current=_line(turns[index]))
-    return [
-        {"role": "system", "content": [{"type": "text", "text": prompt["system"]}]},
-        {"role": "user", "content": [{"type": "text", "text": user}]},
-    ]
+    return [text_message("system", prompt["system"]), text_message("user", user)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -838,10 +834,7 @@ class Generator:
                         seed=seed,
                     )
                 )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
+                atomic_save_png(image, target)
         if state is not None and state.num_processes > 1:
             state.wait_for_everyone()
 

@@ -164,9 +164,7 @@ class VirtualClient:
 
     def messages(self, profile: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The client model's conversation for its next reply; stage directions of its own turns are kept."""
-
-        def text(role: str, body: str) -> dict[str, Any]:
-            return {"role": role, "content": [{"type": "text", "text": body}]}
+        from inference.backends.base import text_message as text
 
         messages = [text("system", self.system_prompt(profile)), text("user", self.prompt["first_turn_instruction"])]
         for turn in history:
@@ -179,7 +177,7 @@ class VirtualClient:
 
     def reply(self, profile: dict[str, Any], history: list[dict[str, Any]], seed: int | None = None) -> ClientTurn:
         """The next validated client turn; raises ClientFailure after `max_retries` invalid outputs."""
-        from inference.backends.base import GenerationConfig
+        from inference.backends.base import GenerationConfig, text_message
 
         client_turns = sum(turn["speaker"] == "client" for turn in history)
         therapist_turns = len(history) - client_turns
@@ -193,10 +191,7 @@ class VirtualClient:
             if attempts:
                 note = self.prompt["first_turn_note"] if first else ""
                 retry = self.prompt["retry_instruction"].format(problem=attempts[-1]["error"], first_turn_note=note)
-                messages += [
-                    {"role": "assistant", "content": [{"type": "text", "text": attempts[-1]["raw"] or ""}]},
-                    {"role": "user", "content": [{"type": "text", "text": retry.strip()}]},
-                ]
+                messages += [text_message("assistant", attempts[-1]["raw"] or ""), text_message("user", retry.strip())]
             config = GenerationConfig(
                 temperature=self.config.temperature,
                 top_p=self.config.top_p,

@@ -236,13 +236,13 @@ class FaceLoop:
         """(expression, contrasting expression, the LLM's raw answer)."""
         if self.config.expression_source == "stage_direction":
             return stage_direction, None, None
-        from inference.backends.base import GenerationConfig
+        from inference.backends.base import GenerationConfig, text_message
 
         prompt = _expression_prompt(self.config.expression_prompt_version)["request"].format(
             stage_direction=stage_direction, statement=statement or "(nothing)"
         )
         raw = self.expression_backend.chat(
-            [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+            [text_message("user", prompt)],
             None,
             GenerationConfig(temperature=0.7, top_p=0.9, max_new_tokens=64, seed=seed),
         )

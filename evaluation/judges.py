@@ -302,7 +302,7 @@ class Judge:
 
     def judge_session(self, record: dict[str, Any]) -> dict[str, Any]:
         """Scores of every rubric item for one session record (see evaluation/README.md for the layout)."""
-        from inference.backends.base import GenerationConfig
+        from inference.backends.base import GenerationConfig, text_message
 
         items = self.session_items(record)
         results: dict[str, dict[str, Any]] = {}
@@ -326,12 +326,9 @@ class Judge:
                     self.sleep(wait)
             conversations = []
             for item, _, raws in pending:
-                messages = [{"role": "user", "content": [{"type": "text", "text": item.prompt}]}]
+                messages = [text_message("user", item.prompt)]
                 if raws and raws[-1] is not None:  # show the unreadable answer and remind the format
-                    messages += [
-                        {"role": "assistant", "content": [{"type": "text", "text": raws[-1]}]},
-                        {"role": "user", "content": [{"type": "text", "text": item.retry_instruction}]},
-                    ]
+                    messages += [text_message("assistant", raws[-1]), text_message("user", item.retry_instruction)]
                 conversations.append(messages)
             try:
                 self.stats.model_calls += len(conversations)

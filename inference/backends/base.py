@@ -28,6 +28,11 @@ class GenerationConfig:
 Messages = list[dict[str, Any]]
 
 
+def text_message(role: str, text: str) -> dict[str, Any]:
+    """One message in TRL's structured format holding a single text block."""
+    return {"role": role, "content": [{"type": "text", "text": text}]}
+
+
 @runtime_checkable
 class ChatBackend(Protocol):
     """A chat model. `name` identifies the model (id and revision) in provenance and reports.
