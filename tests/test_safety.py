@@ -351,6 +351,26 @@ def test_heldout_recall_and_false_positive_rate_reach_the_target(heldout_rates):
     assert fpr <= 0.10
 
 
+INDEPENDENT = Path(__file__).parent / "fixtures" / "crisis_heldout_independent.yaml"  # another writer; see header
+
+
+def test_independent_heldout_figures_are_reported_and_do_not_regress(detector):
+    """A second held-out set, written by someone who saw neither the rules nor the first held-out set. Its figures
+    (recall 0.631 / FPR 0.120 when first measured) are the honest estimate of how the detector generalises; they
+    are printed and held as a floor, and the issue's target is far off here too."""
+    independent = yaml.safe_load(INDEPENDENT.read_text(encoding="utf-8"))
+    recall, fpr, misses, false_positives, n_risk, n_safe = _rates(detector, independent, ("risk",))
+    print(f"\nINDEPENDENT HELD-OUT crisis detection ({INDEPENDENT.name}, other writer, never tuned on): "
+          f"recall={recall:.3f} on {n_risk} risk turns, false-positive rate={fpr:.3f} on {n_safe} benign turns")
+    for kind in dict.fromkeys(item["kind"] for items in independent.values() for item in items):
+        wrong = sum(item["kind"] == kind for item, _ in misses + false_positives)
+        total = sum(item["kind"] == kind for items in independent.values() for item in items)
+        print(f"  {kind:<26} wrong {wrong}/{total}")
+    assert n_risk >= 200 and n_safe >= 200
+    assert recall >= 0.62
+    assert fpr <= 0.13
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Session rules
 # --------------------------------------------------------------------------------------------------------------
