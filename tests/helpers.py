@@ -32,6 +32,14 @@ def run_python(
     return subprocess.run(command, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
 
 
+def run_mirror(*args, cwd: Path = REPO, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`mirror <args>` (through `mirror_cli.main`) in a fresh offline process, its output captured as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return run_python(
+        "-c", "import sys, mirror_cli; sys.exit(mirror_cli.main())", *args, cwd=cwd, env=env, timeout=timeout
+    )
+
+
 def sample_records(n: int | None = None) -> list[dict]:
     records = [json.loads(line) for line in (SAMPLE_DIR / "sessions.jsonl").read_text().splitlines() if line.strip()]
     return copy.deepcopy(records[:n] if n else records)

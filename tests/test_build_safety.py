@@ -8,16 +8,12 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import sample_profiles, sample_records, with_images, write_raw
+from helpers import run_mirror, sample_profiles, sample_records, with_images, write_raw
 
 from dataset_builder.build import BUILD_STAMP, build_dataset
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -26,12 +22,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def make_raw(folder: Path, n: int = 2) -> Path:
     return write_raw(folder, with_images(sample_records(n), folder), sample_profiles()[:1])
-
-
-def run_build(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", "import sys, mirror_cli; sys.exit(mirror_cli.main(sys.argv[1:]))", "build", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=cwd or ROOT)
 
 
 @pytest.fixture()
@@ -110,7 +100,7 @@ def test_cli_refuses_data_loss_in_one_line(tmp_path, case):
         output.mkdir()
         (output / "thesis.txt").write_text("three years of work")
     before = snapshot(tmp_path)
-    proc = run_build("--input", str(raw), "--output", str(output))
+    proc = run_mirror("build", "--input", str(raw), "--output", str(output))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "refusing" in proc.stderr or "would delete" in proc.stderr or "inside" in proc.stderr
@@ -141,7 +131,7 @@ def test_empty_sessions_file_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"sessions\.jsonl .*holds no session records"):
         build_dataset(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    proc = run_build("--input", str(raw), "--output", str(tmp_path / "out"))
+    proc = run_mirror("build", "--input", str(raw), "--output", str(tmp_path / "out"))
     assert proc.returncode == 2 and "no session records" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -193,7 +183,7 @@ def test_skip_mode_prints_a_count_per_reason(tmp_path):
     records[1]["resistance"] = "defiant"
     records[2]["cbt_technique"] = "Hypnosis"
     raw = write_raw(tmp_path / "raw", records)
-    proc = run_build("--input", str(raw), "--output", str(tmp_path / "out"), "--on_bad_record", "skip")
+    proc = run_mirror("build", "--input", str(raw), "--output", str(tmp_path / "out"), "--on_bad_record", "skip")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"^\s*2 x validation: resistance: unknown value$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^\s*1 x validation: cbt_technique: unknown value$", proc.stdout, re.M), proc.stdout

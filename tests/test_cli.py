@@ -9,17 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_mirror
 
 import mirror_cli
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTERED = [name for name, (module, _, _) in mirror_cli.COMMANDS.items() if mirror_cli._available(module)]
-
-
-def run_mirror(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
-    command = [sys.executable, "-c", "import sys, mirror_cli; sys.exit(mirror_cli.main())", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
 
 
 def test_top_level_help_lists_the_registered_commands(capsys):
