@@ -83,8 +83,9 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=CONFIG_SPLITS[self.config.name], gen_kwargs={"raw_dir": raw_dir})]
 
     def _generate_examples(self, raw_dir: Path):
-        if self.config.name == "sessions":
-            for record, failure in self._iter_sessions(raw_dir, encode=True):
+        if self.config.name in ("sessions", "profiles"):
+            records = self._iter_sessions if self.config.name == "sessions" else self._iter_profiles
+            for record, failure in records(raw_dir, encode=True):
                 if failure is None:
                     record.pop("_origin")
                     yield record["id"], record
@@ -94,11 +95,6 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                 yield f"session-{index}", failure if failure is not None else _kept_row(record, "session")
             for index, (record, failure) in enumerate(self._iter_profiles(raw_dir, encode=False)):
                 yield f"profile-{index}", failure if failure is not None else _kept_row(record, "profile")
-        elif self.config.name == "profiles":
-            for record, failure in self._iter_profiles(raw_dir, encode=True):
-                if failure is None:
-                    record.pop("_origin")
-                    yield record["id"], record
         elif self.config.name == "sft":
             for record, failure in self._iter_sessions(raw_dir, encode=True):
                 if failure is None:
