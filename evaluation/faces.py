@@ -120,16 +120,33 @@ class NSFWVerifier:
 
     NSFW_LABELS = ("nsfw", "porn", "hentai", "sexy", "explicit", "unsafe")
 
-    def __init__(self, model: str, threshold: float = 0.5, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str,
+        threshold: float = 0.5,
+        device: str = "cpu",
+        labels: tuple[str, ...] | list[str] = NSFW_LABELS,
+    ):
         from transformers import pipeline
 
         self.name = f"nsfw({model})"
         self.threshold = threshold
-        self.pipe = pipeline("image-classification", model=model, device=device)
+        self.labels = tuple(label.lower() for label in labels)
+        self.pipe = pipeline(
+            "image-classification", model=model, device=device, model_kwargs={"use_safetensors": True}
+        )
+        model_labels = [str(label) for label in self.pipe.model.config.id2label.values()]
+        # A model without any configured label would score every image 0 and pass everything: refuse it up front.
+        if not any(label.lower() in self.labels for label in model_labels):
+            raise ValueError(
+                f"NSFW model {model!r} has labels {model_labels}, none of the configured NSFW labels "
+                f"{list(self.labels)} (faces.nsfw_labels)"
+            )
 
     def check(self, image: Image.Image, *, description: str, reference: Image.Image | None = None) -> Check:
-        scores = self.pipe(image, top_k=None)
-        score = sum(s["score"] for s in scores if s["label"].lower() in self.NSFW_LABELS)
+        # top_k=None means the top 5 in the image-classification pipeline: ask for every label so none is dropped.
+        scores = self.pipe(image.convert("RGB"), top_k=self.pipe.model.config.num_labels)
+        score = sum(s["score"] for s in scores if s["label"].lower() in self.labels)
         return Check(self.name, score < self.threshold, score, self.threshold)
 
 
@@ -156,6 +173,10 @@ class FaceLoopConfig:
     identity_threshold: float = field(default=0.3, metadata={"help": "Minimum identity similarity to the reference."})
     nsfw_model: str | None = field(default=None, metadata={"help": "Image classifier id/path for the NSFW check."})
     nsfw_threshold: float = field(default=0.5, metadata={"help": "NSFW probability that fails an image."})
+    nsfw_labels: list[str] = field(
+        default_factory=lambda: list(NSFWVerifier.NSFW_LABELS),
+        metadata={"help": "Labels of nsfw_model (any case) whose probabilities add up to the NSFW score."},
+    )
     on_failure: str = field(
         default="use_last",
         metadata={"help": "When no attempt passes: use_last (keep the last image, mark it unverified) or fail."},
@@ -169,11 +190,13 @@ class FaceLoopConfig:
             raise ValueError(f"faces.on_failure must be use_last or fail, got {self.on_failure!r}")
         if self.max_attempts < 1:
             raise ValueError("faces.max_attempts must be at least 1")
+        if isinstance(self.nsfw_labels, str) or not self.nsfw_labels:
+            raise ValueError(f"faces.nsfw_labels must be a non-empty list of labels, got {self.nsfw_labels!r}")
 
     def build_verifiers(self) -> list[FaceVerifier]:
         verifiers: list[FaceVerifier] = []
         if self.nsfw_model:
-            verifiers.append(NSFWVerifier(self.nsfw_model, self.nsfw_threshold, self.device))
+            verifiers.append(NSFWVerifier(self.nsfw_model, self.nsfw_threshold, self.device, self.nsfw_labels))
         if self.clip_model:
             verifiers.append(ClipTextVerifier(self.clip_model, self.clip_threshold, device=self.device))
         if self.identity_model:

@@ -412,3 +412,68 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         main(EvaluateArguments(config=str(bad)))
     with pytest.raises(FileNotFoundError, match="no recipe"):
         main(EvaluateArguments(config="no-such-recipe"))
+
+
+NSFW_STAND_IN_LABELS = ["normal", "drawing", "neutral", "sketch", "painting", "photo", "nsfw"]
+
+
+def _tiny_nsfw_classifier(folder: Path) -> tuple[str, float]:
+    """A tiny random ViT whose "nsfw" label is the least likely of seven (so the pipeline's default top 5 would drop
+    it): the folder, and the model's own softmax probability of "nsfw" for the rendered face, computed here."""
+    import torch
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from dataset_builder.images import FaceRequest, get_image_backend
+    from dataset_builder.tiny import build_tiny_image_classifier
+
+    build_tiny_image_classifier(folder, NSFW_STAND_IN_LABELS, seed=3)
+    model = ViTForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+        model.classifier.bias[NSFW_STAND_IN_LABELS.index("nsfw")] = -3.0
+    model.save_pretrained(folder)
+
+    face = get_image_backend("embedded").render(FaceRequest("p-01", "Looks away, jaw tight", "female", 26, seed=100))
+    inputs = ViTImageProcessor.from_pretrained(folder)(images=face.convert("RGB"), return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model.eval()(**inputs).logits.softmax(dim=-1)[0]
+    assert probabilities.argsort()[0] == NSFW_STAND_IN_LABELS.index("nsfw")  # the least likely label
+    return str(folder), float(probabilities[NSFW_STAND_IN_LABELS.index("nsfw")])
+
+
+def test_nsfw_verifier_scores_the_models_own_probability_and_follows_the_threshold(tmp_path):
+    from dataset_builder.images import get_image_backend
+    from evaluation.faces import NSFWVerifier
+
+    model, probability = _tiny_nsfw_classifier(tmp_path / "tiny-nsfw")  # loaded by path like a Hub id
+    assert 0.0 < probability < 0.2
+
+    passing = FaceLoopConfig(max_attempts=3, nsfw_model=model, nsfw_threshold=probability * 2)
+    (verifier,) = passing.build_verifiers()
+    assert isinstance(verifier, NSFWVerifier) and verifier.name == f"nsfw({model})"
+    result = render_face(FaceLoop(get_image_backend("embedded"), [verifier], passing))
+    assert result.verified and [a["seed"] for a in result.attempts] == [100]
+    check = result.attempts[0]["checks"][0]
+    assert check["passed"] and check["threshold"] == probability * 2
+    assert check["score"] == pytest.approx(probability, rel=1e-4)
+
+    rejecting = FaceLoopConfig(max_attempts=3, nsfw_model=model, nsfw_threshold=probability / 2)
+    result = render_face(FaceLoop(get_image_backend("embedded"), rejecting.build_verifiers(), rejecting))
+    assert not result.verified and [a["seed"] for a in result.attempts] == [100, 101, 102]
+    assert len({a["sha256"] for a in result.attempts}) == 3  # a new face per seed, each one recorded
+    for attempt in result.attempts:
+        (check,) = attempt["checks"]
+        assert not attempt["passed"] and not check["passed"] and check["threshold"] == probability / 2
+        assert check["score"] > probability / 2
+    assert result.attempts[0]["checks"][0]["score"] == pytest.approx(probability, rel=1e-4)  # seed 100's face
+
+
+def test_nsfw_verifier_refuses_a_model_without_the_configured_label(tmp_path):
+    from dataset_builder.tiny import build_tiny_image_classifier
+
+    model = str(build_tiny_image_classifier(tmp_path / "gender", ["female", "male"]))
+    config = FaceLoopConfig(nsfw_model=model, nsfw_labels=["nsfw"])
+    with pytest.raises(ValueError, match=r"NSFW model .*gender.* has labels \['female', 'male'\].*'nsfw'"):
+        config.build_verifiers()
+    with pytest.raises(ValueError, match="nsfw_labels"):
+        FaceLoopConfig(nsfw_labels="nsfw")
