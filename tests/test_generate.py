@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 
 from dataset_builder import generate as G
 from dataset_builder.tiny import build_tiny_clip, build_tiny_image_classifier, make_chat_app, serve_app
@@ -132,14 +133,6 @@ def write_recipe(tmp_path, data) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_records(folder: Path) -> list[dict]:

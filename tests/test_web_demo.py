@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from inference.backends.base import GenerationConfig
 from inference.safety import AI_DISCLOSURE, SafetyConfig
@@ -29,12 +29,6 @@ BOT = "#mirror-chatbot [data-testid='bot']"
 WAIT_MS = 20_000
 CLIENT = {"name": "Sam", "age": 29, "reason_for_counseling": "Feels overwhelmed at work."}
 MESSAGES = ("Work has been piling up and I can't sleep.", "I want to end my life", "you misunderstood, I'm fine")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_parser_defaults_are_local_and_private():
