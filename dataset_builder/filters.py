@@ -542,12 +542,16 @@ class ModelFilters:
             )
         return results
 
+    def _classify_images(self, model_id: str, images: dict[int, Any]) -> list[list[dict]]:
+        """Scores of every label for each image. The image-classification pipeline's `top_k=None` means its default
+        of 5, which would silently drop labels (an NSFW or an age bracket ranked sixth) on larger label sets."""
+        pipe = self._pipeline(model_id)
+        return pipe([images[i] for i in images], top_k=pipe.model.config.num_labels, batch_size=len(images))
+
     def age_consistency(self, record: dict, images: dict[int, Any]) -> FilterResult:
         age = record["client"].get("age")
         worst_gap, worst_turn = 0.0, None
-        outputs = self._pipeline(self.config.age_model)(
-            [images[i] for i in images], top_k=None, batch_size=len(images)
-        )
+        outputs = self._classify_images(self.config.age_model, images)
         for index, scores in zip(images, outputs, strict=True):
             weighted = [(s["score"], _midpoint(s["label"])) for s in scores]
             weighted = [(p, a) for p, a in weighted if a is not None]
@@ -561,9 +565,7 @@ class ModelFilters:
 
     def gender_consistency(self, record: dict, images: dict[int, Any]) -> FilterResult:
         expected = record["client"].get("gender")
-        outputs = self._pipeline(self.config.gender_model)(
-            [images[i] for i in images], top_k=None, batch_size=len(images)
-        )
+        outputs = self._classify_images(self.config.gender_model, images)
         changed = []
         for index, scores in zip(images, outputs, strict=True):
             top = max(scores, key=lambda s: s["score"])
@@ -580,9 +582,7 @@ class ModelFilters:
         return _lowest_turn("identity_similarity", similarity, order, minimum, "identity similarity {:.3f} < {}")
 
     def nsfw(self, images: dict[int, Any]) -> FilterResult:
-        outputs = self._pipeline(self.config.nsfw_model)(
-            [images[i] for i in images], top_k=None, batch_size=len(images)
-        )
+        outputs = self._classify_images(self.config.nsfw_model, images)
         worst, where = 0.0, None
         for index, scores in zip(images, outputs, strict=True):
             probability = sum(s["score"] for s in scores if s["label"].lower() in self.config.nsfw_labels)

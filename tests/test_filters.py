@@ -255,3 +255,29 @@ def test_dialogue_safety_classifier_by_id(tmp_path):
     assert F.DialogueSafety(F.FilterConfig(safety_model=str(safe)))(GOOD).passed
     with pytest.raises(F.ModelUnavailable, match="no-such-org/safety"):
         F.DialogueSafety(F.FilterConfig(safety_model="no-such-org/safety"))
+
+
+def test_image_classifier_filters_read_every_label_not_the_pipelines_top_five(tmp_path, tiny_models):
+    """The image-classification pipeline keeps only its top 5 labels unless asked for all: an NSFW label ranked
+    seventh must still count with the model's own probability."""
+    import torch
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from dataset_builder.tiny import build_tiny_image_classifier
+
+    labels = ["normal", "drawing", "neutral", "sketch", "painting", "photo", "nsfw"]
+    folder = build_tiny_image_classifier(tmp_path / "nsfw7", labels, seed=3)
+    model = ViTForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+        model.classifier.bias[labels.index("nsfw")] = -3.0  # the least likely label for any image
+    model.save_pretrained(folder)
+    inputs = ViTImageProcessor.from_pretrained(folder)(images=FACE, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model.eval()(**inputs).logits.softmax(dim=-1)[0]
+    assert int(probabilities.argsort()[0]) == labels.index("nsfw")
+    expected = float(probabilities[labels.index("nsfw")])
+
+    filters = F.ModelFilters(_config(tiny_models, nsfw_model=str(folder), nsfw_threshold=expected / 2))
+    result = filters.nsfw({0: FACE})
+    assert result.score == pytest.approx(expected, rel=1e-4) and not result.passed
