@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from huggingface_hub import constants
 
+    from dataset_builder.tiny import serve_app
     from evaluation.config import EvalConfig, from_dict
     from evaluation.models import BackendPool
     from evaluation.runner import SessionRunner
-    from evaluation.scripted import ServedApp, client_responder, openai_app, therapist_responder
+    from evaluation.scripted import client_responder, openai_app, therapist_responder
 
     constants.HF_HUB_OFFLINE = False  # only 127.0.0.1 is contacted
     profiles = [
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     app = openai_app({"client": client_responder, "therapist": therapist_responder}, latency=args.latency)
     results = {}
-    with ServedApp(app) as server, tempfile.TemporaryDirectory() as tmp:
-        endpoint = {"backend": "endpoint", "base_url": server.base_url, "max_retries": 0, "max_concurrency": 64}
+    with serve_app(app) as base_url, tempfile.TemporaryDirectory() as tmp:
+        endpoint = {"backend": "endpoint", "base_url": base_url, "max_retries": 0, "max_concurrency": 64}
         for concurrency in (1, args.k):
             config = from_dict(
                 EvalConfig,

@@ -9,7 +9,8 @@ tests, `bench/evaluate.py`) and their scores mean nothing.
 - `therapist`: a short canned reply (for the runner bench's text therapist).
 
 `openai_app(responders, latency)` wraps responders in a FastAPI app speaking `/v1/chat/completions`; the `model`
-field of the request picks the responder. `ServedApp(app)` runs it with uvicorn on 127.0.0.1 in a thread.
+field of the request picks the responder. `dataset_builder.tiny.serve_app(app)` runs it with uvicorn on 127.0.0.1
+in a thread.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at runtime.
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from dataset_builder.tiny import make_chat_app, serve_app
+from dataset_builder.tiny import make_chat_app
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 Responder = Callable[[list[dict[str, Any]]], str]
@@ -130,11 +131,3 @@ def openai_app(responders: dict[str, Responder], latency: float = 0.0, calls: li
         return {"object": "list", "data": [{"id": name, "object": "model"} for name in responders]}
 
     return app
-
-
-class ServedApp(serve_app):
-    """`dataset_builder.tiny.serve_app` that enters as itself, its URL in `base_url`: `with ServedApp(app) as s`."""
-
-    def __enter__(self) -> "ServedApp":
-        self.base_url = super().__enter__()
-        return self

@@ -168,16 +168,17 @@ class RecordingBackend:
 def http_run(tiny_llava_dir, sample_dataset_dir, tmp_path_factory):
     from huggingface_hub import constants
 
-    from evaluation.scripted import ServedApp, client_responder, judge_responder, openai_app
+    from dataset_builder.tiny import serve_app
+    from evaluation.scripted import client_responder, judge_responder, openai_app
     from inference.backends import load_backend
 
     calls: list[dict] = []
     app = openai_app({"client": client_responder, "judge": judge_responder}, calls=calls)
     run_dir = tmp_path_factory.mktemp("http") / "run"
-    with pytest.MonkeyPatch.context() as patch, ServedApp(app) as server:
+    with pytest.MonkeyPatch.context() as patch, serve_app(app) as base_url:
         # conftest's HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP even to loopback; these calls stay on 127.0.0.1.
         patch.setattr(constants, "HF_HUB_OFFLINE", False)
-        endpoint = {"backend": "endpoint", "base_url": server.base_url, "max_retries": 0, "timeout": 30}
+        endpoint = {"backend": "endpoint", "base_url": base_url, "max_retries": 0, "timeout": 30}
         data = scripted_config(
             run_dir,
             sample_dataset_dir,
