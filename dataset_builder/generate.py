@@ -55,7 +55,6 @@ PROMPT_DIR = Path(__file__).parent / "prompts"
 SAMPLE_PROFILES = Path(__file__).parent / "sample" / "profiles.jsonl"
 RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")
 CACTUS_REPO_ID = "LangAGI-Lab/cactus"
-STAGES = ("profiles", "screenplays", "expressions", "faces", "filters")
 STAGE_GROUPS = ("text", "faces", "filters")  # text = profiles + screenplays + expressions (the LLM stages)
 MANIFEST = "manifest.json"
 MAX_RAW_CHARS = 20_000  # of an unusable model output kept for the audit trail

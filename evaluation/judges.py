@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from dataset_builder.files import atomic_write
 logger = logging.getLogger(__name__)
 
 RUBRIC_DIR = Path(__file__).parent / "rubrics"
-DEFAULT_RUBRICS = ("ctrs", "alliance", "panas")
 DEFAULT_RUBRIC_VERSION = "v1"
 
 # ------------------------------------------------------------------------------------------------ parse_score
@@ -264,12 +263,6 @@ class JudgeCache:
 
 
 @dataclass
-class JudgeStats:
-    model_calls: int = 0
-    cache_hits: int = 0
-
-
-@dataclass
 class Judge:
     """Rates sessions with rubrics through any ChatBackend, one call per item at temperature 0.
 
@@ -289,7 +282,6 @@ class Judge:
     backoff: float = 1.0
     max_new_tokens: int = 256
     sleep: Callable[[float], None] = time.sleep
-    stats: JudgeStats = field(default_factory=JudgeStats)
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
@@ -311,7 +303,6 @@ class Judge:
             key = JudgeCache.key(self.backend.name, item)
             cached = self.cache.get(key) if self.cache else None
             if cached is not None:
-                self.stats.cache_hits += 1
                 results[item.key] = {**cached, "cached": True}
             else:
                 pending.append((item, key, []))
@@ -331,7 +322,6 @@ class Judge:
                     messages += [text_message("assistant", raws[-1]), text_message("user", item.retry_instruction)]
                 conversations.append(messages)
             try:
-                self.stats.model_calls += len(conversations)
                 answers = self.backend.chat_batch(conversations, [[] for _ in conversations], config)
             except Exception as error:  # a failed call is retried like an unreadable answer
                 logger.warning("judge %s: call failed (round %d): %s", self.backend.name, round_index + 1, error)
