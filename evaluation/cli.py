@@ -15,6 +15,13 @@ class EvaluateArguments:
     )
     output_dir: str | None = field(default=None, metadata={"help": "Run folder; overrides the config's output_dir."})
     dataset: str | None = field(default=None, metadata={"help": "Dataset folder or Hub id; overrides the config."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Therapist model folder or Hub id; replaces the model of the config's only therapist "
+            "(a config with several therapists: edit its YAML)."
+        },
+    )
     max_profiles: int | None = field(default=None, metadata={"help": "Evaluate only the first N profiles."})
     concurrency: int | None = field(default=None, metadata={"help": "Sessions run at the same time."})
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bars."})
@@ -37,9 +44,24 @@ def main(args: EvaluateArguments) -> int:
         max_profiles=args.max_profiles,
         concurrency=args.concurrency,
     )
+    if args.model:
+        config = _with_therapist_model(config, args.model, path)
     report_dir = run_evaluation(config, progress=not args.no_progress)
     print(f"Report: {report_dir / 'report.md'}")
     print(
         f"  JSON: {report_dir / 'report.json'}; plots: {', '.join(p.name for p in sorted(report_dir.glob('*.png')))}"
     )
     return 0
+
+
+def _with_therapist_model(config, model: str, path):
+    """`--model`: one therapist only, so which model it replaces is never a guess."""
+    from dataclasses import replace
+
+    if len(config.therapists) != 1:
+        names = ", ".join(spec.name for spec in config.therapists)
+        raise ValueError(
+            f"--model: {path} has {len(config.therapists)} therapists ({names}); edit each one's model in the YAML"
+        )
+    (spec,) = config.therapists
+    return replace(config, therapists=[replace(spec, model=replace(spec.model, model=model))])

@@ -414,6 +414,30 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         main(EvaluateArguments(config="no-such-recipe"))
 
 
+def test_tiny_eval_recipe_points_at_the_quickstart_folders():
+    import mirror_quickstart
+    from evaluation.config import load_eval_config
+    from recipes import resolve_recipe
+
+    config = load_eval_config(resolve_recipe("tiny", kind="eval"))
+    root = Path(mirror_quickstart.QuickstartArguments().output)
+    assert Path(config.dataset) == root / mirror_quickstart.DATASET_FOLDER
+    assert [Path(spec.model.model) for spec in config.therapists] == [root / mirror_quickstart.MODEL_FOLDER]
+
+
+def test_evaluate_config_model_override_replaces_the_only_therapist_model():
+    from evaluation.cli import EvaluateArguments, _with_therapist_model, main
+    from evaluation.config import load_eval_config
+    from recipes import resolve_recipe
+
+    path = resolve_recipe("tiny", kind="eval")
+    config = _with_therapist_model(load_eval_config(path), "some/other-model", path)
+    assert [spec.model.model for spec in config.therapists] == ["some/other-model"]
+    assert config.therapists[0].model.backend == "transformers"
+    with pytest.raises(ValueError, match=r"--model: .*paper.yaml has \d+ therapists .*edit each one's model"):
+        main(EvaluateArguments(config="paper", model="some/other-model"))
+
+
 NSFW_STAND_IN_LABELS = ["normal", "drawing", "neutral", "sketch", "painting", "photo", "nsfw"]
 
 
