@@ -22,12 +22,13 @@ import datasets
 from tqdm.auto import tqdm
 
 from .builder import MirrorBuilder, raw_files
-from .files import atomic_save_png, atomic_write
+from .files import atomic_save_png, atomic_write, check_output_folder
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError
 
 BUILD_FORMAT_VERSION = "1"
 BUILD_STAMP = ".mirror-build.json"
+RENDER_STAMP = ".mirror-render.json"  # marks a render-faces output folder, so a re-run may resume into it
 SAMPLE_DIR = Path(__file__).parent / "sample"
 
 
@@ -202,14 +203,11 @@ def check_output_dir(raw_dir: Path, output_dir: Path) -> None:
     if output_dir.is_relative_to(raw_dir):
         raise ValueError(f"--output {output_dir} is inside the input folder {raw_dir}; the build would read its own "
                          "output as input. Choose a folder outside the input.")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output {output_dir} is a file, not a folder; choose a new folder.")
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
-        return
     stamp_path = output_dir / BUILD_STAMP
+    check_output_folder(output_dir, flag="--output", ours=lambda folder: (folder / BUILD_STAMP).is_file(),
+                        what=f"a previous Mirror build (no {BUILD_STAMP})", action="replace")
     if not stamp_path.is_file():
-        raise FileExistsError(f"--output {output_dir} is not empty and is not a previous Mirror build (no "
-                              f"{BUILD_STAMP}); refusing to replace it. Choose a new or empty folder.")
+        return  # new or empty
     try:
         built = set(json.loads(stamp_path.read_text(encoding="utf-8"))["files"]) | {BUILD_STAMP}
     except (ValueError, KeyError, TypeError) as err:
@@ -330,19 +328,33 @@ def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, s
 # Faces for raw records (paper step 3, with any image backend)
 
 
-def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, overwrite: bool = False) -> Path:
+def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, overwrite: bool = False, *,
+                 check_output: bool = True) -> Path:
     """Copy raw records to `output_dir`, rendering a face for every client turn (and identity) that has none.
 
     Writes atomically per file and skips images already on disk, so an interrupted run resumes where it stopped.
+    `output_dir` must be new, empty or an earlier render-faces output (its `RENDER_STAMP`); `check_output=False`
+    is for a caller that has vetted the folder under its own rule (`mirror import --overwrite`).
     """
     from .images import FaceRequest, get_image_backend
 
-    backend = backend or get_image_backend("embedded")
     raw_dir, output_dir = Path(raw_dir), Path(output_dir)
+    if not raw_dir.exists():
+        raise FileNotFoundError(f"--input {raw_dir} not found: expected a folder of raw records (sessions*.jsonl)")
+    if not raw_dir.is_dir():
+        raise NotADirectoryError(f"--input {raw_dir} is a file, not a folder of raw records (sessions*.jsonl)")
     if output_dir.resolve() == raw_dir.resolve():
         raise ValueError(f"--output is the input folder ({raw_dir}); rendering there would rewrite the raw records. "
                          "Choose a new folder.")
+    if not raw_files(raw_dir, "sessions") and not raw_files(raw_dir, "profiles"):
+        raise FileNotFoundError(f"No sessions*.jsonl or profiles*.jsonl files in --input {raw_dir}")
+    if check_output:
+        check_output_folder(output_dir, flag="--output", ours=lambda folder: (folder / RENDER_STAMP).is_file(),
+                            what=f"an earlier render-faces output (no {RENDER_STAMP})")
+    backend = backend or get_image_backend("embedded")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not (output_dir / RENDER_STAMP).is_file():  # first, so a killed run's folder is still recognised as ours
+        atomic_write(output_dir / RENDER_STAMP, json.dumps({"made_by": "mirror render-faces"}) + "\n")
     for kind in ("sessions", "profiles"):
         for path in raw_files(raw_dir, kind):
             lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -24,3 +25,29 @@ def atomic_save_png(image, path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write(path, buffer.getvalue())
+
+
+def check_output_folder(
+    path: str | os.PathLike, *, flag: str, ours: Callable[[Path], bool], what: str, action: str = "write into"
+) -> Path:
+    """Refuse an output folder that holds something this tool did not make; returns it as a `Path`.
+
+    Allowed: a path that does not exist yet, an empty folder, or a folder `ours` recognises (by the marker or stamp
+    the tool writes there), so re-running or resuming into our own folder keeps working. A file, or a non-empty
+    folder of someone else's, raises FileExistsError naming `flag` and saying what to do; nothing is touched.
+    `what` names what `ours` looks for, e.g. "a model folder made by `mirror train` (no mirror_training.json)".
+    """
+    path = check_not_a_file(path, flag=flag)
+    if path.is_dir() and any(path.iterdir()) and not ours(path):
+        raise FileExistsError(
+            f"{flag} {path} is not empty and is not {what}; refusing to {action} it. Choose a new or empty folder."
+        )
+    return path
+
+
+def check_not_a_file(path: str | os.PathLike, *, flag: str) -> Path:
+    """Refuse an output folder path that is an existing file (clearer than "[Errno 20] Not a directory" later)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{flag} {path} is a file, not a folder; choose a new folder.")
+    return path

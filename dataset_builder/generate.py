@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from inference.backends.base import text_message
 
-from .files import atomic_save_png, atomic_write
+from .files import atomic_save_png, atomic_write, check_not_a_file
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
 
@@ -979,6 +979,7 @@ class Generator:
                 "`mirror generate --config X --stages filters`"
             )
         main_process = state is None or state.is_main_process
+        check_not_a_file(self.output, flag="--output_dir")  # before any stage touches it
         cache = ResponseCache(self.work / "llm-cache.jsonl")
         if "text" in stages:
             self._check_manifest()

@@ -33,6 +33,8 @@ from typing import Any
 
 from inference.prompts import CBT_TECHNIQUES, DEFAULT_PROMPT_VERSION
 
+from .files import check_not_a_file
+
 logger = logging.getLogger(__name__)
 
 RELEASE_REPO_ID = "multimodal-reframing/mirror"
@@ -515,7 +517,7 @@ def import_release(args: ImportArguments) -> ImportResult:
     """Read the release and write a raw record folder (faces rendered unless `render_faces=False`)."""
     if args.on_bad_row not in ("raise", "skip"):
         raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {args.on_bad_row!r}")
-    output = Path(args.output)
+    output = check_not_a_file(args.output, flag="--output")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{output} exists and is not empty (pass overwrite to replace what import wrote)")
     celeba_dir = Path(args.celeba_dir).expanduser() if args.celeba_dir else None
@@ -575,8 +577,11 @@ def import_release(args: ImportArguments) -> ImportResult:
             from .build import render_faces
             from .images import get_image_backend
 
-            render_faces(
-                staging, output, get_image_backend(args.image_backend, model=args.image_model, device=args.device)
+            render_faces(  # the folder was vetted above under import's own rule (empty, or --overwrite)
+                staging,
+                output,
+                get_image_backend(args.image_backend, model=args.image_model, device=args.device),
+                check_output=False,
             )
         else:
             for file in staging.glob("*.jsonl"):

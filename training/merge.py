@@ -53,13 +53,14 @@ def merge_adapter(
 
     from inference.backends.transformers_backend import parse_dtype
     from model_cards import render_model_card
-    from training.train import TRAINING_RECORD
+    from training.train import TRAINING_RECORD, check_model_output_dir
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{str(adapter_dir)!r} holds no adapter_config.json: not a LoRA adapter folder")
     if output_dir.resolve() == adapter_dir.resolve():
         raise ValueError("output_dir must differ from adapter_dir")
+    check_model_output_dir(output_dir)  # new, empty or a model folder of ours: never the user's files
     record = _read_record(adapter_dir)
     mirror_args = record.get("mirror_args", {})
     peft_config = PeftConfig.from_pretrained(str(adapter_dir))
@@ -89,13 +90,17 @@ def merge_adapter(
             generation_config.read_text(encoding="utf-8"), encoding="utf-8"
         )
 
+    merged = {"merged_from": str(adapter_dir), "base_model": base_model, "merged_dtype": dtype}
     if record:
-        record = {**record, "merged_from": str(adapter_dir), "base_model": base_model, "merged_dtype": dtype}
+        record = {**record, **merged}
         card = dict(record.get("card", {}), adapter=False)
         card["model_name"] = output_dir.name
         record["card"] = card
-        (output_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         (output_dir / "README.md").write_text(render_model_card(card), encoding="utf-8")
+    # Always written: it also marks the folder as ours, so merging into it again is allowed (see check_model_output_dir).
+    (output_dir / TRAINING_RECORD).write_text(
+        json.dumps(record or merged, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     return output_dir
 
 

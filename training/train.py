@@ -181,15 +181,35 @@ def parse_args(argv: list[str] | None = None, parser=None):
             raise MirrorConfigError("--config needs a recipe: a path or a bundled name such as llava-1.5-7b/base")
         recipe = argv[index]
         argv[index] = str(resolve_recipe(recipe))
+    elif not {"-h", "--help"} & set(argv):  # no recipe: the defaults alone cannot train (and want bf16 on a GPU)
+        missing = [flag for flag in ("--dataset_name", "--model_name_or_path") if not _flag_given(argv, flag)]
+        if missing:
+            raise MirrorConfigError(
+                f"--config is required (a recipe: a path or a bundled name such as tiny/base or llava-1.5-7b/base), "
+                f"or else {' and '.join(missing)} with the training options; see `{parser.prog} --help`"
+            )
     try:
-        script_args, training_args, model_args = parser.parse_args_and_config(argv, fail_with_unknown_args=True)
+        *arguments, recipe_unknown, argv_unknown = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except ValueError as error:  # e.g. TrainingArguments refusing bf16 without a GPU
         if "bf16" not in str(error):
             raise
         raise MirrorConfigError(f"{error} (on a CPU: --use_cpu true --bf16 false, as in recipe tiny/base)") from None
+    if recipe_unknown:
+        raise MirrorConfigError(f"Unknown arguments from config file: {recipe_unknown} (see `{parser.prog} --help`)")
+    if argv_unknown:
+        raise MirrorConfigError(f"unrecognized arguments: {' '.join(argv_unknown)} (see `{parser.prog} --help`)")
+    script_args, training_args, model_args = arguments
     if recipe is not None and script_args.recipe is None:
         script_args.recipe = recipe
     return script_args, training_args, model_args
+
+
+def _flag_given(argv: list[str], flag: str) -> bool:
+    """`--snake_name`, `--kebab-name`, either with `=value`, is in `argv`."""
+    spellings = (flag, "--" + flag[2:].replace("_", "-"))
+    return any(item == name or item.startswith(f"{name}=") for item in argv for name in spellings)
 
 
 def recipe_arguments(recipe: str | os.PathLike, **overrides: Any):
@@ -230,12 +250,35 @@ def checkpoint_dir(script_args: MirrorScriptArguments, training_args) -> Path:
     return folder
 
 
+def check_model_output_dir(output_dir: str | os.PathLike) -> Path:
+    """`output_dir` must be new, empty or a model folder of ours (its `mirror_training.json`): saving the model
+    writes README.md, config.json and weights there, which must never replace a user's files."""
+    from dataset_builder.files import check_output_folder
+
+    return check_output_folder(
+        output_dir,
+        flag="--output_dir",
+        ours=lambda folder: (folder / TRAINING_RECORD).is_file(),
+        what=f"a model folder made by `mirror train` or `mirror merge` (no {TRAINING_RECORD})",
+    )
+
+
 def check_arguments(script_args: MirrorScriptArguments, training_args, model_args) -> None:
     """Configuration errors that can be found from the arguments alone, before anything is loaded."""
     if not script_args.dataset_name:
-        raise MirrorConfigError("dataset_name is required: a Mirror dataset folder or Hub id")
+        raise MirrorConfigError("--dataset_name is required: a Mirror dataset folder (from `mirror build`) or Hub id")
     if not model_args.model_name_or_path:
-        raise MirrorConfigError("model_name_or_path is required")
+        raise MirrorConfigError(
+            "--model_name_or_path is required: a model folder (e.g. one written by "
+            "`training.tiny.build_tiny_llava(folder)` or `mirror merge`) or a Hub model id such as "
+            "llava-hf/llava-1.5-7b-hf"
+        )
+    if Path(script_args.dataset_name).expanduser().is_file():
+        raise NotADirectoryError(
+            f"--dataset_name {script_args.dataset_name} is a file, not a dataset folder; pass the folder `mirror "
+            "build` wrote (README.md and data/), or a Hub dataset id"
+        )
+    _check_model_source(model_args.model_name_or_path)
     if script_args.variant not in VARIANTS:
         raise MirrorConfigError(f"Unknown variant {script_args.variant!r}; expected one of {list(VARIANTS)}")
     if script_args.dataset_streaming:
@@ -260,6 +303,23 @@ def check_arguments(script_args: MirrorScriptArguments, training_args, model_arg
         )
     if vision and (training_args.packing or training_args.padding_free):
         raise MirrorConfigError("packing and padding_free are not supported for vision variants")
+
+
+def _check_model_source(name: str) -> None:
+    """A local model path that cannot be one fails here, not as a Hub lookup of a path-looking name."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise NotADirectoryError(f"--model_name_or_path {name} is a file, not a model folder")
+    if path.exists():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # not a Hub id either, so a mistyped folder
+        raise FileNotFoundError(
+            f"--model_name_or_path {name}: no such folder; pass a model folder or a Hub model id such as owner/name"
+        ) from None
 
 
 def check_qlora_available() -> None:
@@ -393,6 +453,7 @@ def build_trainer(
     )
 
     check_arguments(script_args, training_args, model_args)
+    check_model_output_dir(training_args.output_dir)  # before hours of training, not at the end
     _resolve_resume(script_args, training_args)  # a missing checkpoint is a config error too
     vision = script_args.variant in VISION_VARIANTS
 
@@ -637,7 +698,7 @@ def save_model_folder(
 
     from model_cards import render_model_card
 
-    output_dir = Path(training_args.output_dir)
+    output_dir = check_model_output_dir(training_args.output_dir)  # again: it may have changed while training
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():
         return output_dir
