@@ -119,9 +119,36 @@ def test_python_m_training_train_is_the_same_command(tmp_path):
     command = [sys.executable, "-m", "training.train", "--config", "tiny/base", "--dataset_name", str(tmp_path / "x")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("python -m training.train: error: model_name_or_path is required"), result.stderr
+    assert result.stderr.startswith("python -m training.train: error: --model_name_or_path is required"), result.stderr
     result = subprocess.run([*command[:3], "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m training.train [--config RECIPE]")
+
+
+def test_train_without_a_recipe_says_what_is_required(tmp_path):
+    """Not TrainingArguments' bf16 refusal and a FutureWarning from the defaults: one line naming the options."""
+    result = run_mirror("train", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mirror train: error: --config is required")
+    assert "--dataset_name and --model_name_or_path" in result.stderr
+
+
+TRAIN_CASES = {
+    "no model": ([], "--model_name_or_path is required: a model folder (e.g. one written by `training.tiny."),
+    "missing model folder": (["--model_name_or_path", "{t}/nope"], "--model_name_or_path {t}/nope: no such folder"),
+    "dataset is a file": (["--model_name_or_path", "x", "--dataset_name", "{t}/notes.txt"], "is a file, not a"),
+    "mistyped option": (["--max_stpes", "3"], "unrecognized arguments: --max_stpes 3 (see `mirror train --help`)"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_train_mistakes_are_one_line_naming_the_option(case, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a dataset\n")
+    extra, expected = TRAIN_CASES[case]
+    argv = ["train", "--config", "tiny/base", "--dataset_name", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    assert mirror_cli.main([*argv, *(item.format(t=tmp_path) for item in extra)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mirror train: error: ")
+    assert expected.format(t=tmp_path) in err, err
 
 
 def test_bf16_on_a_cpu_gets_a_hint(tmp_path):
