@@ -104,6 +104,10 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
     """
     options = options or BuildOptions()
     raw_dir, output_dir = Path(raw_dir).resolve(), Path(output_dir).resolve()
+    if raw_dir.is_file():
+        raise NotADirectoryError(
+            f"--input {raw_dir} is a file, not a folder of raw records: pass the folder holding it ({raw_dir.parent})"
+        )
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"Raw record folder not found: {raw_dir}")
     check_output_dir(raw_dir, output_dir)

@@ -519,7 +519,7 @@ def import_release(args: ImportArguments) -> ImportResult:
         raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {args.on_bad_row!r}")
     output = check_not_a_file(args.output, flag="--output")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{output} exists and is not empty (pass overwrite to replace what import wrote)")
+        raise FileExistsError(f"{output} exists and is not empty (pass --overwrite to replace what import wrote)")
     celeba_dir = Path(args.celeba_dir).expanduser() if args.celeba_dir else None
     if celeba_dir is not None and not celeba_dir.is_dir():
         raise FileNotFoundError(f"CelebA folder not found: {celeba_dir}")

@@ -108,6 +108,8 @@ def open_face_image(path: str) -> Any:
     """The client's face from `--image`, or a one-line error saying what is wrong with the file."""
     from PIL import UnidentifiedImageError
 
+    if Path(path).expanduser().is_dir():
+        raise IsADirectoryError(f"--image {path!r} is a folder; pass the path of one PNG or JPEG photo of a face")
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"--image {path!r}: no such file; pass the path of a PNG or JPEG photo of a face")
     try:

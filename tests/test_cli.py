@@ -170,6 +170,7 @@ CASES = {
     "text file as image": (lambda t: ["--model", "someone/model", "--image", str(t / "notes.txt")], "not an image"),
     "unknown model offline": (lambda t: ["--model", "someone/no-such-model"], "HF_HUB_OFFLINE=1"),
     "mistyped local path": (lambda t: ["--model", str(t / "outputs" / "mirror-tiny-bse")], "no such folder"),
+    "folder as image": (lambda t: ["--model", "someone/model", "--image", str(t)], "is a folder"),
     "dataset folder as model": (lambda t: ["--model", str(_dataset_folder(t))], "is a Mirror dataset folder"),
 }
 
@@ -184,6 +185,25 @@ def test_user_mistakes_are_one_line_exit_2(command, case, tmp_path):
     assert "Traceback" not in result.stderr and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mirror {command}: error: ") and expected in lines[0], lines
+
+
+STAGE_CASES = {
+    "build from a file": (["build", "--input", "{t}/notes.txt", "--output", "{t}/o"], "is a file, not a folder"),
+    "import into a non-empty folder": (
+        ["import", "--source", "{t}/notes.txt", "--output", "{t}"],
+        "is not empty (pass --overwrite to replace",
+    ),
+    "merge a missing adapter": (["merge", "--model", "{t}/nope", "--output_dir", "{t}/o"], "/nope': no such folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(STAGE_CASES))
+def test_stage_mistakes_name_the_option(case, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a record\n")
+    argv, expected = STAGE_CASES[case]
+    assert mirror_cli.main([item.format(t=tmp_path) for item in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"mirror {argv[0]}: error: ") and expected in err, err
 
 
 def test_wheel_ships_the_recipes_and_every_data_file(tmp_path):

@@ -56,6 +56,8 @@ def merge_adapter(
     from training.train import TRAINING_RECORD, check_model_output_dir
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    if not adapter_dir.exists():
+        raise FileNotFoundError(f"--model {str(adapter_dir)!r}: no such folder; pass the LoRA adapter folder to merge")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{str(adapter_dir)!r} holds no adapter_config.json: not a LoRA adapter folder")
     if output_dir.resolve() == adapter_dir.resolve():
