@@ -36,10 +36,13 @@ TRL_COMMANDS = ("train",)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's help with its default; required options show none."""
+    """Each option's help with its default; required options show none, and neither does a help text that already
+    states its default in words (`default: the model's own`), so no option shows two."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.required else super()._get_help_string(action)
+        if action.required or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _available(module_name: str) -> bool:
