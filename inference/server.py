@@ -22,6 +22,7 @@ the body is read.
 
 import base64
 import binascii
+import errno
 import functools
 import hmac
 import io
@@ -61,7 +62,8 @@ class ServeArguments:
     )
     port: int = field(default=8000, metadata={"help": "Port (0 picks a free one)."})
     served_model_name: str | None = field(
-        default=None, metadata={"help": "Model id reported by /v1/models and in replies (default: --model)."}
+        default=None,
+        metadata={"help": "Model id reported by /v1/models and in replies; default: --model (a folder: its name)."},
     )
     backend: str = field(
         default="transformers",
@@ -289,7 +291,7 @@ def create_app(
     safety = safety or SafetyConfig()
     if safety.enabled and detector is None:
         detector = _default_detector() if safety == SafetyConfig() else CrisisDetector(safety)
-    model_name = model_name or backend.name
+    model_name = model_name or default_model_name(backend.name)
     defaults = defaults or GenerationConfig()
     created = int(time.time())
     lock = threading.Lock()
@@ -358,6 +360,7 @@ def create_app(
         usage, finish_reason = None, "stop"
         if decision is not None and not decision.allow_model_reply:
             text = decision.message or ""  # the referral or the safety question; the model is not called
+            usage = _NO_MODEL_USAGE  # so clients that read `usage` find one: no model tokens were spent
         else:
             try:
                 raw, usage = await run_in_threadpool(generate, messages, images, config)
@@ -405,6 +408,25 @@ def create_app(
         return response
 
     return _GuardMiddleware(app, api_key, max_body_bytes)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+_NO_MODEL_USAGE = _Usage()
+
+
+def default_model_name(model: str) -> str:
+    """What /v1/models and the replies call the model: a local folder by its name (never the absolute path, which
+    tells clients about the server's disk), a Hub id as it is."""
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
 
 
 def _stream_events(
@@ -460,7 +482,13 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} is in use; pick another --port (0 = a free one)") from None
+        raise
     return sock
 
 
@@ -513,17 +541,22 @@ def main(model: ModelLoadArguments, arguments: ServeArguments, generation: Gener
     safety = SafetyConfig(
         enabled=not arguments.no_safety, locale=arguments.locale, log_client_text=arguments.log_client_text
     )
-    # Built before the model loads, so a safety layer that cannot load fails fast.
-    detector = CrisisDetector(safety) if safety.enabled else None
-    backend = load_backend(
-        model.model,
-        backend=arguments.backend,
-        revision=model.revision,
-        device=model.device,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-    )
-    name = arguments.served_model_name or model.model
+    sock = _bind(arguments.host, arguments.port)  # before loading anything: a port in use should fail at once
+    try:
+        # Built before the model loads, so a safety layer that cannot load fails fast.
+        detector = CrisisDetector(safety) if safety.enabled else None
+        backend = load_backend(
+            model.model,
+            backend=arguments.backend,
+            revision=model.revision,
+            device=model.device,
+            dtype=model.dtype,
+            trust_remote_code=model.trust_remote_code,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    name = arguments.served_model_name or default_model_name(model.model)
     app = create_app(
         backend,
         model_name=name,
@@ -533,7 +566,6 @@ def main(model: ModelLoadArguments, arguments: ServeArguments, generation: Gener
         detector=detector,
         max_body_bytes=arguments.max_body_bytes,
     )
-    sock = _bind(arguments.host, arguments.port)
     host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
     screening = "crisis screening ON" if safety.enabled else "crisis screening OFF (--no_safety, loopback only)"
     print(f"Serving {name!r} at http://{host}:{sock.getsockname()[1]}/v1 ({screening}; Ctrl+C to stop)", flush=True)

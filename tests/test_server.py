@@ -303,6 +303,33 @@ def test_no_safety_serves_the_raw_model_on_loopback_only(tmp_path):
              GenerationConfig())  # fmt: skip
 
 
+def test_replies_name_a_local_model_by_its_folder_and_crisis_replies_carry_usage(tmp_path):
+    backend = CountingBackend()
+    backend.name = str(tmp_path / "mirror-tiny-therapist")
+    (tmp_path / "mirror-tiny-therapist").mkdir()
+    with serve_in_thread(backend) as server:
+        with urllib.request.urlopen(server.base_url + "/models", timeout=5) as response:
+            assert [model["id"] for model in json.load(response)["data"]] == ["mirror-tiny-therapist"]
+        status, body = post(server.base_url + "/chat/completions", {"messages": [{"role": "user", "content": RISKY}]})
+    assert status == 200 and body["model"] == "mirror-tiny-therapist" and backend.calls == 0
+    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def test_port_in_use_fails_before_the_model_loads(tiny_llava_dir, monkeypatch):
+    import inference.backends
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(inference.backends, "load_backend", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^port {port} is in use; pick another --port \(0 = a free one\)$"):
+            main(ModelLoadArguments(model=str(tiny_llava_dir)), ServeArguments(port=port), GenerationConfig())
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The subcommand
 # --------------------------------------------------------------------------------------------------------------
