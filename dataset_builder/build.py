@@ -114,7 +114,7 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
     session_files = raw_files(raw_dir, "sessions")
     if not session_files:
         raise FileNotFoundError(f"No sessions*.jsonl files in {raw_dir}")
-    if not any(line.strip() for path in session_files for line in path.read_bytes().splitlines()):
+    if not any(_has_content(path) for path in session_files):
         # `datasets` cannot load a config without rows, so an empty input would give a folder nobody can read.
         names = ", ".join(path.name for path in session_files)
         raise ValueError(f"{names} in {raw_dir} holds no session records: nothing to build")
@@ -190,6 +190,12 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
         if inner_bars:
             datasets.utils.logging.enable_progress_bar()
     return BuildResult(output_dir, num_rows, skipped, dropped, drop_reasons=drop_reasons)
+
+
+def _has_content(path: Path) -> bool:
+    """Whether a JSONL file has a non-blank line (a byte-order mark alone is blank); stops at the first one."""
+    with open(path, "rb") as handle:
+        return any(line.removeprefix(b"\xef\xbb\xbf").strip() for line in handle)
 
 
 def check_output_dir(raw_dir: Path, output_dir: Path) -> None:
