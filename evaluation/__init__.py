@@ -6,24 +6,19 @@ Importing this package is cheap: heavy libraries load inside the functions that 
 
 from __future__ import annotations
 
-__all__ = ["model_index_results", "parse_score", "run_evaluation", "run_quickstart_evaluation"]
+import importlib
+
+# Public name -> the submodule defining it (imported on first use).
+_EXPORTS = {
+    "model_index_results": "report",
+    "parse_score": "judges",
+    "run_evaluation": "pipeline",
+    "run_quickstart_evaluation": "quickstart",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "parse_score":
-        from .judges import parse_score
-
-        return parse_score
-    if name == "run_evaluation":
-        from .pipeline import run_evaluation
-
-        return run_evaluation
-    if name == "run_quickstart_evaluation":
-        from .quickstart import run_quickstart_evaluation
-
-        return run_quickstart_evaluation
-    if name == "model_index_results":
-        from .report import model_index_results
-
-        return model_index_results
-    raise AttributeError(f"module 'evaluation' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

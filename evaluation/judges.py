@@ -48,10 +48,7 @@ _TRAILING = re.compile(rf"({_NUMBER})(?:\s*(?:/|out\s+of)\s*(\d+))?[\s.!)\]*_\"'
 
 def _to_score(number: str, denominator: str | None, low: int, high: int) -> int | None:
     """An integer in [low, high], or None (out of range, fractional, or on another scale like '7/10' on 0-6)."""
-    try:
-        value = float(number.replace("−", "-"))
-    except ValueError:
-        return None
+    value = float(number.replace("−", "-"))
     if denominator is not None and int(denominator) != high:
         return None  # "7/10" on a 0-6 scale: the judge used another scale; rescaling would be a guess
     if not value.is_integer():
@@ -65,6 +62,14 @@ def _unique(candidates: list[int | None]) -> int | None:
     if len(values) == 1:
         return values.pop()
     return None  # none found, or several different answers: ambiguous
+
+
+def _json_score(value: Any, low: int, high: int) -> int | None:
+    """A JSON value as a score: a number, or a string holding only a number ("4", "4/6")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    number = _ANY_NUMBER.fullmatch(str(value).strip())
+    return _to_score(number.group(1), number.group(2), low, high) if number else None
 
 
 def parse_score(text: str, low: int, high: int) -> int | None:
@@ -89,17 +94,7 @@ def parse_score(text: str, low: int, high: int) -> int | None:
         except ValueError:
             continue
         if isinstance(data, dict):
-            for key, value in data.items():
-                if str(key).lower() in _JSON_KEYS:
-                    if isinstance(value, bool):
-                        json_scores.append(None)
-                    elif isinstance(value, (int, float)):
-                        json_scores.append(_to_score(str(value), None, low, high))
-                    elif isinstance(value, str):
-                        inner = _ANY_NUMBER.fullmatch(value.strip())
-                        json_scores.append(_to_score(inner.group(1), inner.group(2), low, high) if inner else None)
-                    else:
-                        json_scores.append(None)
+            json_scores += [_json_score(v, low, high) for k, v in data.items() if str(k).lower() in _JSON_KEYS]
     if json_scores:
         return _unique(json_scores)
 
@@ -152,38 +147,31 @@ class Rubric:
 
     def items(self, profile_text: str, transcript_text: str) -> list[JudgeItem]:
         """The judge questions for one session."""
+        if self.name == "panas":  # one question per affect, before and after the session (only "after" sees it)
+            blocks = {"after": f"\nTranscript:\n{transcript_text}\n"}
+            questions = [
+                (
+                    f"{moment}/{affect}",
+                    polarity,
+                    {**fields, "affect": affect, "transcript_block": blocks.get(moment, "")},
+                )
+                for moment, fields in self.data["moments"].items()
+                for polarity in ("positive", "negative")
+                for affect in self.data["affects"][polarity]
+            ]
+        else:
+            questions = [
+                (item_id, item["group"], {"description": item["description"], "anchors": item["anchors"]})
+                for item_id, item in self.data["items"].items()
+            ]
+        fill = {"profile": profile_text, "transcript": transcript_text, "low": self.low, "high": self.high}
         retry = self.data["retry_instruction"].format(low=self.low, high=self.high)
         out = []
-        if self.name == "panas":
-            affects = self.data["affects"]
-            for moment, moment_fields in self.data["moments"].items():
-                transcript_block = f"\nTranscript:\n{transcript_text}\n" if moment == "after" else ""
-                for polarity in ("positive", "negative"):
-                    for affect in affects[polarity]:
-                        prompt = self.data["template"].format(
-                            affect=affect,
-                            profile=profile_text,
-                            transcript_block=transcript_block,
-                            low=self.low,
-                            high=self.high,
-                            **moment_fields,
-                        )
-                        key = f"{self.name}/{moment}/{affect}"
-                        out.append(
-                            JudgeItem(key, self.name, self.version, polarity, self.low, self.high, prompt, retry)
-                        )
-            return out
-        for item_id, item in self.data["items"].items():
-            prompt = self.data["template"].format(
-                description=item["description"],
-                anchors=item["anchors"],
-                profile=profile_text,
-                transcript=transcript_text,
-                low=self.low,
-                high=self.high,
+        for key, group, fields in questions:
+            prompt = self.data["template"].format(**fill, **fields)
+            out.append(
+                JudgeItem(f"{self.name}/{key}", self.name, self.version, group, self.low, self.high, prompt, retry)
             )
-            key = f"{self.name}/{item_id}"
-            out.append(JudgeItem(key, self.name, self.version, item["group"], self.low, self.high, prompt, retry))
         return out
 
 

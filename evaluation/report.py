@@ -21,6 +21,9 @@ from dataset_builder.files import atomic_write
 REPORT_SCHEMA_VERSION = 1
 CTRS_ITEMS = ("understanding", "interpersonal_effectiveness", "collaboration", "guided_discovery", "focus", "strategy")
 ALLIANCE_ITEMS = ("goal", "task", "bond")
+CTRS_KEYS = [f"ctrs/{item}" for item in CTRS_ITEMS]
+ALLIANCE_KEYS = [f"alliance/{item}" for item in ALLIANCE_ITEMS]
+GROUPS = {"ctrs/general": CTRS_KEYS[:3], "ctrs/cbt": CTRS_KEYS[3:], "alliance/mean": ALLIANCE_KEYS}
 REFERENCE_METRICS = ("semantic_similarity", "rouge_l", "distinct_1", "distinct_2", "caption_similarity")
 
 LABELS = {
@@ -52,20 +55,12 @@ def session_scores(judgement: dict[str, Any]) -> dict[str, tuple[float | None, i
     """Headline scores of one judged session: key -> (value or None, parsed answers, asked answers)."""
     items = judgement["items"]
     out: dict[str, tuple[float | None, int, int]] = {}
-
-    def score(key):
-        return items[key]["score"] if key in items else None
-
-    for rubric, names in (("ctrs", CTRS_ITEMS), ("alliance", ALLIANCE_ITEMS)):
-        for name in names:
-            key = f"{rubric}/{name}"
-            if key in items:
-                value = score(key)
-                out[key] = (value, int(value is not None), 1)
-    groups = {"ctrs/general": CTRS_ITEMS[:3], "ctrs/cbt": CTRS_ITEMS[3:], "alliance/mean": ALLIANCE_ITEMS}
-    for key, names in groups.items():
-        rubric = key.split("/")[0]
-        values = [score(f"{rubric}/{n}") for n in names if f"{rubric}/{n}" in items]
+    for key in CTRS_KEYS + ALLIANCE_KEYS:
+        if key in items:
+            value = items[key]["score"]
+            out[key] = (value, int(value is not None), 1)
+    for key, names in GROUPS.items():
+        values = [items[name]["score"] for name in names if name in items]
         if values:  # a group score needs every item: a mean of the readable ones would shift with parse failures
             parsed = sum(v is not None for v in values)
             out[key] = (float(np.mean(values)) if parsed == len(values) else None, parsed, len(values))
@@ -75,7 +70,7 @@ def session_scores(judgement: dict[str, Any]) -> dict[str, tuple[float | None, i
             continue
         changes, parsed = [], 0
         for key in keys:
-            before, after = score(key), score(key.replace("/before/", "/after/"))
+            before, after = items[key]["score"], (items.get(key.replace("/before/", "/after/")) or {}).get("score")
             parsed += (before is not None) + (after is not None)
             if before is not None and after is not None:
                 changes.append(after - before)
@@ -271,22 +266,24 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# PNG -> (metrics, title, y range: the rubric's full scale, so bars of different runs compare at a glance)
+FIGURES = {
+    "ctrs.png": (CTRS_KEYS, "CTRS items (0-6)", (0, 6)),
+    "alliance.png": (ALLIANCE_KEYS, "Working alliance (1-7)", (0, 7)),
+    "panas.png": (["panas/positive_change", "panas/negative_change"], "PANAS change after the session", None),
+}
+
+
 def plot_data(report: dict[str, Any]) -> dict[str, Any]:
     """What each PNG shows (kept in the JSON so plots and numbers can be checked against each other)."""
     names = list(report["therapists"])
-    figures = {
-        "ctrs.png": [f"ctrs/{i}" for i in CTRS_ITEMS],
-        "alliance.png": [f"alliance/{i}" for i in ALLIANCE_ITEMS],
-        "panas.png": ["panas/positive_change", "panas/negative_change"],
-    }
+    scores = [report["therapists"][n]["scores"] for n in names]
     out = {}
-    for filename, keys in figures.items():
-        if not any(k in report["therapists"][n]["scores"] for n in names for k in keys):
-            continue
-        values = [[report["therapists"][n]["scores"].get(k, {}).get("mean") for k in keys] for n in names]
-        lows = [[report["therapists"][n]["scores"].get(k, {}).get("ci_low") for k in keys] for n in names]
-        highs = [[report["therapists"][n]["scores"].get(k, {}).get("ci_high") for k in keys] for n in names]
-        out[filename] = {"therapists": names, "metrics": keys, "mean": values, "ci_low": lows, "ci_high": highs}
+    for filename, (keys, _, _) in FIGURES.items():
+        if any(k in s for s in scores for k in keys):
+            out[filename] = {"therapists": names, "metrics": keys}
+            for field in ("mean", "ci_low", "ci_high"):
+                out[filename][field] = [[s.get(k, {}).get(field) for k in keys] for s in scores]
     return out
 
 
@@ -310,17 +307,12 @@ def _draw(filename: str, data: dict[str, Any], path: Path) -> None:
     ax.set_xticks(
         x, [LABELS.get(k, k).replace("CTRS ", "").replace("Alliance ", "") for k in keys], rotation=20, ha="right"
     )
-    ax.set_title(
-        {
-            "ctrs.png": "CTRS items (0-6)",
-            "alliance.png": "Working alliance (1-7)",
-            "panas.png": "PANAS change after the session",
-        }[filename]
-    )
-    if filename == "panas.png":
+    _, title, y_range = FIGURES[filename]
+    ax.set_title(title)
+    if y_range:
+        ax.set_ylim(*y_range)
+    else:
         ax.axhline(0, color="black", linewidth=0.8)
-    else:  # the rubric's full scale, so bars of different runs compare at a glance
-        ax.set_ylim(0, 6 if filename == "ctrs.png" else 7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -350,44 +342,37 @@ def model_index_results(report: dict[str, Any], therapist: str) -> list[Any]:
     if therapist not in report["therapists"]:
         raise ValueError(f"therapist {therapist!r} is not in the report; it has {sorted(report['therapists'])}")
     data, run = report["therapists"][therapist], report["run"]
+    judged = dict(
+        task_name="Simulated CBT sessions with resistant clients (LLM judge)",
+        dataset_name="Mirror test profiles",
+        dataset_config=run["profiles_config"],
+        dataset_split=run["profiles_split"],
+    )
+    gold = dict(
+        task_name="Next therapist turn given the gold history",
+        dataset_name="Mirror sessions",
+        dataset_config="sessions",
+        dataset_split=run["reference_split"],
+    )
     results = []
     for key in headline_keys(report):
         summary = data["scores"].get(key)
-        if not summary or summary["mean"] is None:
-            continue
-        results.append(
-            EvalResult(
-                task_type="text-generation",
-                task_name="Simulated CBT sessions with resistant clients (LLM judge)",
-                dataset_type=run["dataset_id"],
-                dataset_name="Mirror test profiles",
-                dataset_config=run["profiles_config"],
-                dataset_split=run["profiles_split"],
-                metric_type=key.replace("/", "_"),
-                metric_name=LABELS.get(key, key),
-                metric_value=round(summary["mean"], 4),
-                metric_args={
-                    "judge": run["judge_model"],
-                    "client": run["client_model"],
-                    "n": summary["n"],
-                    "percent_parseable": summary["percent_parseable"],
-                },
-            )
-        )
+        if summary and summary["mean"] is not None:
+            args = {"judge": run["judge_model"], "client": run["client_model"]}
+            args.update(n=summary["n"], percent_parseable=summary["percent_parseable"])
+            results.append((judged, key.replace("/", "_"), LABELS.get(key, key), summary["mean"], args))
     for metric, value in ((data.get("reference") or {}).get("overall") or {}).items():
-        if metric == "n_turns" or value is None:
-            continue
-        results.append(
-            EvalResult(
-                task_type="text-generation",
-                task_name="Next therapist turn given the gold history",
-                dataset_type=run["dataset_id"],
-                dataset_name="Mirror sessions",
-                dataset_config="sessions",
-                dataset_split=run["reference_split"],
-                metric_type=metric,
-                metric_name=metric.replace("_", " "),
-                metric_value=round(value, 4),
-            )
+        if metric != "n_turns" and value is not None:
+            results.append((gold, metric, metric.replace("_", " "), value, None))
+    return [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=run["dataset_id"],
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=round(value, 4),
+            metric_args=args,
+            **task,
         )
-    return results
+        for task, metric_type, name, value, args in results
+    ]
