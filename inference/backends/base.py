@@ -26,6 +26,7 @@ class GenerationConfig:
 
 
 Messages = list[dict[str, Any]]
+ImageLists = list[list[Image.Image]]  # one list of images per conversation
 
 
 def text_message(role: str, text: str) -> dict[str, Any]:
@@ -57,8 +58,16 @@ class ChatBackend(Protocol):
         images: list[list[Image.Image]] | None = None,
         config: GenerationConfig | None = None,
     ) -> list[str]:
-        """Return one reply per conversation; backends batch where they can."""
-        ...
+        """Return one reply per conversation; backends batch where they can.
+
+        Subclasses implement `generate_batch(conversations, images, config)`, which gets one checked image list per
+        conversation and a config, and is not called for an empty batch.
+        """
+        images = pair_images(conversations, images, self.supports_images, self.name)  # fail before any model call
+        return self.generate_batch(conversations, images, config or GenerationConfig()) if conversations else []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, supports_images={self.supports_images})"
 
 
 @dataclass

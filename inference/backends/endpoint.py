@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 from PIL import Image
 
 from ..prompts import join_text_blocks
-from .base import ChatBackend, GenerationConfig, Messages, check_images, pair_images
+from .base import ChatBackend, GenerationConfig, ImageLists, Messages, check_images
 
 logger = logging.getLogger(__name__)
 
@@ -212,14 +212,8 @@ class EndpointBackend(ChatBackend):
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
-    def chat_batch(
-        self,
-        conversations: list[Messages],
-        images: list[list[Image.Image]] | None = None,
-        config: GenerationConfig | None = None,
-    ) -> list[str]:
+    def generate_batch(self, conversations: list[Messages], images: ImageLists, config: GenerationConfig) -> list[str]:
         """Concurrent requests (the server batches them); replies come back in input order."""
-        images = pair_images(conversations, images, self.supports_images, self.name)  # fail before any request
         if len(conversations) <= 1 or self.max_concurrency == 1:
             return [self.chat(m, i, config) for m, i in zip(conversations, images, strict=True)]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:

@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from ..prompts import flatten_text_messages
-from .base import ChatBackend, GenerationConfig, Messages, pair_images
+from .base import ChatBackend, GenerationConfig, ImageLists, Messages, pair_images
 
 logger = logging.getLogger(__name__)
 
@@ -401,19 +401,8 @@ class TransformersBackend(ChatBackend):
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [truncate_at_stop(text, stop).strip() for text in texts]
 
-    def chat_batch(
-        self,
-        conversations: list[Messages],
-        images: list[list[Image.Image]] | None = None,
-        config: GenerationConfig | None = None,
-    ) -> list[str]:
+    def generate_batch(self, conversations: list[Messages], images: ImageLists, config: GenerationConfig) -> list[str]:
         """One left-padded `generate` call for all conversations; under greedy decoding the replies equal
         sequential `chat` calls (tested)."""
-        if not conversations:
-            return []
-        config = config or GenerationConfig()
         inputs = self.encode(conversations, images)
         return self.decode(self.generate_ids(inputs, config), config.stop)
-
-    def __repr__(self) -> str:
-        return f"TransformersBackend(name={self.name!r}, supports_images={self.supports_images})"

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import ChatBackend, GenerationConfig, Messages, pair_images
+from .base import ChatBackend, GenerationConfig, ImageLists, Messages
 from .transformers_backend import (
     ADAPTER_CONFIG_NAME,
     attach_images,
@@ -127,19 +127,9 @@ class VLLMBackend(ChatBackend):
             stop=list(config.stop) if config.stop else None,
         )
 
-    def chat_batch(
-        self,
-        conversations: list[Messages],
-        images: list[list[Image.Image]] | None = None,
-        config: GenerationConfig | None = None,
-    ) -> list[str]:
-        config = config or GenerationConfig()
-        images = pair_images(conversations, images, self.supports_images, self.name)
+    def generate_batch(self, conversations: list[Messages], images: ImageLists, config: GenerationConfig) -> list[str]:
         prompts = [self._prompt(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
         outputs = self.llm.generate(
             prompts, self._sampling_params(config), use_tqdm=False, lora_request=self.lora_request
         )
         return [truncate_at_stop(output.outputs[0].text, config.stop).strip() for output in outputs]
-
-    def __repr__(self) -> str:
-        return f"VLLMBackend(name={self.name!r}, supports_images={self.supports_images})"
