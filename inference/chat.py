@@ -44,7 +44,22 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
-class TherapistArguments:
+class SafetyArguments:
+    """The safety-layer options of the commands a person types into: `mirror chat`, `mirror demo`, `mirror serve`."""
+
+    locale: str = field(
+        default=SafetyConfig.locale, metadata={"help": SafetyConfig.__dataclass_fields__["locale"].metadata["help"]}
+    )
+    log_client_text: bool = field(
+        default=False, metadata={"help": "Opt in to logging what clients write (off: client text is sensitive)."}
+    )
+
+    def safety_config(self, enabled: bool = True) -> SafetyConfig:
+        return SafetyConfig(enabled=enabled, locale=self.locale, log_client_text=self.log_client_text)
+
+
+@dataclass
+class TherapistArguments(SafetyArguments):
     """Which therapist to talk to, besides the model: shared by `mirror chat` and `mirror demo`."""
 
     strategy: str | None = field(
@@ -64,12 +79,6 @@ class TherapistArguments:
             "help": "Environment variable holding the key for --base_url (not the key itself: command lines are "
             "visible to other users). Default: the HF token, for Hugging Face hosts only."
         },
-    )
-    locale: str = field(
-        default=SafetyConfig.locale, metadata={"help": SafetyConfig.__dataclass_fields__["locale"].metadata["help"]}
-    )
-    log_client_text: bool = field(
-        default=False, metadata={"help": "Opt in to logging what the client writes (off: client text is sensitive)."}
     )
     verbose: bool = field(
         default=False, metadata={"help": "Show log messages on stderr (and, in chat, each turn's plan and emotion)."}
@@ -151,7 +160,7 @@ def build_therapist(
 ) -> MirrorTherapist:
     """The therapist the options describe: a local model (checked first, for a clear error), or one behind
     --base_url."""
-    safety = SafetyConfig(locale=arguments.locale, log_client_text=arguments.log_client_text)
+    safety = arguments.safety_config()
     if arguments.base_url:
         from .backends.endpoint import EndpointBackend, api_key_from_env
 

@@ -41,6 +41,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .backends.base import ChatBackend, GenerationConfig, ModelLoadArguments
+from .backends.transformers_backend import Usage
+from .chat import SafetyArguments
 from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class RequestError(ValueError):
 
 
 @dataclass
-class ServeArguments:
+class ServeArguments(SafetyArguments):
     """Options of `mirror serve` besides the model (ModelLoadArguments) and default sampling (GenerationConfig)."""
 
     host: str = field(
@@ -85,12 +87,6 @@ class ServeArguments:
             "help": "Serve the raw model without crisis screening, for machine clients (evaluation, generation) "
             "only. Refused unless --host is a loopback address."
         },
-    )
-    locale: str = field(
-        default=SafetyConfig.locale, metadata={"help": SafetyConfig.__dataclass_fields__["locale"].metadata["help"]}
-    )
-    log_client_text: bool = field(
-        default=False, metadata={"help": "Opt in to logging what clients write (off: client text is sensitive)."}
     )
 
 
@@ -360,7 +356,7 @@ def create_app(
         usage, finish_reason = None, "stop"
         if decision is not None and not decision.allow_model_reply:
             text = decision.message or ""  # the referral or the safety question; the model is not called
-            usage = _NO_MODEL_USAGE  # so clients that read `usage` find one: no model tokens were spent
+            usage = Usage()  # so clients that read `usage` find one: no model tokens were spent
         else:
             try:
                 raw, usage = await run_in_threadpool(generate, messages, images, config)
@@ -408,16 +404,6 @@ def create_app(
         return response
 
     return _GuardMiddleware(app, api_key, max_body_bytes)
-
-
-@dataclass(frozen=True)
-class _Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-_NO_MODEL_USAGE = _Usage()
 
 
 def default_model_name(model: str) -> str:
@@ -538,21 +524,12 @@ def main(model: ModelLoadArguments, arguments: ServeArguments, generation: Gener
         raise ValueError(f"--max_body_bytes must be positive, got {arguments.max_body_bytes}")
     model.check_source()
     api_key = api_key_from_env(arguments.api_key_env)
-    safety = SafetyConfig(
-        enabled=not arguments.no_safety, locale=arguments.locale, log_client_text=arguments.log_client_text
-    )
+    safety = arguments.safety_config(enabled=not arguments.no_safety)
     sock = _bind(arguments.host, arguments.port)  # before loading anything: a port in use should fail at once
     try:
         # Built before the model loads, so a safety layer that cannot load fails fast.
         detector = CrisisDetector(safety) if safety.enabled else None
-        backend = load_backend(
-            model.model,
-            backend=arguments.backend,
-            revision=model.revision,
-            device=model.device,
-            dtype=model.dtype,
-            trust_remote_code=model.trust_remote_code,
-        )
+        backend = load_backend(model.model, backend=arguments.backend, **model.load_kwargs())
     except BaseException:
         sock.close()
         raise
@@ -566,9 +543,9 @@ def main(model: ModelLoadArguments, arguments: ServeArguments, generation: Gener
         detector=detector,
         max_body_bytes=arguments.max_body_bytes,
     )
-    host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
+    url = RunningServer(arguments.host, sock.getsockname()[1], name).base_url
     screening = "crisis screening ON" if safety.enabled else "crisis screening OFF (--no_safety, loopback only)"
-    print(f"Serving {name!r} at http://{host}:{sock.getsockname()[1]}/v1 ({screening}; Ctrl+C to stop)", flush=True)
+    print(f"Serving {name!r} at {url} ({screening}; Ctrl+C to stop)", flush=True)
     if not is_loopback(arguments.host) and not api_key:
         logger.warning("Listening on %s without an API key: anyone who can reach it can use the model", arguments.host)
     uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, lifespan="off")).run(sockets=[sock])
