@@ -47,7 +47,7 @@ from inference.backends.base import text_message
 
 from .files import atomic_save_png, atomic_write, check_not_a_file
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
-from .importer import find_technique, parse_personal_info, parse_screenplay, split_thinking_traps
+from .importer import client_record, find_technique, new_turn, parse_personal_info, parse_screenplay
 
 logger = logging.getLogger(__name__)
 
@@ -203,12 +203,7 @@ class ShardedStage:
 
 
 def run_stage(
-    name: str,
-    stage: ShardedStage,
-    jobs: list[dict[str, Any]],
-    work: Callable[[dict], dict],
-    shard_size: int,
-    concurrency: int = 1,
+    name: str, stage: ShardedStage, jobs: list[dict], work: Callable[[dict], dict], shard_size: int, concurrency=1
 ) -> dict[str, dict[str, Any]]:
     """Run `work` on every job whose id is not done yet, `concurrency` at a time; write shards as they fill."""
     done = stage.items()
@@ -345,22 +340,10 @@ def cactus_row_to_profile(row: dict[str, Any], index: int) -> dict[str, Any]:
     if technique is None:
         raise ValueError(f"CACTUS row {index}: no known CBT technique in cbt_technique/cbt_plan")
     reason = _section(intake, "Reason for Seeking Counsel+ing") or row.get("reason_for_seeking_counseling")
-    info = fields.get("personal_info") or ""
+    thought = str(row.get("thought") or row.get("distorted_thought") or "")
     return {
         "row": str(row.get("idx", index)),
-        "client": {
-            "name": fields["name"],
-            "age": fields["age"],
-            "gender": fields.get("gender"),
-            "occupation": fields.get("occupation"),
-            "education": fields.get("education"),
-            "marital_status": fields.get("marital_status"),
-            "family": fields.get("family"),
-            "personal_info": info or None,
-            "reason_for_counseling": reason or None,
-            "distorted_thought": str(row.get("thought") or row.get("distorted_thought") or "") or None,
-            "thinking_traps": split_thinking_traps(row.get("patterns") or row.get("thinking_trap")),
-        },
+        "client": client_record(fields, reason, thought, row.get("patterns") or row.get("thinking_trap")),
         "cbt_technique": technique,
         "cbt_plan": str(row.get("cbt_plan") or technique),
     }
@@ -612,16 +595,8 @@ class Generator:
         import importlib.metadata as metadata
 
         versions = {}
-        for package in (
-            "mirror-therapy",
-            "transformers",
-            "datasets",
-            "huggingface-hub",
-            "diffusers",
-            "torch",
-            "accelerate",
-            "pillow",
-        ):
+        packages = ("mirror-therapy", "transformers", "datasets", "huggingface-hub", "diffusers", "torch")
+        for package in (*packages, "accelerate", "pillow"):
             try:
                 versions[package] = metadata.version(package)
             except metadata.PackageNotFoundError:
@@ -640,15 +615,9 @@ class Generator:
             "config": config.to_dict(),
             "config_sha256": config.digest(),
             "models": {
-                "screenplay": {
-                    "model": config.llm.model,
-                    "revision": config.llm.revision,
-                    "base_url": config.llm.base_url,
-                },
-                "expression": {
-                    "model": expression.model,
-                    "revision": expression.revision,
-                    "base_url": expression.base_url,
+                **{
+                    role: {"model": llm.model, "revision": llm.revision, "base_url": llm.base_url}
+                    for role, llm in (("screenplay", config.llm), ("expression", expression))
                 },
                 "image_backend": {"name": config.image_backend, "options": config.image_options},
                 "filters": filter_models if config.image_filters else {"image_filters": "disabled"},
@@ -699,8 +668,7 @@ class Generator:
         ids = [job["id"] for job in jobs]
         if len(set(ids)) != len(ids):
             raise ValueError("profiles: duplicate client rows give duplicate session ids")
-        stage = ShardedStage(self.work / "profiles")
-        run_stage("profiles", stage, jobs, lambda job: job, self.config.shard_size)
+        self._run_stage("profiles", jobs, lambda job: job)
         return dataset, jobs
 
     def stage_screenplays(self, jobs: list[dict[str, Any]], chat: CachedChat) -> dict[str, dict[str, Any]]:
@@ -736,14 +704,7 @@ class Generator:
                 "raw": text[:MAX_RAW_CHARS],
             }
 
-        return run_stage(
-            "screenplays",
-            ShardedStage(self.work / "screenplays"),
-            jobs,
-            work,
-            self.config.shard_size,
-            self.config.llm.max_concurrency,
-        )
+        return self._run_stage("screenplays", jobs, work, self.config.llm.max_concurrency)
 
     def stage_expressions(self, sessions: list[dict[str, Any]], chat: CachedChat) -> dict[str, dict[str, Any]]:
         settings = self.config.expression_llm or self.config.llm
@@ -759,13 +720,8 @@ class Generator:
                 if parsed:
                     break
             if not parsed:
-                logger.warning(
-                    "expression %s turn %d unusable after %d attempt(s); the stage direction is used "
-                    "instead (flagged in the record)",
-                    session["id"],
-                    index,
-                    attempts,
-                )
+                message = "expression %s turn %d unusable after %d attempt(s); the stage direction is used instead"
+                logger.warning(message + " (flagged in the record)", session["id"], index, attempts)
             return {
                 "turn": index,
                 "expression": parsed[0] if parsed else None,
@@ -780,14 +736,10 @@ class Generator:
                 out = list(pool.map(lambda index: turn_expression(session, index), indices))
             return {"id": session["id"], "expressions": out}
 
-        return run_stage(
-            "expressions",
-            ShardedStage(self.work / "expressions"),
-            sessions,
-            work,
-            self.config.shard_size,
-            settings.max_concurrency,
-        )
+        return self._run_stage("expressions", sessions, work, settings.max_concurrency)
+
+    def _run_stage(self, name: str, jobs: list[dict], work: Callable[[dict], dict], concurrency: int = 1) -> dict:
+        return run_stage(name, ShardedStage(self.work / name), jobs, work, self.config.shard_size, concurrency)
 
     def stage_faces(self, records: list[dict[str, Any]], state=None) -> None:
         """Render every missing face; with several accelerate processes, each takes its share of sessions."""
@@ -811,29 +763,16 @@ class Generator:
                 if turn["speaker"] == "client":
                     # The paper renders the LLM's facial-expression description; the stage direction stands in
                     # when that description was unusable (the record is flagged).
-                    expression = turn.get("expression") or turn.get("stage_direction")
-                    targets.append(
-                        (
-                            self.output / turn["image"],
-                            expression or "neutral",
-                            turn.get("contrast_expression"),
-                            record["source"]["seed"] + index,
-                        )
-                    )
+                    expression = turn.get("expression") or turn.get("stage_direction") or "neutral"
+                    seed = record["source"]["seed"] + index
+                    targets.append((self.output / turn["image"], expression, turn.get("contrast_expression"), seed))
             for target, expression, contrast, seed in targets:
                 if target.exists():
                     continue
-                image = backend.render(
-                    FaceRequest(
-                        identity_key=identity["key"],
-                        expression=expression,
-                        gender=client.get("gender"),
-                        age=client.get("age"),
-                        contrast_expression=contrast,
-                        seed=seed,
-                    )
+                request = FaceRequest(
+                    identity["key"], expression, client.get("gender"), client.get("age"), contrast, seed=seed
                 )
-                atomic_save_png(image, target)
+                atomic_save_png(backend.render(request), target)
         if state is not None and state.num_processes > 1:
             state.wait_for_everyone()
 
@@ -875,16 +814,7 @@ class Generator:
         return {
             **self.record_head(job, None, screenplay.get("seed")),
             "identity": {"key": job["identity"]["key"], "image": None},
-            "turns": [
-                {
-                    "speaker": "therapist",
-                    "statement": screenplay.get("raw", ""),
-                    "stage_direction": None,
-                    "image": None,
-                    "expression": None,
-                    "contrast_expression": None,
-                }
-            ],
+            "turns": [new_turn("therapist", screenplay.get("raw", ""))],
             "quality": {
                 "scores": {"screenplay_attempts": float(screenplay["attempts"])},
                 "flags": [f"{FAILED_FLAG}screenplay_unusable: {screenplay['reason']}", JUDGED_FLAG],
@@ -1012,22 +942,15 @@ class Generator:
         if missing:
             raise FileNotFoundError(f"{len(missing)} face image(s) missing (first: {missing[0]}): run the faces stage")
         records = self.stage_filters(records)
-        placeholders = {
-            j["id"]: self.unusable_record(j, screenplays[j["id"]])
-            for j in jobs
-            if screenplays[j["id"]]["status"] != "ok"
-        }
+        failed = [j for j in jobs if screenplays[j["id"]]["status"] != "ok"]
+        placeholders = {j["id"]: self.unusable_record(j, screenplays[j["id"]]) for j in failed}
         by_id = {r["id"]: r for r in records} | placeholders
         # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
         atomic_write(
             self.output / "sessions-00000.jsonl",
             "".join(json.dumps(by_id[j["id"]], ensure_ascii=False) + "\n" for j in jobs),
         )
-        unusable = [
-            {"id": j["id"], "reason": screenplays[j["id"]]["reason"]}
-            for j in jobs
-            if screenplays[j["id"]]["status"] != "ok"
-        ]
+        unusable = [{"id": j["id"], "reason": screenplays[j["id"]]["reason"]} for j in failed]
         counts = {
             "sessions_planned": len(jobs),
             "screenplays_usable": len(records),

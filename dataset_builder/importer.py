@@ -59,25 +59,13 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "cactus_index": ("cactus_idx", "cactus_index", "cactus_id", "cactus_row"),
     "celeba_index": ("celeba_idx", "celeba_index", "celeba_id", "image_idx", "celeb_idx"),
 }
-NEEDED_PROFILE_COLUMNS = (
-    "idx",
-    "personal_info",
-    "distorted_thought",
-    "thinking_trap",
-    "reason_for_seeking_counseling",
-    "cbt_plan",
-)
+NEEDED_PROFILE_COLUMNS = ("idx", "personal_info", "distorted_thought", "thinking_trap")
+NEEDED_PROFILE_COLUMNS += ("reason_for_seeking_counseling", "cbt_plan")
 NEEDED_SESSION_COLUMNS = (*NEEDED_PROFILE_COLUMNS, "dialogue")
 
 # Style words in the release (`cactus-12-no-resistance`, "Emotional Resistance") -> our labels.
-RESISTANCE_WORDS = {
-    "emotional": "emotional",
-    "cognitive": "cognitive",
-    "behavioral": "behavioral",
-    "behavioural": "behavioral",
-    "no": "none",
-    "none": "none",
-}
+RESISTANCE_WORDS = {"emotional": "emotional", "cognitive": "cognitive", "behavioral": "behavioral"}
+RESISTANCE_WORDS |= {"behavioural": "behavioral", "no": "none", "none": "none"}
 _IDX = re.compile(r"^cactus-(?P<row>\d+)-(?P<style>[a-z]+)-resistance$", re.IGNORECASE)
 
 
@@ -145,17 +133,14 @@ def parse_screenplay(text: str, client_name: str | None = None) -> ParsedScreenp
             if direction:
                 previous["stage_direction"] = "; ".join(d for d in (previous["stage_direction"], direction) if d)
             continue
-        turns.append(
-            {
-                "speaker": speaker,
-                "statement": statement,
-                "stage_direction": direction,
-                "image": None,
-                "expression": None,
-                "contrast_expression": None,
-            }
-        )
+        turns.append(new_turn(speaker, statement, direction))
     return ParsedScreenplay(turns, dropped)
+
+
+def new_turn(speaker: str, statement: str, stage_direction: str | None = None) -> dict[str, Any]:
+    """A record turn as a screenplay gives it: no face, expression or contrasting expression yet."""
+    turn = {"speaker": speaker, "statement": statement, "stage_direction": stage_direction}
+    return turn | {"image": None, "expression": None, "contrast_expression": None}
 
 
 def parse_dialogue_cell(value: Any, client_name: str | None = None) -> ParsedScreenplay:
@@ -187,33 +172,15 @@ def parse_dialogue_cell(value: Any, client_name: str | None = None) -> ParsedScr
 # ---------------------------------------------------------------------------------------------------------------
 # Profile fields
 
-_INTAKE_KEYS = {
-    "name": "name",
-    "age": "age",
-    "gender": "gender",
-    "sex": "gender",
-    "occupation": "occupation",
-    "education": "education",
-    "marital status": "marital_status",
-    "family details": "family",
-    "family": "family",
-}
+_INTAKE_KEYS = {key: key for key in ("name", "age", "gender", "occupation", "education", "family")}
+_INTAKE_KEYS |= {"sex": "gender", "marital status": "marital_status", "family details": "family"}
 _INTAKE_LINE = re.compile(
     r"^\s*(?:\d+\.\s*)?(?P<key>name|age|gender|sex|occupation|education|marital status|"
     r"family details|family)\s*:\s*(?P<value>.*)$",
     re.IGNORECASE,
 )
-_GENDERS = {
-    "female": "female",
-    "woman": "female",
-    "f": "female",
-    "male": "male",
-    "man": "male",
-    "m": "male",
-    "non-binary": "non-binary",
-    "nonbinary": "non-binary",
-    "non binary": "non-binary",
-}
+_GENDERS = {"female": "female", "woman": "female", "f": "female", "male": "male", "man": "male", "m": "male"}
+_GENDERS |= {"non-binary": "non-binary", "nonbinary": "non-binary", "non binary": "non-binary"}
 
 
 def parse_personal_info(text: str) -> dict[str, Any]:
@@ -244,6 +211,17 @@ def parse_personal_info(text: str) -> dict[str, Any]:
     body = " ".join(line for line in rest if not re.fullmatch(r"\d+\.\s*[A-Za-z ]+", line))  # section headers
     fields["personal_info"] = body or None
     return fields
+
+
+def client_record(fields: dict[str, Any], reason: str | None, thought: str | None, traps: Any) -> dict[str, Any]:
+    """The schema's client fields: a parsed intake form (`parse_personal_info`) plus the profile's other columns."""
+    keys = ("name", "age", "gender", "occupation", "education", "marital_status", "family", "personal_info")
+    return {
+        **{key: fields.get(key) for key in keys},
+        "reason_for_counseling": reason or None,
+        "distorted_thought": thought or None,
+        "thinking_traps": split_thinking_traps(traps),
+    }
 
 
 def split_thinking_traps(value: Any) -> list[str]:
@@ -411,19 +389,12 @@ def row_to_record(
     technique = find_technique(get("cbt_technique"), plan)
     if technique is None:
         raise RowError(f"{where}: no CBT technique named in cbt_technique/cbt_plan (one of {list(CBT_TECHNIQUES)})")
-    client = {
-        "name": profile["name"],
-        "age": profile["age"],
-        "gender": profile.get("gender"),
-        "occupation": profile.get("occupation"),
-        "education": profile.get("education"),
-        "marital_status": profile.get("marital_status"),
-        "family": profile.get("family"),
-        "personal_info": profile.get("personal_info"),
-        "reason_for_counseling": str(get("reason_for_seeking_counseling") or "").strip() or None,
-        "distorted_thought": str(get("distorted_thought") or "").strip() or None,
-        "thinking_traps": split_thinking_traps(get("thinking_trap")),
-    }
+    client = client_record(
+        profile,
+        str(get("reason_for_seeking_counseling") or "").strip(),
+        str(get("distorted_thought") or "").strip(),
+        get("thinking_trap"),
+    )
     celeba = get("celeba_index")
     flags = []
     if celeba_dir is not None and celeba not in (None, ""):
@@ -455,8 +426,7 @@ def row_to_record(
         if not parsed.turns:
             raise RowError(f"{where}: the dialogue has no parsable line ({parsed.num_dropped} line(s) dropped)")
         record["turns"] = parsed.turns
-        scores = {"dropped_screenplay_lines": float(parsed.num_dropped)}
-        record["quality"] = {"scores": scores, "flags": flags}
+        record["quality"] = {"scores": {"dropped_screenplay_lines": float(parsed.num_dropped)}, "flags": flags}
     return record, parsed
 
 
@@ -538,13 +508,9 @@ def import_release(args: ImportArguments) -> ImportResult:
         first_row: dict[str, int] = {}
         for line, row in enumerate(rows[: args.limit] if args.limit else rows, start=1):
             try:
+                sessions = kind == "sessions"
                 record, parsed = row_to_record(
-                    row,
-                    columns,
-                    with_dialogue=kind == "sessions",
-                    source_name=path.name,
-                    line=line,
-                    celeba_dir=celeba_dir,
+                    row, columns, with_dialogue=sessions, source_name=path.name, line=line, celeba_dir=celeba_dir
                 )
                 if record["id"] in first_row:
                     raise RowError(
