@@ -160,13 +160,8 @@ def _words(text: str | None) -> list[str]:
 
 
 def turn_count(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
-    n = len(record["turns"])
-    return FilterResult(
-        "turn_count",
-        float(n),
-        config.min_turns <= n <= config.max_turns,
-        f"{n} turns, outside {config.min_turns}-{config.max_turns}",
-    )
+    n, low, high = len(record["turns"]), config.min_turns, config.max_turns
+    return FilterResult("turn_count", float(n), low <= n <= high, f"{n} turns, outside {low}-{high}")
 
 
 def speaker_count(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
@@ -183,13 +178,9 @@ def word_repetition(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> Filt
         for words in (_words(turn["statement"]) for turn in record["turns"])
         if len(words) >= config.min_words_for_repetition
     ]
-    worst = min(ratios, default=1.0)
-    return FilterResult(
-        "word_repetition",
-        worst,
-        worst >= config.min_unique_word_ratio,
-        f"a statement repeats words (unique/total = {worst:.2f} < {config.min_unique_word_ratio})",
-    )
+    worst, minimum = min(ratios, default=1.0), config.min_unique_word_ratio
+    reason = f"a statement repeats words (unique/total = {worst:.2f} < {minimum})"
+    return FilterResult("word_repetition", worst, worst >= minimum, reason)
 
 
 def therapist_failure(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
@@ -241,22 +232,9 @@ _CLOSED = {
     "like likes come comes came take takes took give gives gave let lets talk talks look looks work works".split(),
 }
 _CLOSED_TAGS = {word: tag for tag, words in _CLOSED.items() for word in words}
-_SUFFIXES = (
-    ("ly", "ADV"),
-    ("ing", "VERB"),
-    ("ed", "VERB"),
-    ("ous", "ADJ"),
-    ("ful", "ADJ"),
-    ("ive", "ADJ"),
-    ("able", "ADJ"),
-    ("ible", "ADJ"),
-    ("less", "ADJ"),
-    ("ish", "ADJ"),
-    ("tion", "NOUN"),
-    ("ness", "NOUN"),
-    ("ment", "NOUN"),
-    ("ity", "NOUN"),
-)
+_SUFFIXES = (("ly", "ADV"), ("ing", "VERB"), ("ed", "VERB"))
+_SUFFIXES += tuple((suffix, "ADJ") for suffix in ("ous", "ful", "ive", "able", "ible", "less", "ish"))
+_SUFFIXES += tuple((suffix, "NOUN") for suffix in ("tion", "ness", "ment", "ity"))
 _POS_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+")
 
 
@@ -312,35 +290,21 @@ def pos_repetition(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> Filte
             if run > longest:
                 longest, where = run, (index, tag)
     detail = f" ({where[1]} at turn {where[0]})" if where else ""
-    return FilterResult(
-        "pos_repetition",
-        float(longest),
-        longest <= config.max_pos_run,
-        f"{longest} identical part-of-speech tags in a row{detail}, more than {config.max_pos_run} "
-        f"(tagger: {config.pos_tagger})",
-    )
+    most, tagger_name = config.max_pos_run, config.pos_tagger
+    reason = f"{longest} identical part-of-speech tags in a row{detail}, more than {most} (tagger: {tagger_name})"
+    return FilterResult("pos_repetition", float(longest), longest <= most, reason)
 
 
 def recorded_failures(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
     """Failures an earlier stage (generation's image filters) recorded as `failed:<filter>: <reason>` flags."""
-    failed = [
-        flag.removeprefix(FAILED_FLAG)
-        for flag in record.get("quality", {}).get("flags", [])
-        if flag.startswith(FAILED_FLAG)
-    ]
+    flags = record.get("quality", {}).get("flags", [])
+    failed = [flag.removeprefix(FAILED_FLAG) for flag in flags if flag.startswith(FAILED_FLAG)]
     return FilterResult("recorded_failures", float(len(failed)), not failed, "; ".join(failed))
 
 
-TEXT_FILTERS = (
-    turn_count,
-    speaker_count,
-    word_repetition,
-    therapist_failure,
-    profile_copy,
-    pos_repetition,
-    recorded_failures,
-    cue_warnings,  # warning level: never drops, counts therapist lines citing cues the face image lacks (cues.py)
-)
+TEXT_FILTERS = (turn_count, speaker_count, word_repetition, therapist_failure, profile_copy, pos_repetition)
+# cue_warnings is warning level: never drops, counts therapist lines citing cues the face image lacks (cues.py).
+TEXT_FILTERS += (recorded_failures, cue_warnings)
 
 
 def apply_filters(record: dict, config: FilterConfig | None = None) -> tuple[list[FilterResult], list[FilterResult]]:
@@ -519,15 +483,8 @@ class ModelFilters:
             similarity = (
                 self._image_embeddings(model_id, [images[i] for i in indices]) * self._text_embeddings(model_id, texts)
             ).sum(-1)
-            results.append(
-                _lowest_turn(
-                    "clip_similarity",
-                    similarity,
-                    indices,
-                    config.min_clip_similarity,
-                    "image-text similarity {:.3f} < {}",
-                )
-            )
+            reason = "image-text similarity {:.3f} < {}"
+            results.append(_lowest_turn("clip_similarity", similarity, indices, config.min_clip_similarity, reason))
         if images:
             order = list(images)
             image_vectors = self._image_embeddings(model_id, [images[i] for i in order])
@@ -535,11 +492,8 @@ class ModelFilters:
             model, _ = self._clip(model_id)
             scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
             probability = (scale * image_vectors @ text_vectors.T).softmax(-1)[:, 0]
-            results.append(
-                _lowest_turn(
-                    "face_presence", probability, order, config.min_face_probability, "no face found (p={:.2f})"
-                )
-            )
+            reason = "no face found (p={:.2f})"
+            results.append(_lowest_turn("face_presence", probability, order, config.min_face_probability, reason))
         return results
 
     def _classify_images(self, model_id: str, images: dict[int, Any]) -> list[list[dict]]:
@@ -595,15 +549,15 @@ class ModelFilters:
         results: list[FilterResult] = []
         skipped: list[str] = []
         config = self.config
+
+        def identity() -> list[FilterResult] | None:  # None: skipped, no reference face
+            return None if reference is None else [self.identity_similarity(images, reference)]
+
         checks: list[tuple[str, str | None, Callable[[], Any]]] = [
             ("clip_similarity", config.clip_model, lambda: self.clip_similarity(record, images)),
             ("age_consistency", config.age_model, lambda: [self.age_consistency(record, images)]),
             ("gender_consistency", config.gender_model, lambda: [self.gender_consistency(record, images)]),
-            (
-                "identity_similarity",
-                config.identity_model,
-                lambda: [self.identity_similarity(images, reference)] if reference is not None else None,
-            ),
+            ("identity_similarity", config.identity_model, identity),
             ("nsfw", config.nsfw_model, lambda: [self.nsfw(images)]),
         ]
         for name, model_id, run in checks:
