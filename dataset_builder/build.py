@@ -136,16 +136,10 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
             progress = tqdm(list(CONFIG_FEATURES), desc="Building Mirror configs", unit="config")
             for config_name in progress:
                 progress.set_postfix_str(config_name)
-                builder = MirrorBuilder(
-                    config_name=config_name,
-                    cache_dir=cache_dir,
-                    raw_dir=str(raw_dir),
-                    on_bad_record=options.on_bad_record,
-                    require_images=options.require_images,
-                    max_pixels=options.max_pixels,
-                    apply_filters=options.apply_filters,
-                    sft_variants=tuple(options.sft_variants),
-                )
+                builder = MirrorBuilder(config_name=config_name, cache_dir=cache_dir, raw_dir=str(raw_dir),
+                                        on_bad_record=options.on_bad_record, require_images=options.require_images,
+                                        max_pixels=options.max_pixels, apply_filters=options.apply_filters,
+                                        sft_variants=tuple(options.sft_variants))
                 try:
                     builder.download_and_prepare(download_mode="force_redownload")
                 except datasets.exceptions.DatasetGenerationError as err:
@@ -164,16 +158,14 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
             filtered = datasets_by_config["filtered"]
             skipped = sum(1 for stage in filtered["stage"] if stage == "validation")
             dropped = sum(1 for stage in filtered["stage"] if stage == "filter")
+            rows = filtered.select_columns(["stage", "field", "reason"])
+            reasons = Counter(drop_reason_key(row["stage"], row["field"], row["reason"])
+                              for row in rows if row["stage"] != "kept")
             if not num_rows["sessions"]:
                 # Every record was dropped: a folder without sessions cannot be loaded, so fail and say why.
-                reasons = Counter(drop_reason_key(row["stage"], row["field"], row["reason"])
-                                  for row in filtered if row["stage"] != "kept")
                 raise ValueError("no session record survived validation and filters: " + "; ".join(
                     f"{count} x {reason}" for reason, count in reasons.most_common()))
-            drop_reasons = dict(Counter(
-                drop_reason_key(row["stage"], row["field"], row["reason"])
-                for row in filtered.select_columns(["stage", "field", "reason"]) if row["stage"] != "kept"
-            ))
+            drop_reasons = dict(reasons)
             sources = sorted({row["dataset"] for row in datasets_by_config["sessions"]["source"] if row["dataset"]})
             _write_card(work_dir, datasets_by_config, options, sources, skipped, dropped)
         stamp = {"fingerprint": fingerprint, "num_rows": num_rows, "skipped": skipped, "filtered": dropped,
@@ -346,7 +338,7 @@ def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, over
     `output_dir` must be new, empty or an earlier render-faces output (its `RENDER_STAMP`); `check_output=False`
     is for a caller that has vetted the folder under its own rule (`mirror import --overwrite`).
     """
-    from .images import FaceRequest, get_image_backend
+    from .images import get_image_backend
 
     raw_dir, output_dir = Path(raw_dir), Path(output_dir)
     if not raw_dir.exists():
@@ -367,17 +359,17 @@ def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, over
         atomic_write(output_dir / RENDER_STAMP, json.dumps({"made_by": "mirror render-faces"}) + "\n")
     for kind in ("sessions", "profiles"):
         for path in raw_files(raw_dir, kind):
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            records = [json.loads(line) for line in lines]
-            out_records = []
-            for record in tqdm(records, desc=f"Rendering faces ({path.name})", unit="record"):
-                out_records.append(_render_record(record, raw_dir, output_dir, backend, FaceRequest, overwrite))
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            out_records = [_render_record(record, raw_dir, output_dir, backend, overwrite)
+                           for record in tqdm(records, desc=f"Rendering faces ({path.name})", unit="record")]
             atomic_write(output_dir / path.name,
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_records).encode("utf-8"))
     return output_dir
 
 
-def _render_record(record, raw_dir, output_dir, backend, face_request, overwrite):
+def _render_record(record, raw_dir, output_dir, backend, overwrite):
+    from .images import FaceRequest
+
     record = json.loads(json.dumps(record))  # deep copy
     client, key = record["client"], record["identity"]["key"]
     folder = Path("images") / key
@@ -386,8 +378,8 @@ def _render_record(record, raw_dir, output_dir, backend, face_request, overwrite
         relative = folder / f"{record['id']}-{name}.png" if name != "identity" else folder / "identity.png"
         target = output_dir / relative
         if overwrite or not target.exists():
-            image = backend.render(face_request(identity_key=key, expression=expression, gender=client.get("gender"),
-                                                age=client.get("age"), contrast_expression=contrast, seed=seed))
+            image = backend.render(FaceRequest(identity_key=key, expression=expression, gender=client.get("gender"),
+                                               age=client.get("age"), contrast_expression=contrast, seed=seed))
             atomic_save_png(image, target)
         return relative.as_posix()
 

@@ -51,12 +51,7 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
-        vision_config={
-            **_TINY_LAYERS,
-            "image_size": image_size,
-            "patch_size": 8,
-            "projection_dim": projection_dim,
-        },
+        vision_config={**_TINY_LAYERS, "image_size": image_size, "patch_size": 8, "projection_dim": projection_dim},
         projection_dim=projection_dim,
     )
     CLIPModel(config).save_pretrained(output_dir)
@@ -95,12 +90,7 @@ def build_tiny_image_classifier(
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(
-        **{**_TINY_LAYERS, "num_hidden_layers": 1},
-        image_size=32,
-        patch_size=8,
-        **_label_maps(labels),
-    )
+    config = ViTConfig(**{**_TINY_LAYERS, "num_hidden_layers": 1}, image_size=32, patch_size=8, **_label_maps(labels))
     model = _pin_label(ViTForImageClassification(config), labels, favour)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
@@ -267,9 +257,7 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         hidden_act="gelu",
         projection_dim=32,
     )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(**_TINY_LAYERS, image_size=32, projection_dim=32, patch_size=8)
-    )
+    vision_config = CLIPVisionConfig(**_TINY_LAYERS, image_size=32, projection_dim=32, patch_size=8)
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
@@ -279,7 +267,7 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         tokenizer_2=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        image_encoder=image_encoder,
+        image_encoder=CLIPVisionModelWithProjection(vision_config),
         feature_extractor=feature_extractor,
     )
     pipeline.save_pretrained(output_dir / "pipeline", safe_serialization=True)
@@ -301,14 +289,12 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor["to_v_ip.0.weight"]
         key_id += 2
     projection = ImageProjection(cross_attention_dim=64, image_embed_dim=32, num_image_text_embeds=4).state_dict()
-    state.update(
-        {
-            "image_proj.proj.weight": projection["image_embeds.weight"],
-            "image_proj.proj.bias": projection["image_embeds.bias"],
-            "image_proj.norm.weight": projection["norm.weight"],
-            "image_proj.norm.bias": projection["norm.bias"],
-        }
-    )
+    state |= {
+        "image_proj.proj.weight": projection["image_embeds.weight"],
+        "image_proj.proj.bias": projection["image_embeds.bias"],
+        "image_proj.norm.weight": projection["norm.weight"],
+        "image_proj.norm.bias": projection["norm.bias"],
+    }
     (output_dir / "ip_adapter").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(output_dir / "ip_adapter" / "ip-adapter.safetensors"))
     return output_dir / "pipeline"

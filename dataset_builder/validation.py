@@ -86,14 +86,11 @@ def iter_jsonl(path: Path, name: str | None = None) -> Iterator[tuple[int, dict[
                 text, bad_utf8 = raw_line.decode("utf-8", errors="surrogateescape"), err
             try:
                 record = json.loads(text)
+                problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
             except json.JSONDecodeError as err:
-                error = RecordError(None, None, f"not valid JSON ({err.msg} at column {err.colno})", name, line_number)
-                error.raw_text = _printable(text.rstrip("\r\n"))
-                yield line_number, error
-                continue
-            if not isinstance(record, dict):
-                error = RecordError(None, None, f"expected a JSON object, got {type(record).__name__}", name,
-                                    line_number)
+                problem = f"not valid JSON ({err.msg} at column {err.colno})"
+            if problem:
+                error = RecordError(None, None, problem, name, line_number)
                 error.raw_text = _printable(text.rstrip("\r\n"))
                 yield line_number, error
                 continue
@@ -273,9 +270,7 @@ def _validate_common(raw: dict, base_dir: Path, policy: ImagePolicy, keys, encod
             if source[key] is not None and not isinstance(source[key], int):
                 raise RecordError(record_id, "source.seed", "expected an integer or null")
         else:
-            source[key] = _check_str(source[key], record_id, f"source.{key}", nullable=True)
-            if source[key] is not None and not isinstance(source[key], str):
-                source[key] = str(source[key])
+            _check_str(source[key], record_id, f"source.{key}", nullable=True)
 
     _check_keys(raw["client"], CLIENT_FIELDS, record_id, "client")
     client = dict(raw["client"])
@@ -299,9 +294,7 @@ def _validate_common(raw: dict, base_dir: Path, policy: ImagePolicy, keys, encod
     _check_str(identity["key"], record_id, "identity.key", non_empty=True)
     identity_image = None
     if identity["image"] is not None:
-        path = resolve_image_path(base_dir, identity["image"], record_id=record_id, field_name="identity.image")
-        identity_image = {"bytes": load_image(path, policy, record_id=record_id, field_name="identity.image",
-                                              encode=encode, display=identity["image"]), "path": None}
+        identity_image = _embed_image(base_dir, identity["image"], policy, record_id, "identity.image", encode)
     return {
         "id": raw["id"],
         "source": source,
@@ -311,6 +304,13 @@ def _validate_common(raw: dict, base_dir: Path, policy: ImagePolicy, keys, encod
         "cbt_plan": raw["cbt_plan"],
         "identity": {"key": identity["key"], "image": identity_image},
     }
+
+
+def _embed_image(base_dir: Path, value: Any, policy: ImagePolicy, record_id: str, field_name: str, encode: bool):
+    """An image field as the `datasets.Image` feature stores it: checked PNG bytes, no local path."""
+    path = resolve_image_path(base_dir, value, record_id=record_id, field_name=field_name)
+    data = load_image(path, policy, record_id=record_id, field_name=field_name, encode=encode, display=value)
+    return {"bytes": data, "path": None}
 
 
 def validate_profile(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolicy(), encode: bool = True) -> dict:
@@ -348,9 +348,7 @@ def validate_session(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolic
                         "`mirror render-faces`, or build with --allow-missing-images)",
                     )
             else:
-                path = resolve_image_path(base_dir, turn["image"], record_id=record_id, field_name=f"{where}.image")
-                image = {"bytes": load_image(path, policy, record_id=record_id, field_name=f"{where}.image",
-                                             encode=encode, display=turn["image"]), "path": None}
+                image = _embed_image(base_dir, turn["image"], policy, record_id, f"{where}.image", encode)
         elif turn["image"] is not None:
             raise RecordError(record_id, f"{where}.image", "therapist turns carry no image (only client turns do)")
         out_turns.append({**turn, "image": image})
