@@ -136,6 +136,10 @@ def load_expression_table(text: str, source: str = "expressions.yaml") -> _Table
             except re.error as err:
                 raise ValueError(f"{source} {where}: bad pattern {pattern!r}: {err}") from err
 
+        def intensity(kind: str) -> Cue:
+            entry = raw["intensity"][kind]  # [pattern, intensity factor]
+            return compiled(f"intensity.{kind}", entry[0]), float(entry[1])
+
         if sorted(raw["priority"]) != sorted(categories) or set(raw["presets"]) != set(categories):
             raise ValueError(f"{source}: `priority` and `presets` must name exactly the `categories` {categories}")
         for section in ("leading", "leading_alone", "cues"):
@@ -161,14 +165,8 @@ def load_expression_table(text: str, source: str = "expressions.yaml") -> _Table
                 for c in categories
             },
             masking_tension=compiled("masking_tension", raw["masking_tension"]),
-            diminish=(
-                compiled("intensity.diminish", raw["intensity"]["diminish"][0]),
-                float(raw["intensity"]["diminish"][1]),
-            ),
-            amplify=(
-                compiled("intensity.amplify", raw["intensity"]["amplify"][0]),
-                float(raw["intensity"]["amplify"][1]),
-            ),
+            diminish=intensity("diminish"),
+            amplify=intensity("amplify"),
             features=tuple(features),
         )
     except (KeyError, TypeError, AttributeError) as err:
@@ -409,14 +407,8 @@ def _identity(key: str, gender: str | None, age: int | None) -> _Identity:
     brow = _contrast(brow, skin, 40)
     eye_options = [("dark brown", 3.0), ("brown", 2.0), ("hazel", 0.5)]
     if not dark:
-        eye_options = [
-            ("dark brown", 1.0),
-            ("brown", 2.0),
-            ("hazel", 1.0),
-            ("green", 1.0),
-            ("blue", 2.0),
-            ("grey", 0.7),
-        ]
+        eye_options = [("dark brown", 1.0), ("brown", 2.0), ("hazel", 1.0), ("green", 1.0), ("blue", 2.0)]
+        eye_options.append(("grey", 0.7))
     # A fixed red-brown target shifts hue, not just lightness, so lips stay readable on every skin tone.
     lip = _mix(skin, (172, 56, 76) if female else (150, 62, 68), 0.52 if female else 0.4)
 
@@ -612,11 +604,8 @@ class _Painter:
         d.rectangle((self.cx - nw, self.cy + 0.3 * self.h, self.cx + nw, (_COLLAR_Y + 0.06) * self.s), fill=col)
         # The collar line of the shared top, drawn on the head layer so it follows the neck.
         y0 = _COLLAR_Y * self.s
-        arc = _through(
-            (self.cx - nw * 1.25, y0 - 0.02 * self.s),
-            (self.cx, y0 + 0.01 * self.s),
-            (self.cx + nw * 1.25, y0 - 0.02 * self.s),
-        )
+        left = (self.cx - nw * 1.25, y0 - 0.02 * self.s)
+        arc = _through(left, (self.cx, y0 + 0.01 * self.s), (self.cx + nw * 1.25, left[1]))
         d.polygon([*arc, (self.cx + nw * 1.25, 1.1 * self.s), (self.cx - nw * 1.25, 1.1 * self.s)], fill=_CLOTHING)
         d.line(arc, fill=_scale(_CLOTHING, 0.7), width=self.width(0.008), joint="curve")
 
@@ -635,9 +624,8 @@ class _Painter:
         elif i.hair_style == "bun":
             r = 0.055 * s
             top = cy - h - 0.01 * s
-            d.ellipse(
-                (cx - r, top - 1.5 * r, cx + r, top + 0.5 * r), fill=i.hair, outline=back, width=self.width(0.004)
-            )
+            box = (cx - r, top - 1.5 * r, cx + r, top + 0.5 * r)
+            d.ellipse(box, fill=i.hair, outline=back, width=self.width(0.004))
 
     def ears(self, d: ImageDraw.ImageDraw) -> None:
         i = self.i
@@ -684,24 +672,14 @@ class _Painter:
             return
         for k in range(1 + int(depth > 0.65) + int(depth > 0.85)):
             y = self.cy - self.h * (0.5 + 0.075 * k)
-            d.line(
-                _through(
-                    (cx - self.w * 0.34, y + 0.003 * self.s),
-                    (cx, y - 0.003 * self.s),
-                    (cx + self.w * 0.34, y + 0.003 * self.s),
-                ),
-                fill=col,
-                width=lw,
-                joint="curve",
-            )
+            ends = (y + 0.003 * self.s, y - 0.003 * self.s)
+            line = _through((cx - self.w * 0.34, ends[0]), (cx, ends[1]), (cx + self.w * 0.34, ends[0]))
+            d.line(line, fill=col, width=lw, joint="curve")
         for side in (-1, 1):
             ox = cx + side * (self.i.eye_gap * self.w + self.ew * 1.2)
             for k in (-1, 1) if depth < 0.7 else (-1, 0, 1):
-                d.line(
-                    [(ox, self.ey + k * self.ew * 0.2), (ox + side * self.ew * 0.28, self.ey + k * self.ew * 0.38)],
-                    fill=col,
-                    width=lw,
-                )
+                crow = [(ox, self.ey + k * self.ew * 0.2), (ox + side * self.ew * 0.28, self.ey + k * self.ew * 0.38)]
+                d.line(crow, fill=col, width=lw)
 
     def beard(self, d: ImageDraw.ImageDraw) -> None:
         i = self.i
@@ -714,11 +692,8 @@ class _Painter:
             top = self.ny + 0.25 * nw
             corner = self.my + 0.01 * self.s
             pts = _through((cx - mw * 1.15, corner), (cx, top - 0.01 * self.s), (cx + mw * 1.15, corner))
-            pts += _through(
-                (cx + mw * 0.8, self.cy + self.h * 0.9),
-                (cx, self.cy + self.h * 1.03),
-                (cx - mw * 0.8, self.cy + self.h * 0.9),
-            )
+            chin = self.cy + self.h * 0.9
+            pts += _through((cx + mw * 0.8, chin), (cx, self.cy + self.h * 1.03), (cx - mw * 0.8, chin))
             d.polygon(pts, fill=hair)
             return
         # Stubble is a faint shadow of dark hair roots, not a patch of hair colour.
@@ -746,20 +721,14 @@ class _Painter:
             (nx + nw * 0.62, ny - nw * 0.55),
         )
         d.line(bridge, fill=_mix(self.skin, self.shadow, 0.7), width=lw)
-        d.ellipse(
-            (nx - nw * 0.32, ny - nw * 0.62, nx + nw * 0.22, ny - nw * 0.22),
-            fill=_mix(self.skin, (255, 255, 255), 0.14),
-        )
+        tip = (nx - nw * 0.32, ny - nw * 0.62, nx + nw * 0.22, ny - nw * 0.22)
+        d.ellipse(tip, fill=_mix(self.skin, (255, 255, 255), 0.14))
         for side in (-1, 1):
             ax = nx + side * nw * 0.72
             box = (ax - nw * 0.36, ny - nw * 0.55, ax + nw * 0.36, ny + nw * 0.15)
             d.arc(box, 300 if side < 0 else 120, 60 if side < 0 else 240, fill=self.line, width=lw)
-            nostril = (
-                nx + side * nw * 0.38 - nw * 0.2,
-                ny - nw * 0.08,
-                nx + side * nw * 0.38 + nw * 0.2,
-                ny + nw * 0.12,
-            )
+            nostril_x = nx + side * nw * 0.38
+            nostril = (nostril_x - nw * 0.2, ny - nw * 0.08, nostril_x + nw * 0.2, ny + nw * 0.12)
             d.ellipse(nostril, fill=_scale(self.skin, 0.45))
         d.arc((nx - nw * 0.35, ny - nw * 0.45, nx + nw * 0.35, ny + nw * 0.12), 30, 150, fill=self.shadow, width=lw)
 
@@ -806,23 +775,15 @@ class _Painter:
         sclera = _mix((240, 236, 230), (236, 200, 200), min(1.0, p.tears))  # tearful eyes redden
         ld.rectangle((0, 0, x1 - x0, y1 - y0), fill=(*sclera, 255))
         lx, ly = ix - x0, iy - y0
-        ld.ellipse(
-            (lx - ir, ly - ir, lx + ir, ly + ir), fill=i.eye, outline=_scale(i.eye, 0.55), width=self.width(0.003)
-        )
+        iris = (lx - ir, ly - ir, lx + ir, ly + ir)
+        ld.ellipse(iris, fill=i.eye, outline=_scale(i.eye, 0.55), width=self.width(0.003))
         pr = ir * 0.45
         ld.ellipse((lx - pr, ly - pr, lx + pr, ly + pr), fill=(18, 14, 14))
-        for hr, hx, hy in (
-            (ir * 0.22, -0.42, -0.42),
-            (ir * 0.14 * (p.tears > 0.25), 0.35, 0.4),
-        ):  # glints; wet eyes get two
-            ld.ellipse(
-                (lx + ir * hx - hr, ly + ir * hy - hr, lx + ir * hx + hr, ly + ir * hy + hr), fill=(255, 255, 255)
-            )
-        ld.line(
-            [(x - x0, y - y0 + ew * 0.07) for x, y in upper],
-            fill=_mix(sclera, self.line, 0.45),
-            width=max(1, round(ew * 0.12)),
-        )
+        for hr, hx, hy in ((ir * 0.22, -0.42, -0.42), (ir * 0.14 * (p.tears > 0.25), 0.35, 0.4)):  # glints; wet: two
+            gx, gy = lx + ir * hx, ly + ir * hy
+            ld.ellipse((gx - hr, gy - hr, gx + hr, gy + hr), fill=(255, 255, 255))
+        lid_shadow = [(x - x0, y - y0 + ew * 0.07) for x, y in upper]
+        ld.line(lid_shadow, fill=_mix(sclera, self.line, 0.45), width=max(1, round(ew * 0.12)))
         mask = Image.new("L", layer.size, 0)
         ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in poly], fill=255)
         img.paste(layer, (x0, y0), mask)
@@ -954,21 +915,15 @@ class _Painter:
             else:
                 d.rounded_rectangle(box, radius=ew * 0.45, outline=col, width=lw)
             glare = _mix(self.skin, (255, 255, 255), 0.5)
-            d.line(
-                [(box[0] + ew * 0.5, box[1] + ew * 0.55), (box[0] + ew * 0.85, box[1] + ew * 0.25)],
-                fill=glare,
-                width=self.width(0.003),
-            )
+            glint = [(box[0] + ew * 0.5, box[1] + ew * 0.55), (box[0] + ew * 0.85, box[1] + ew * 0.25)]
+            d.line(glint, fill=glare, width=self.width(0.003))
             rims.append(box)
             # The arms run to the ears, which do not move with the inner face: pin their outer part there.
             hinge = (self.cx + self.dx + side * self.w * 0.8, self.ey0 - ew * 0.4)
             ear = (self.cx + side * self.w * 0.97, self.ey0 - ew * 0.2)
             d.line([(box[0] if side < 0 else box[2], self.ey - ew * 0.5), hinge, ear], fill=col, width=lw)
-        bridge = _through(
-            (rims[0][2], self.ey - ew * 0.3),
-            (self.cx + self.dx, self.ey - ew * 0.55),
-            (rims[1][0], self.ey - ew * 0.3),
-        )
+        rim_y = self.ey - ew * 0.3
+        bridge = _through((rims[0][2], rim_y), (self.cx + self.dx, self.ey - ew * 0.55), (rims[1][0], rim_y))
         d.line(bridge, fill=col, width=lw, joint="curve")
 
     def hair_front(self, d: ImageDraw.ImageDraw) -> None:
@@ -978,10 +933,8 @@ class _Painter:
         if style == "bald":
             # Scalp shine, and a fringe of short hair hugging the skull from the temples to behind the ears.
             top = cy - h
-            d.ellipse(
-                (cx - w * 0.4, top + 0.02 * s, cx + w * 0.05, top + 0.055 * s),
-                fill=_mix(self.skin, (255, 255, 255), 0.15),
-            )
+            shine = (cx - w * 0.4, top + 0.02 * s, cx + w * 0.05, top + 0.055 * s)
+            d.ellipse(shine, fill=_mix(self.skin, (255, 255, 255), 0.15))
             outline, inner = self.face_outline(1.025), self.face_outline(0.9)
             for a, b in ((18, 33), (88, 103)):
                 d.polygon(outline[a:b] + inner[a:b][::-1], fill=i.hair)
@@ -990,15 +943,8 @@ class _Painter:
         part_x = cx + i.parting * w * 0.45
         if style == "curly":
             big = i.gender != "male"
-            outer = self.bumpy(
-                cx,
-                cy - 0.05 * h if big else cc,
-                w * (1.38 if big else 1.1),
-                h * (1.08 if big else 0.95),
-                math.pi,
-                0,
-                12,
-            )
+            centre_y, rx_, ry_ = (cy - 0.05 * h, w * 1.38, h * 1.08) if big else (cc, w * 1.1, h * 0.95)
+            outer = self.bumpy(cx, centre_y, rx_, ry_, math.pi, 0, 12)
             rx, ry = w * 1.2, h * 1.0
         else:
             rx = w * {"long": 1.12, "bob": 1.12, "short": 1.07, "crop": 1.03, "receding": 1.04}.get(style, 1.03)
@@ -1021,11 +967,8 @@ class _Painter:
         if style in ("short", "crop", "receding"):
             # A cropped cut: hair hugs the skull, the hairline recedes a little at the temples (more with age).
             recess = 0.05 * h + (0.08 * h if style == "receding" else 0.0)
-            line = [
-                (cx + w * 0.9, cy - 0.3 * h),
-                (cx + w * 0.74, hairline + recess),
-                (cx + w * 0.5, hairline + 0.02 * h),
-            ]
+            line = [(cx + w * 0.9, cy - 0.3 * h), (cx + w * 0.74, hairline + recess)]
+            line.append((cx + w * 0.5, hairline + 0.02 * h))
             line += _through(
                 (cx + w * 0.5, hairline + 0.02 * h), (part_x, hairline - 0.01 * h), (cx - w * 0.5, hairline + 0.02 * h)
             )
@@ -1084,13 +1027,9 @@ class EmbeddedFaceRenderer:
             # NEAREST is enough on the supersampled canvas (the LANCZOS reduction smooths its steps) and is about
             # twenty times faster than BICUBIC. Turning and lowering the head also carry the whole head a little.
             shift = (params.head_turn * 0.03 * s, params.head_pitch * 0.04 * s)
-            head = head.rotate(
-                params.head_tilt,
-                resample=Image.Resampling.NEAREST,
-                center=(_PIVOT[0] * s, _PIVOT[1] * s),
-                translate=shift,
-                fillcolor=(*_BACKDROP[0], 0),
-            )
+            pivot, clear = (_PIVOT[0] * s, _PIVOT[1] * s), (*_BACKDROP[0], 0)
+            nearest = Image.Resampling.NEAREST
+            head = head.rotate(params.head_tilt, nearest, center=pivot, translate=shift, fillcolor=clear)
         canvas.paste(head, (0, 0), head)
         if self.supersample == 1:
             return canvas
