@@ -720,8 +720,10 @@ class Generator:
                 if parsed:
                     break
             if not parsed:
-                message = "expression %s turn %d unusable after %d attempt(s); the stage direction is used instead"
-                logger.warning(message + " (flagged in the record)", session["id"], index, attempts)
+                logger.warning(
+                    "expression %s turn %d unusable after %d attempt(s); the stage direction is used instead "
+                    "(flagged in the record)", session["id"], index, attempts
+                )
             return {
                 "turn": index,
                 "expression": parsed[0] if parsed else None,

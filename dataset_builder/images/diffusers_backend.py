@@ -82,9 +82,8 @@ class DiffusersFaceBackend:
         if identity_adapter not in IDENTITY_ADAPTERS:
             raise ValueError(f"identity_adapter must be one of {list(IDENTITY_ADAPTERS)}, got {identity_adapter!r}")
         if pipeline is None and not model:
-            raise ValueError(
-                "the diffusers backend needs a model (e.g. --model stabilityai/stable-diffusion-xl-base-1.0)"
-            )
+            example = "stabilityai/stable-diffusion-xl-base-1.0"
+            raise ValueError(f"the diffusers backend needs a model (e.g. --model {example})")
         if identity_adapter == "ip-adapter" and pipeline is None and not ip_adapter:
             raise ValueError(
                 "identity_adapter 'ip-adapter' needs ip_adapter (e.g. h94/IP-Adapter); pass "
@@ -102,9 +101,8 @@ class DiffusersFaceBackend:
         self._renderer = None
         self.last_settings: dict[str, Any] | None = None
         self.device = device or _default_device()
-        self.pipeline = pipeline or self._load_pipeline(
-            model, image_encoder, image_encoder_subfolder, dtype, revision, variant
-        )
+        encoder = (image_encoder, image_encoder_subfolder)
+        self.pipeline = pipeline or self._load_pipeline(model, *encoder, dtype, revision, variant)
         if identity_adapter != "none" and not getattr(self.pipeline, "_mirror_identity_loaded", False):
             self._load_identity_adapter(ip_adapter, ip_adapter_subfolder, ip_adapter_weight)
         self.pipeline.set_progress_bar_config(disable=True)
@@ -117,9 +115,8 @@ class DiffusersFaceBackend:
         import torch
         from diffusers import StableDiffusionXLPipeline
 
-        torch_dtype = (
-            getattr(torch, dtype) if dtype else (torch.float16 if self.device.startswith("cuda") else torch.float32)
-        )
+        default_dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        torch_dtype = getattr(torch, dtype) if dtype else default_dtype
         components = {}
         has_own_encoder = (Path(model) / "image_encoder").is_dir()  # a local pipeline folder that ships one
         if image_encoder and self.identity_adapter == "ip-adapter" and not has_own_encoder:
@@ -146,9 +143,8 @@ class DiffusersFaceBackend:
             )
         if ip_adapter is None:
             return  # a ready pipeline whose adapter the caller loaded
-        self.pipeline.load_ip_adapter(
-            ip_adapter, subfolder=subfolder or "", weight_name=weight_name, image_encoder_folder=None
-        )
+        self.pipeline.load_ip_adapter(ip_adapter, subfolder=subfolder or "", weight_name=weight_name,
+                                      image_encoder_folder=None)
         self.pipeline.set_ip_adapter_scale(self.ip_adapter_scale)
         self.pipeline._mirror_identity_loaded = True
 
@@ -163,29 +159,23 @@ class DiffusersFaceBackend:
     def reference_for(self, request: FaceRequest) -> Image.Image:
         path = self._references.get(request.identity_key)
         if path is None and self.reference_dir is not None:
-            for suffix in (".png", ".jpg", ".jpeg"):
-                candidate = self.reference_dir / f"{request.identity_key}{suffix}"
-                if candidate.is_file():
-                    path = str(candidate)
-                    break
+            names = (f"{request.identity_key}{suffix}" for suffix in (".png", ".jpg", ".jpeg"))
+            candidates = (self.reference_dir / name for name in names)
+            path = next((str(candidate) for candidate in candidates if candidate.is_file()), None)
         if path is not None:
             return Image.open(path).convert("RGB")
         if request.identity_key not in self._fallback_logged:
             self._fallback_logged.add(request.identity_key)
             logger.warning(
-                "diffusers backend: no reference photo for identity %r; using the embedded renderer's "
-                "portrait of it as the identity reference",
-                request.identity_key,
+                "diffusers backend: no reference photo for identity %r; using the embedded renderer's portrait of it "
+                "as the identity reference", request.identity_key
             )
         if self._renderer is None:
             from .face_renderer import EmbeddedFaceRenderer
 
             self._renderer = EmbeddedFaceRenderer()
-        return self._renderer.render(
-            FaceRequest(
-                identity_key=request.identity_key, expression="neutral", gender=request.gender, age=request.age
-            )
-        )
+        neutral = FaceRequest(request.identity_key, "neutral", gender=request.gender, age=request.age)
+        return self._renderer.render(neutral)
 
     # -- rendering -------------------------------------------------------------------------------------------------
 
