@@ -106,17 +106,8 @@ _FACIAL_CUES: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None, re
         ),
         _rx(r"\blook\w*\s+away\b", r"\beye\s+contact\b", r"\bgaze\b"),
         _rx(
-            r"avert\w*",
-            r"\baway\b",
-            r"\baside\b",
-            r"\bdown(?:cast|ward)?\b",
-            r"\blower\w*",
-            r"\bfloor\b",
-            r"\bwindow\b",
-            r"\bto\s+the\s+side\b",
-            r"\bflick\w*",
-            r"\bdart\w*",
-            r"\bno\s+eye\s+contact\b",
+            r"avert\w*", r"\baway\b", r"\baside\b", r"\bdown(?:cast|ward)?\b", r"\blower\w*", r"\bfloor\b",
+            r"\bwindow\b", r"\bto\s+the\s+side\b", r"\bflick\w*", r"\bdart\w*", r"\bno\s+eye\s+contact\b",
             r"\bavoid\w*",
         ),
     ),
@@ -227,9 +218,8 @@ class CueWarning:
     sentence: str
 
     def __str__(self) -> str:
-        if self.kind == "body":
-            why = "a face image cannot show it"
-        else:
+        why = "a face image cannot show it"
+        if self.kind != "body":
             why = "the latest client expression does not describe it"
         return f"turns[{self.turn_index}]: therapist cites {self.cue} ({why}): {self.sentence!r}"
 
@@ -239,12 +229,16 @@ def _expression_category(expression: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _cited(sentence: str, observed: bool, always: re.Pattern[str] | None, when_observed: re.Pattern[str] | None):
+    """Whether `sentence` cites a cue: by an always-citing phrase, or a cue word in an observing sentence."""
+    if always and always.search(sentence):
+        return True
+    return bool(observed and when_observed and when_observed.search(sentence))
+
+
 def _facial_warnings(sentence: str, observed: bool, expression: str) -> Iterable[str]:
     for cue, (always, when_observed, evidence) in _FACIAL_CUES.items():
-        cited = bool(always and always.search(sentence)) or bool(
-            observed and when_observed and when_observed.search(sentence)
-        )
-        if cited and not evidence.search(expression):
+        if _cited(sentence, observed, always, when_observed) and not evidence.search(expression):
             yield cue
     for match in _LOOK_EMOTION.finditer(sentence):
         category = _WORD_TO_CATEGORY.get(match.group(1))
@@ -264,14 +258,10 @@ def check_cues(record: Mapping[str, Any]) -> list[CueWarning]:
             continue
         for sentence in _SENTENCE.split((turn.get("statement") or "").lower().replace("\u2019", "'")):
             observed = bool(_OBSERVED.search(sentence))
-            for cue, (always, when_observed) in _BODY_CUES.items():
-                if (always and always.search(sentence)) or (
-                    observed and when_observed and when_observed.search(sentence)
-                ):
-                    warnings.append(CueWarning(index, "body", cue, sentence))
-            warnings.extend(
-                CueWarning(index, "facial", cue, sentence) for cue in _facial_warnings(sentence, observed, expression)
-            )
+            body = [cue for cue, patterns in _BODY_CUES.items() if _cited(sentence, observed, *patterns)]
+            warnings += [CueWarning(index, "body", cue, sentence) for cue in body]
+            facial = _facial_warnings(sentence, observed, expression)
+            warnings += [CueWarning(index, "facial", cue, sentence) for cue in facial]
     return warnings
 
 
