@@ -22,7 +22,7 @@ from inference.prompts import strip_stage_directions
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 END_TOKEN = "[/END]"
-RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")
+PROFILE_FIELDS = ("age", "gender", "occupation", "personal_info", "reason_for_counseling", "distorted_thought")
 
 _LEADING_DIRECTION = re.compile(r"^\s*\[([^\]]*)\]\s*")
 _ROLE_PREFIX = re.compile(r"^\s*[*_]*\s*(client|patient|therapist|counsell?or|assistant|user)\s*[*_]*\s*:", re.I)
@@ -148,13 +148,8 @@ class VirtualClient:
         if resistance not in self.prompt["resistance_descriptions"]:
             raise ValueError(f"profile {profile.get('id')!r}: unknown resistance style {resistance!r}")
         return self.prompt["system"].format(
+            **{key: client.get(key) or "" for key in PROFILE_FIELDS},
             name=client.get("name") or "the client",
-            age=client.get("age") or "",
-            gender=client.get("gender") or "",
-            occupation=client.get("occupation") or "",
-            personal_info=client.get("personal_info") or "",
-            reason_for_counseling=client.get("reason_for_counseling") or "",
-            distorted_thought=client.get("distorted_thought") or "",
             thinking_traps=", ".join(client.get("thinking_traps") or []) or "none named",
             resistance=resistance,
             resistance_description=self.prompt["resistance_descriptions"][resistance],

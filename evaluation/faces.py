@@ -12,6 +12,7 @@ Verifiers load real models by id or path (transformers); tests use tiny random s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -289,24 +290,17 @@ class FaceLoop:
         from dataset_builder.images import FaceRequest
 
         expression, contrast, raw = self.expression(stage_direction, statement, seed)
+        request = FaceRequest(identity_key, expression, gender=gender, age=age, contrast_expression=contrast)
         attempts: list[dict[str, Any]] = []
         image = None
         for attempt in range(self.config.max_attempts):
-            attempt_seed = seed + attempt
-            request = FaceRequest(
-                identity_key=identity_key,
-                expression=expression,
-                gender=gender,
-                age=age,
-                contrast_expression=contrast,
-                seed=attempt_seed,
-            )
+            request = dataclasses.replace(request, seed=seed + attempt)
             image = self.image_backend.render(request)
             checks = [v.check(image, description=stage_direction, reference=reference) for v in self.verifiers]
             passed = all(c.passed for c in checks)
             attempts.append(
                 {
-                    "seed": attempt_seed,
+                    "seed": request.seed,
                     "sha256": image_sha256(image),
                     "passed": passed,
                     "checks": [c.__dict__ for c in checks],

@@ -276,15 +276,12 @@ class Judge:
             raise ValueError("max_retries must be >= 0")
         self.cache = JudgeCache(self.cache_dir) if self.cache_dir is not None else None
 
-    def session_items(self, record: dict[str, Any]) -> list[JudgeItem]:
-        profile, transcript = profile_text(record["profile"]), transcript_text(record["turns"])
-        return [item for rubric in self.rubrics for item in rubric.items(profile, transcript)]
-
     def judge_session(self, record: dict[str, Any]) -> dict[str, Any]:
         """Scores of every rubric item for one session record (see evaluation/README.md for the layout)."""
         from inference.backends.base import GenerationConfig, text_message
 
-        items = self.session_items(record)
+        profile, transcript = profile_text(record["profile"]), transcript_text(record["turns"])
+        items = [item for rubric in self.rubrics for item in rubric.items(profile, transcript)]
         results: dict[str, dict[str, Any]] = {}
         pending = []
         for item in items:
@@ -299,10 +296,8 @@ class Judge:
         for round_index in range(self.max_retries + 1):
             if not pending:
                 break
-            if round_index:
-                wait = self.backoff * 2 ** (round_index - 1)
-                if wait > 0:
-                    self.sleep(wait)
+            if round_index and self.backoff > 0:
+                self.sleep(self.backoff * 2 ** (round_index - 1))
             conversations = []
             for item, _, raws in pending:
                 messages = [text_message("user", item.prompt)]
@@ -324,26 +319,20 @@ class Judge:
                 if score is None:
                     still.append((item, key, raws))
                     continue
-                results[item.key] = self._result(item, score, raws)
                 errors.pop(item.key, None)
-                if self.cache:
-                    self.cache.put(key, results[item.key])
-                results[item.key]["cached"] = False
+                results[item.key] = self._settle(item, key, score, raws)
             pending = still
         for item, key, raws in pending:
-            result = self._result(item, None, raws, errors.get(item.key))
-            if self.cache and item.key not in errors:  # unreadable answers are cached; failed calls are not
-                self.cache.put(key, result)
-            results[item.key] = {**result, "cached": False}
+            results[item.key] = self._settle(item, key, None, raws, errors.get(item.key))
         return {
             "judge_model": self.backend.name,
             "rubrics": [rubric.tag for rubric in self.rubrics],
             "items": {item.key: results[item.key] for item in items},
         }
 
-    @staticmethod
-    def _result(item: JudgeItem, score: int | None, raws: list[str | None], error: str | None = None):
-        return {
+    def _settle(self, item: JudgeItem, key: str, score: int | None, raws: list[str | None], error: str | None = None):
+        """The item's result, cached unless the call failed (unreadable answers are cached; failed calls are not)."""
+        result = {
             "score": score,
             "rubric": f"{item.rubric}/{item.version}",
             "group": item.group,
@@ -353,3 +342,6 @@ class Judge:
             "raw": list(raws),
             "error": error,
         }
+        if self.cache and error is None:
+            self.cache.put(key, result)
+        return {**result, "cached": False}

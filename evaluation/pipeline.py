@@ -161,11 +161,8 @@ def judge_sessions(config: EvalConfig, run_dir: Path, records: list[dict[str, An
     """Judge every complete session without a judgement yet; returns therapist -> judgements."""
     from tqdm.auto import tqdm
 
-    def path_of(record):
-        return run_dir / "judgements" / safe_name(record["therapist"]) / f"{safe_name(record['profile_id'])}.json"
-
     def one(record):
-        path = path_of(record)
+        path = run_dir / "judgements" / safe_name(record["therapist"]) / f"{safe_name(record['profile_id'])}.json"
         existing = read_session(path)
         if existing is not None and existing.get("judge_model") == judge.backend.name:
             return existing

@@ -177,18 +177,15 @@ class SessionRunner:
         )
         if todo and self.config.safety_screening:
             self._detector()  # load once before the threads start
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool, bar:
             futures = [pool.submit(self.run_one, spec, profile) for spec, profile in todo]
             try:
                 for future in as_completed(futures):
                     future.result()
                     bar.update(1)
             except BaseException:
-                for future in futures:
-                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
-            finally:
-                bar.close()
         return [session_path(self.run_dir, spec.name, profile["id"]) for spec, profile in units]
 
     def run_one(self, spec: TherapistSpec, profile: dict[str, Any]) -> Path:
@@ -213,8 +210,7 @@ class SessionRunner:
         vision = therapist.strategy in VISION_STRATEGIES
         client_config: ClientConfig = self.config.client
         started = time.time()
-        turns: list[dict[str, Any]] = []
-        history: list[dict[str, Any]] = []
+        turns: list[dict[str, Any]] = []  # also the history the client model sees
         record: dict[str, Any] = {
             "record_version": RECORD_VERSION,
             "id": f"{spec.name}/{profile['id']}",
@@ -252,7 +248,7 @@ class SessionRunner:
                 record["prompt_versions"]["expression"] = self.config.faces.expression_prompt_version
                 reference = self._reference_face(profile, faces)
             while True:
-                client_turn = self.client.reply(profile, history, seed=seed + 7919 * (len(history) + 1))
+                client_turn = self.client.reply(profile, turns, seed=seed + 7919 * (len(turns) + 1))
                 turn: dict[str, Any] = {
                     "speaker": "client",
                     "statement": client_turn.statement,
@@ -264,24 +260,12 @@ class SessionRunner:
                 detector = self._detector()
                 if detector is not None:
                     verdict = detector.detect(client_turn.statement)
-                    turn["safety"] = {
-                        "is_risk": verdict.is_risk,
-                        "category": verdict.category,
-                        "score": verdict.score,
-                        "reason": verdict.reason,
-                    }
+                    turn["safety"] = {k: getattr(verdict, k) for k in ("is_risk", "category", "score", "reason")}
                 turns.append(turn)
-                history.append(
-                    {
-                        "speaker": "client",
-                        "statement": client_turn.statement,
-                        "stage_direction": client_turn.stage_direction,
-                    }
-                )
                 if client_turn.end:
                     record["end_reason"] = "client_end"
                     break
-                if len(history) >= client_config.max_turns:
+                if len(turns) >= client_config.max_turns:
                     record["end_reason"] = "max_turns"
                     break
                 image = None
@@ -293,21 +277,16 @@ class SessionRunner:
                         stage_direction=client_turn.stage_direction,
                         statement=client_turn.statement,
                         reference=reference,
-                        seed=seed + 104729 * len(history),
+                        seed=seed + 104729 * len(turns),
                     )
                     partial.mkdir(parents=True, exist_ok=True)
-                    name = f"turn-{len(history) - 1:02d}.png"
+                    name = f"turn-{len(turns) - 1:02d}.png"
                     face.image.save(partial / name)
                     image = face.image
                     turn["image"] = f"{image_dir.name}/{name}"
                     turn["image_sha256"] = image_sha256(face.image)
-                    turn["face"] = {
-                        "verified": face.verified,
-                        "expression": face.expression,
-                        "contrast_expression": face.contrast_expression,
-                        "expression_raw": face.expression_raw,
-                        "attempts": face.attempts,
-                    }
+                    fields = ("verified", "expression", "contrast_expression", "expression_raw", "attempts")
+                    turn["face"] = {k: getattr(face, k) for k in fields}
                 # Only the verbal statement reaches the therapist; the stage direction is never passed.
                 reply = session.respond(client_turn.statement, image=image, stage_direction=None)
                 turns.append(
@@ -320,16 +299,13 @@ class SessionRunner:
                         "caption_failed": reply.caption_failed,
                     }
                 )
-                history.append({"speaker": "therapist", "statement": reply.text, "stage_direction": None})
-                if len(history) >= client_config.max_turns:
+                if len(turns) >= client_config.max_turns:
                     record["end_reason"] = "max_turns"
                     break
-        except ClientFailure as failure:
+        except (ClientFailure, FaceLoopFailure) as failure:
             record["status"] = "failed"
-            record["failure"] = {"stage": "client", "reason": failure.reason, "attempts": failure.attempts}
-        except FaceLoopFailure as failure:
-            record["status"] = "failed"
-            record["failure"] = {"stage": "faces", "reason": failure.reason, "attempts": failure.attempts}
+            stage = "client" if isinstance(failure, ClientFailure) else "faces"
+            record["failure"] = {"stage": stage, "reason": failure.reason, "attempts": failure.attempts}
         except Exception as error:  # recorded; the session runs again on resume
             logger.error("session %s/%s: %s: %s", spec.name, profile["id"], type(error).__name__, error)
             record["status"] = "error"

@@ -19,6 +19,7 @@ from typing import Any
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DATASET_CARD_TEMPLATE = TEMPLATE_DIR / "dataset_card.md.jinja"
 UNKNOWN_PROVENANCE_LICENSE_NAME = "unknown-provenance"
+UNKNOWN_DESCRIPTION = "unknown provenance: the licence is not known"
 
 logger = logging.getLogger(__name__)
 
@@ -250,20 +251,19 @@ def summarize(
         }
         for (dataset, generator, revision, prompt_version), entry in sorted(generation.items(), key=str)
     ]
-    licenses, unknown = licenses_for([None if d == "<missing>" else d for d in by_dataset])
-    provenance = []
-    for dataset, counts in sorted(by_dataset.items()):
-        known = provenance_of(None if dataset == "<missing>" else dataset)
-        provenance.append(
-            {
-                "dataset": dataset,
-                "sessions": counts["sessions"],
-                "profiles": counts["profiles"],
-                "license": known.license if known else "unknown",
-                "description": known.description if known else "unknown provenance: the licence is not known",
-            }
-        )
-    known_provenance = [p for p in (provenance_of(d) for d in by_dataset) if p]
+    licenses, unknown = licenses_for(by_dataset)  # "<missing>" is unknown provenance too
+    known = {dataset: provenance_of(dataset) for dataset in by_dataset}
+    provenance = [
+        {
+            "dataset": dataset,
+            "sessions": counts["sessions"],
+            "profiles": counts["profiles"],
+            "license": known[dataset].license if known[dataset] else "unknown",
+            "description": known[dataset].description if known[dataset] else UNKNOWN_DESCRIPTION,
+        }
+        for dataset, counts in sorted(by_dataset.items())
+    ]
+    known_provenance = [p for p in known.values() if p]
     return {
         "provenance": provenance,
         "licenses": licenses,

@@ -91,7 +91,7 @@ class ModelCardInfo:
 
     def _public_dataset(self, result):
         """An evaluation on a local dataset folder names it by Hub id (or folder name), never by local path."""
-        if is_hub_id(result.dataset_type) and not Path(result.dataset_type).is_absolute():
+        if is_hub_id(result.dataset_type):
             return result
         return dataclasses.replace(result, dataset_type=self.dataset_hub_id or display_name(result.dataset_type))
 
@@ -179,9 +179,7 @@ def _card_data(info: ModelCardInfo):
 
 def display_name(name: str | None) -> str:
     """A Hub id as is; a local path as its folder name only (a card must not leak the machine's paths)."""
-    if not name:
-        return ""
-    return name if is_hub_id(name) and not Path(name).is_absolute() else Path(name).name
+    return name if is_hub_id(name) else Path(name or "").name
 
 
 def _recipe_display(recipe: str | None) -> str | None:
@@ -214,7 +212,7 @@ def build_model_card(info: ModelCardInfo | dict[str, Any]):
         template_path=str(MODEL_CARD_TEMPLATE),
         info=info,
         base_model_display=display_name(info.base_model),
-        base_model_is_hub_id=is_hub_id(info.base_model) and not Path(info.base_model).is_absolute(),
+        base_model_is_hub_id=is_hub_id(info.base_model),
         dataset_display=info.dataset_hub_id or display_name(info.dataset),
         recipe_display=_recipe_display(info.recipe),
         model_ref=info.hub_model_id or f"<user>/{info.model_name}",

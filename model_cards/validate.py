@@ -54,10 +54,7 @@ def load_card(card: str | Path, repo_type: str):
     from huggingface_hub import DatasetCard, ModelCard
 
     cls = DatasetCard if repo_type == "dataset" else ModelCard
-    if isinstance(card, Path):
-        text = card.read_text(encoding="utf-8")
-    else:
-        text = card
+    text = card.read_text(encoding="utf-8") if isinstance(card, Path) else card
     if not text.startswith("---"):
         raise CardValidationError("the card has no YAML metadata block (it must start with '---')")
     try:
@@ -78,22 +75,19 @@ def card_problems(
         return [str(err)]
     data: dict[str, Any] = parsed.data.to_dict()
     problems = []
-    licenses = data.get("license")
+    licenses = data.get("license") or []
+    licenses = [licenses] if isinstance(licenses, str) else licenses
     if not licenses:
         problems.append("no `license:` in the metadata")
-    for license_id in [licenses] if isinstance(licenses, str) else licenses or []:
+    for license_id in licenses:
         if license_id not in HUB_LICENSES:
             problems.append(
                 f"licence id {license_id!r} is not a Hub licence id (see model_cards/licenses.py, from "
                 "https://huggingface.co/docs/hub/repositories-licenses)"
             )
-    if (licenses == "other" or (isinstance(licenses, list) and "other" in licenses)) and not data.get("license_name"):
-        hint = (
-            " (for a model: the recipe's `model_license`, the base model's Hub licence id)"
-            if repo_type == "model"
-            else ""
-        )
-        problems.append(f"`license: other` needs a `license_name`{hint}")
+    if "other" in licenses and not data.get("license_name"):
+        hint = " (for a model: the recipe's `model_license`, the base model's Hub licence id)"
+        problems.append(f"`license: other` needs a `license_name`{hint if repo_type == 'model' else ''}")
     if data.get("license_name") == UNKNOWN_PROVENANCE_LICENSE_NAME and not allow_unknown_license:
         problems.append(
             "the data has records of unknown provenance, so its licence is unknown (see the card's Licence "
