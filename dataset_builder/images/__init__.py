@@ -6,7 +6,6 @@ Options whose value is None are dropped, so a CLI can forward `--model` uncondit
 """
 
 from .base import FaceRequest, ImageBackend
-from .base import get_image_backend as _get_embedded_backend
 
 IMAGE_BACKENDS = ("embedded", "diffusers")
 
@@ -24,7 +23,9 @@ def get_image_backend(name: str = "embedded", **options) -> ImageBackend:
                 f"the embedded renderer takes no model (got model={options['model']!r}); "
                 "use --backend diffusers to render with a diffusion model"
             )
-        return _get_embedded_backend(name, **options)
+        from .face_renderer import EmbeddedFaceRenderer
+
+        return EmbeddedFaceRenderer(**options)
     raise ValueError(f"Unknown image backend {name!r}; available: {list(IMAGE_BACKENDS)}")
 
 

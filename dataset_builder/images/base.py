@@ -42,12 +42,3 @@ class ImageBackend(Protocol):
     def render(self, request: FaceRequest) -> Image.Image:
         """Return an RGB image of `request.size` x `request.size` pixels."""
         ...
-
-
-def get_image_backend(name: str = "embedded", **kwargs) -> ImageBackend:
-    """Instantiate an image backend by name (`embedded` is the offline Pillow renderer)."""
-    if name == "embedded":
-        from .face_renderer import EmbeddedFaceRenderer
-
-        return EmbeddedFaceRenderer(**kwargs)
-    raise ValueError(f"Unknown image backend {name!r}; available: ['embedded']")
