@@ -48,7 +48,6 @@ from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a few face images as base64 fit many times over
-LOOPBACK_NAMES = ("localhost",)
 
 
 class RequestError(ValueError):
@@ -193,7 +192,7 @@ def parse_generation(body: dict[str, Any], defaults: GenerationConfig) -> Genera
 
 def is_loopback(host: str) -> bool:
     """Is `host` a loopback address (127.0.0.0/8, ::1) or `localhost`?"""
-    if host.lower() in LOOPBACK_NAMES:
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -371,37 +370,19 @@ def create_app(
             if text != raw:
                 finish_reason = "stop"  # a safety message replaced the reply
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        usage_body = None
-        if usage is not None:
-            usage_body = {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            }
+        usage_keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+        usage_body = {key: getattr(usage, key) for key in usage_keys} if usage is not None else None
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = _stream_events(
                 completion_id, model_name, text, finish_reason, usage_body if include_usage else None
             )
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        response: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "system_fingerprint": "mirror-serve",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish_reason,
-                    "logprobs": None,
-                }
-            ],
-        }
-        if usage_body is not None:
-            response["usage"] = usage_body
-        return response
+        message = {"role": "assistant", "content": text}
+        response = _completion(
+            completion_id, model_name, "chat.completion", message=message, finish_reason=finish_reason
+        )
+        return response if usage_body is None else {**response, "usage": usage_body}
 
     return _GuardMiddleware(app, api_key, max_body_bytes)
 
@@ -415,6 +396,19 @@ def default_model_name(model: str) -> str:
     return path.resolve().name if path.is_dir() else model
 
 
+def _completion(completion_id: str, model: str, kind: str, created: int | None = None, **choice: Any) -> dict:
+    """An OpenAI `chat.completion` (or `chat.completion.chunk`) body with one choice: `message` (or `delta`) and
+    `finish_reason`."""
+    return {
+        "id": completion_id,
+        "object": kind,
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "system_fingerprint": "mirror-serve",
+        "choices": [{"index": 0, **choice, "logprobs": None}],
+    }
+
+
 def _stream_events(
     completion_id: str, model: str, text: str, finish_reason: str, usage: dict[str, int] | None
 ) -> Iterator[str]:
@@ -422,16 +416,10 @@ def _stream_events(
     the finish reason, the usage when asked for, then `[DONE]`."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "mirror-serve",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            **extra,
-        }
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        payload = _completion(
+            completion_id, model, "chat.completion.chunk", created, delta=delta, finish_reason=finish
+        )
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -440,7 +428,7 @@ def _stream_events(
         yield chunk({"content": piece if index == 0 else " " + piece})
     yield chunk({}, finish_reason)
     if usage is not None:
-        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        payload = _completion(completion_id, model, "chat.completion.chunk", created)
         yield f"data: {json.dumps({**payload, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
 

@@ -53,11 +53,10 @@ from .safety import CrisisDetector, SafetyConfig, SafetyDecision, SafetySession
 
 logger = logging.getLogger(__name__)
 
+# Each strategy renders the prompt variant (inference.prompts.VARIANTS) of the same name.
 STRATEGIES = ("base", "planning", "ec_planning", "text", "cactus_plan")
 VISION_STRATEGIES = ("base", "planning", "ec_planning")
 PLANNING_STRATEGIES = ("planning", "ec_planning", "cactus_plan")
-# The prompt variant (inference.prompts.VARIANTS) each strategy renders.
-STRATEGY_VARIANT = {strategy: strategy for strategy in STRATEGIES}
 MIRROR_CONFIG_NAME = "mirror_config.json"
 UNCLEAR_EMOTION = "unclear"
 
@@ -181,13 +180,7 @@ def parse_plan(text: str | None, default_technique: str = "Alternative Perspecti
         plan = ""  # the answer was only the technique's name
     plan_parsed = bool(plan)
     technique = technique or default_technique
-    return SessionPlan(
-        technique=technique,
-        plan=plan or technique,
-        raw=text,
-        technique_parsed=technique_parsed,
-        plan_parsed=plan_parsed,
-    )
+    return SessionPlan(technique, plan or technique, text, technique_parsed=technique_parsed, plan_parsed=plan_parsed)
 
 
 # ---------------------------------------------------------------------------------------------- prompt builders
@@ -206,11 +199,6 @@ def cactus_plan_messages(
     return therapist_messages(
         client, history, "cactus_plan", cbt_technique=cbt_technique, cbt_plan=cbt_plan, version=version
     )
-
-
-def plan_request_messages(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> Messages:
-    """The once-per-session planning request (text only, also for VLMs: the plan depends on the profile)."""
-    return plan_messages(client, version=version)
 
 
 def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | None:
@@ -412,7 +400,7 @@ class MirrorTherapist:
         """Ask the model for each client's technique and plan (the `plan` task's request); parse failures fall back
         to `config.default_technique`, are counted and logged with the running failure rate."""
         version = self.config.prompt_version
-        requests = [plan_request_messages(client, version) for client in clients]
+        requests = [plan_messages(client, version=version) for client in clients]
         plan_config = dataclasses.replace(self.generation, max_new_tokens=self.config.plan_max_new_tokens)
         answers = self.backend.chat_batch(requests, [[] for _ in requests], plan_config)
         plans = []
@@ -446,16 +434,15 @@ class MirrorTherapist:
         emotion: str | None = None,
     ) -> Messages:
         """The therapist prompt for the next reply under this strategy (what the model is sent)."""
-        version = self.config.prompt_version
         technique, plan_text = (plan.technique, plan.plan) if plan else (None, None)
         return therapist_messages(
             client,
             history,
-            STRATEGY_VARIANT[self.strategy],
+            self.strategy,
             cbt_technique=technique,
             cbt_plan=plan_text,
             emotion=emotion,
-            version=version,
+            version=self.config.prompt_version,
         )
 
     def caption_emotions(self, images: list[Image.Image]) -> list[tuple[str, bool]]:
