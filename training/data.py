@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from inference.prompts import SFT_TASKS, VARIANTS, VISION_VARIANTS, flatten_text_messages
@@ -143,8 +142,3 @@ def longest_row_length(
         )["input_ids"]
     ]
     return max(lengths, default=0)
-
-
-def dataset_folder_name(dataset_name: str) -> str:
-    """A short display name for a dataset id or folder."""
-    return Path(dataset_name).name if os.path.exists(os.path.expanduser(dataset_name)) else dataset_name

@@ -9,6 +9,7 @@ generation_config.json and a README.md model card (library transformers instead 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +30,6 @@ class MergeArguments:
 
 
 ARGUMENTS = (ModelLoadArguments, MergeArguments)
-
-
-def _read_record(adapter_dir: Path) -> dict:
-    from training.train import TRAINING_RECORD
-
-    path = adapter_dir / TRAINING_RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def merge_adapter(
@@ -63,7 +57,8 @@ def merge_adapter(
     if output_dir.resolve() == adapter_dir.resolve():
         raise ValueError("output_dir must differ from adapter_dir")
     check_model_output_dir(output_dir)  # new, empty or a model folder of ours: never the user's files
-    record = _read_record(adapter_dir)
+    record_path = adapter_dir / TRAINING_RECORD
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     mirror_args = record.get("mirror_args", {})
     peft_config = PeftConfig.from_pretrained(str(adapter_dir))
     base_model = base_model or peft_config.base_model_name_or_path
@@ -86,17 +81,13 @@ def merge_adapter(
     model.save_pretrained(output_dir)
     processing_class = (AutoProcessor if vision else AutoTokenizer).from_pretrained(str(adapter_dir))
     processing_class.save_pretrained(output_dir)
-    generation_config = adapter_dir / "generation_config.json"
-    if generation_config.is_file():
-        (output_dir / "generation_config.json").write_text(
-            generation_config.read_text(encoding="utf-8"), encoding="utf-8"
-        )
+    if (adapter_dir / "generation_config.json").is_file():  # the paper's sampling defaults written by `mirror train`
+        shutil.copyfile(adapter_dir / "generation_config.json", output_dir / "generation_config.json")
 
     merged = {"merged_from": str(adapter_dir), "base_model": base_model, "merged_dtype": dtype}
     if record:
         record = {**record, **merged}
-        card = dict(record.get("card", {}), adapter=False)
-        card["model_name"] = output_dir.name
+        card = dict(record.get("card", {}), adapter=False, model_name=output_dir.name)
         record["card"] = card
         (output_dir / "README.md").write_text(render_model_card(card), encoding="utf-8")
     # Always written: it also marks the folder as ours, so merging into it again is allowed (see check_model_output_dir).

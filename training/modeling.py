@@ -71,12 +71,9 @@ def check_vision_model(model_name: str, config, processing_class, variant: str) 
 
 def read_chat_template(spec: str) -> str:
     """A chat template from a bundled name (`llava_eos`) or a path to a `.jinja` file."""
-    bundled = BUNDLED_CHAT_TEMPLATES / f"{spec}.jinja"
-    if bundled.is_file():
-        return bundled.read_text(encoding="utf-8")
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    for path in (BUNDLED_CHAT_TEMPLATES / f"{spec}.jinja", Path(spec).expanduser()):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
     known = sorted(p.stem for p in BUNDLED_CHAT_TEMPLATES.glob("*.jinja"))
     raise MirrorConfigError(f"Chat template {spec!r} is neither a bundled template {known} nor a file")
 
@@ -202,17 +199,13 @@ def is_in_module(param_name: str, module_name: str) -> bool:
     return f".{module_name}." in f".{param_name}"
 
 
-def freeze_modules(model, module_names: list[str], keep: list[str] = ()) -> int:
+def freeze_modules(model, module_names: list[str], keep: list[str] = ()) -> None:
     """Set `requires_grad=False` on every parameter inside `module_names` but outside `keep` (e.g. Qwen2.5-VL's
-    projector sits inside its vision tower); returns how many tensors were frozen."""
-    count = 0
+    projector sits inside its vision tower)."""
     for name, param in model.named_parameters():
-        if any(is_in_module(name, module) for module in module_names) and not any(
-            is_in_module(name, module) for module in keep
-        ):
+        inside = any(is_in_module(name, module) for module in module_names)
+        if inside and not any(is_in_module(name, module) for module in keep):
             param.requires_grad_(False)
-            count += 1
-    return count
 
 
 def parameter_groups(
@@ -228,21 +221,20 @@ def parameter_groups(
     then the projector at `projector_lr`; each split into weight-decay and no-decay groups."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        projector = projector_lr is not None and any(is_in_module(name, m) for m in projector_modules)
-        groups.setdefault((projector, name in decay_parameter_names), []).append(param)
-    result = []
-    for projector in (False, True):
-        for decay in (True, False):
-            params = groups.get((projector, decay))
-            if not params:
-                continue
-            group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
-            group["lr"] = projector_lr if projector else learning_rate
-            group["name"] = ("projector" if projector else "model") + ("" if decay else "_no_decay")
-            result.append(group)
-    return result
+        if param.requires_grad:
+            projector = projector_lr is not None and any(is_in_module(name, m) for m in projector_modules)
+            groups.setdefault((projector, name in decay_parameter_names), []).append(param)
+    return [
+        {
+            "params": groups[projector, decay],
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr": projector_lr if projector else learning_rate,
+            "name": ("projector" if projector else "model") + ("" if decay else "_no_decay"),
+        }
+        for projector in (False, True)
+        for decay in (True, False)
+        if groups.get((projector, decay))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -261,22 +253,11 @@ def upcast_trainable_parameters(model) -> list[str]:
 
     cast = []
     for name, param in model.named_parameters():
-        if not param.requires_grad or not param.is_floating_point() or param.dtype == torch.float32:
-            continue
-        if hasattr(param, "ds_id"):
-            continue
-        param.data = param.data.float()
-        cast.append(name)
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            if not hasattr(param, "ds_id"):
+                param.data = param.data.float()
+                cast.append(name)
     return cast
-
-
-def half_precision_frozen_parameters(model) -> bool:
-    """Whether the frozen weights are bf16/fp16 (the trainable fp32 ones then need autocast: `bf16`/`fp16`)."""
-    import torch
-
-    return any(
-        param.dtype in (torch.bfloat16, torch.float16) for param in model.parameters() if not param.requires_grad
-    )
 
 
 def run_frozen_vision_towers_without_graph(model) -> list[str]:
@@ -343,21 +324,15 @@ def set_pad_to_square(processing_class) -> None:
     processing_class.image_processor = pad_to_square_image_processor(image_processor)
 
 
-def decoder_layers(model) -> list:
-    """The decoder layers of the language model of `model` (PEFT-wrapped or not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise MirrorConfigError(f"Cannot find the decoder layers of {type(base).__name__} to compile")
-    return list(layers)
-
-
 def compile_decoder_layers(model, backend: str = "inductor", mode: str | None = None) -> int:
     """Regional compilation: `torch.compile` each decoder layer in place (one compiled graph reused by every layer,
     so compile time stays that of one layer); returns how many layers were compiled. Pair it with
     `pad_to_multiple_of` so sequence lengths vary in few steps and recompilations stay rare."""
-    layers = decoder_layers(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT-wrapped or not
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise MirrorConfigError(f"Cannot find the decoder layers of {type(base).__name__} to compile")
     for layer in layers:
         layer.compile(backend=backend, mode=mode, dynamic=True)
     return len(layers)
@@ -428,9 +403,13 @@ def apply_training_speedups(trainer) -> dict[str, Any]:
     Always: trainable weights in fp32 and frozen vision towers without a graph. On request (`MirrorSFTConfig`):
     regional compilation of the decoder layers and no full-vocabulary token metrics.
     """
+    import torch
+
     model, args = trainer.model, trainer.args
     summary: dict[str, Any] = {"fp32_parameters": upcast_trainable_parameters(model)}
-    if summary["fp32_parameters"] and half_precision_frozen_parameters(model) and not (args.bf16 or args.fp16):
+    # Frozen weights in 16 bit next to fp32 trainable ones need autocast (`bf16`/`fp16`).
+    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters() if not p.requires_grad)
+    if summary["fp32_parameters"] and half and not (args.bf16 or args.fp16):
         raise MirrorConfigError(
             "The model is loaded in 16 bit (dtype bfloat16/float16) but mixed precision is off: trainable weights "
             "are kept in fp32 and need autocast. Set `bf16: true` (or `fp16: true`), or load with dtype float32."

@@ -79,10 +79,10 @@ def build_tiny_tokenizer(vocab_size: int | None = None, kind: str = "byte_level"
     )
 
 
-def _tiny_llama_config(tokenizer, **overrides):
+def _tiny_llama_config(tokenizer):
     from transformers import LlamaConfig
 
-    kwargs = dict(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -95,8 +95,18 @@ def _tiny_llama_config(tokenizer, **overrides):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+
+
+def _generation_config(tokenizer, **sampling):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=128,
+        **sampling,
+    )
 
 
 def build_tiny_llava(
@@ -111,7 +121,6 @@ def build_tiny_llava(
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
-        GenerationConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -139,15 +148,7 @@ def build_tiny_llava(
         projector_hidden_act="gelu",
     )
     model = LlavaForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
-        max_new_tokens=128,
-    )
+    model.generation_config = _generation_config(tokenizer, do_sample=True, temperature=0.7, top_p=0.9)
     # The Pillow image processor: the torchvision-backed default is not installed on CPU-only setups.
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
@@ -175,19 +176,14 @@ def build_tiny_llava(
 def build_tiny_causal_lm(output_dir: str | Path, seed: int = 0, *, tokenizer_kind: str = "byte_level") -> Path:
     """Save a tiny random Llama causal LM with tokenizer and chat template (text-only baselines, judges)."""
     import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer(kind=tokenizer_kind)
     tokenizer.chat_template = load_chat_template()
     model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=128,
-    )
+    model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -239,10 +239,8 @@ def finetuning_mode(model_args) -> str:
 def checkpoint_dir(script_args: MirrorScriptArguments, training_args) -> Path:
     """Where the trainer writes `checkpoint-*/`: `checkpoint_dir`, else `<output_dir>-checkpoints` beside it."""
     model_dir = Path(training_args.output_dir)
-    folder = (
-        Path(script_args.checkpoint_dir) if script_args.checkpoint_dir else Path(f"{model_dir}{CHECKPOINTS_SUFFIX}")
-    )
-    if folder.resolve() == model_dir.resolve() or folder.resolve().is_relative_to(model_dir.resolve()):
+    folder = Path(script_args.checkpoint_dir or f"{model_dir}{CHECKPOINTS_SUFFIX}")
+    if folder.resolve().is_relative_to(model_dir.resolve()):  # the model folder itself included
         raise MirrorConfigError(
             f"checkpoint_dir {str(folder)!r} is inside the model folder {str(model_dir)!r}: checkpoints hold torch "
             "pickles and would be published with the model. Pick a folder outside it (or leave it unset)."
@@ -646,7 +644,7 @@ def model_card_info(
     *,
     adapter: bool,
     model_name: str,
-    hyperparameters: dict[str, Any],
+    trainer=None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plain data for `model_cards.render_model_card`."""
@@ -657,10 +655,9 @@ def model_card_info(
         if is_hub_id(script_args.dataset_name) and not os.path.exists(script_args.dataset_name)
         else None
     )
-    results = {}
-    for key in ("train_loss", "train_runtime", "train_samples_per_second", "epoch"):
-        if metrics and key in metrics:
-            results[key] = round(float(metrics[key]), 4)
+    metrics = metrics or {}
+    keys = ("train_loss", "train_runtime", "train_samples_per_second", "epoch")
+    results = {key: round(float(metrics[key]), 4) for key in keys if key in metrics}
     return {
         "model_name": model_name,
         "base_model": model_args.model_name_or_path,
@@ -673,7 +670,7 @@ def model_card_info(
         "dataset_hub_id": dataset_hub_id,
         "hub_model_id": training_args.hub_model_id,
         "recipe": script_args.recipe,
-        "hyperparameters": hyperparameters,
+        "hyperparameters": card_hyperparameters(script_args, training_args, model_args, trainer),
         "training_results": results,
         "framework_versions": _framework_versions(),
         "generation": {
@@ -708,16 +705,9 @@ def save_model_folder(
     base = model.get_base_model() if adapter else model
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     write_generation_config(output_dir, base, tokenizer, script_args)
-    hyperparameters = card_hyperparameters(script_args, training_args, model_args, trainer)
     name = training_args.hub_model_id.split("/")[-1] if training_args.hub_model_id else output_dir.name
     card = model_card_info(
-        script_args,
-        training_args,
-        model_args,
-        adapter=adapter,
-        model_name=name,
-        hyperparameters=hyperparameters,
-        metrics=metrics,
+        script_args, training_args, model_args, trainer=trainer, adapter=adapter, model_name=name, metrics=metrics
     )
     record = {
         "mirror_args": dataclasses.asdict(script_args),
