@@ -13,7 +13,7 @@ remote (compared with `list_repo_tree`'s git and LFS hashes), so pushing unchang
 from __future__ import annotations
 
 import fnmatch
-import hashlib
+import io
 import json
 import os
 import sys
@@ -42,13 +42,8 @@ NEVER = {
     "__pycache__": "a Python cache",
     ".*": "a hidden file or folder (caches, build stamp, VCS)",
     "*.bin": "a pickle (PyTorch .bin); weights go up as safetensors only",
-    "*.pt": "a pickle",
-    "*.pth": "a pickle",
-    "*.pkl": "a pickle",
-    "*.pickle": "a pickle",
-    "*.ckpt": "a pickle",
+    **dict.fromkeys(("*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"), "a pickle"),
     "*.npy": "may hold pickles",
-    "training_args.bin": "a pickle",
     "optimizer*": "optimizer state",
     "scheduler*": "scheduler state",
     "rng_state*": "RNG state",
@@ -97,20 +92,18 @@ class PlannedFile:
     def upload_source(self) -> bytes | str:
         return self.content if self.content is not None else str(self.local)
 
-    def digests(self) -> tuple[str, str]:
-        """(sha256, git blob sha1) of the bytes to upload, streamed (weights can be many GB)."""
-        sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    def same_as(self, entry) -> bool:
+        """Whether a remote `list_repo_tree` entry holds exactly the bytes to upload: same size, then the same LFS
+        sha256 (streamed: weights can be many GB) or, for a plain git file, the same git blob sha1."""
+        from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
         size = len(self.content) if self.content is not None else self.local.stat().st_size
-        sha1.update(b"blob %d\0" % size)
-        if self.content is not None:
-            sha256.update(self.content)
-            sha1.update(self.content)
-        else:
-            with open(self.local, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    sha256.update(chunk)
-                    sha1.update(chunk)
-        return sha256.hexdigest(), sha1.hexdigest()
+        if entry.size != size:
+            return False
+        if entry.lfs is None:
+            return entry.blob_id == git_hash(self.content if self.content is not None else self.local.read_bytes())
+        with io.BytesIO(self.content) if self.content is not None else open(self.local, "rb") as handle:
+            return entry.lfs.sha256 == sha_fileobj(handle).hex()
 
 
 @dataclass
@@ -126,6 +119,11 @@ class RepoPlan:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Planning (offline)
+
+
+def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a POSIX path matches one of `patterns` at the same folder depth (`*` never spans a `/`)."""
+    return any(fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/") for p in patterns)
 
 
 def _never_reason(relative: str) -> str | None:
@@ -148,9 +146,7 @@ def select_files(folder: Path, repo_type: str) -> tuple[list[str], list[tuple[st
             skipped.append((relative, "a symbolic link"))
             continue
         why = _never_reason(relative)
-        if why is None and not any(
-            fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/") for p in allowed
-        ):
+        if why is None and not _matches(relative, allowed):
             why = "not part of a Hub-ready " + repo_type + " folder"
         if why:
             skipped.append((relative, why))
@@ -250,20 +246,11 @@ def compare_with_remote(api, plan: RepoPlan, revision: str | None) -> None:
         remote = {}
     for planned in plan.files:
         entry = remote.get(planned.path_in_repo)
-        if entry is None:
-            continue
-        sha256, git_sha1 = planned.digests()
-        same = entry.lfs.sha256 == sha256 if entry.lfs is not None else entry.blob_id == git_sha1
-        if same:
+        if entry is not None and planned.same_as(entry):
             planned.status = "unchanged"
     ours = {planned.path_in_repo for planned in plan.files}
     shard_patterns = ("data/*/*.parquet",) if plan.repo_type == "dataset" else ("*.safetensors",)
-    plan.deletions = sorted(
-        path
-        for path in remote
-        if path not in ours
-        and any(fnmatch.fnmatch(path, p) and path.count("/") == p.count("/") for p in shard_patterns)
-    )
+    plan.deletions = sorted(path for path in remote if path not in ours and _matches(path, shard_patterns))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,17 +300,18 @@ def push(args: PushArguments, api=None) -> list[RepoPlan]:
     api = api or HfApi()  # token: HF_TOKEN or the stored login, resolved by huggingface_hub itself
     user = _user(api, args.dry_run)  # before any work: a bad token fails here, not after an upload
     namespace = user or "<user>"
-    targets = []
-    if args.dataset_dir:
-        default = f"{namespace}/{Path(args.dataset_dir).resolve().name}"
-        targets.append(("dataset", args.dataset_dir, args.dataset_repo_id or default))
-    for index, model_dir in enumerate(args.model_dirs):
-        default = f"{namespace}/{Path(model_dir).resolve().name}"
-        targets.append(("model", model_dir, args.model_repo_ids[index] if args.model_repo_ids else default))
-    plans = [
-        plan_folder(folder, repo_type, repo_id, allow_unknown_license=args.allow_unknown_license)
+    model_repo_ids = args.model_repo_ids or [None] * len(args.model_dirs)
+    targets = [("dataset", args.dataset_dir, args.dataset_repo_id)] if args.dataset_dir else []
+    targets += [("model", folder, repo_id) for folder, repo_id in zip(args.model_dirs, model_repo_ids, strict=True)]
+    plans = [  # every folder checked before the first upload; a repo id defaults to `<user>/<folder name>`
+        plan_folder(
+            folder,
+            repo_type,
+            repo_id or f"{namespace}/{Path(folder).resolve().name}",
+            allow_unknown_license=args.allow_unknown_license,
+        )
         for repo_type, folder, repo_id in targets
-    ]  # every folder checked before the first upload
+    ]
     private = not args.public
     for plan in plans:
         visibility = private
