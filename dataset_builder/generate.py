@@ -437,14 +437,8 @@ def match_identities(
             ),
         )
         uses[best["key"]] = uses.get(best["key"], 0) + 1
-        matched.append(
-            {
-                "key": best["key"],
-                "image": best.get("image"),
-                "source": "identity-pool",
-                "age_gap": abs((best.get("age") or 0) - age),
-            }
-        )
+        age_gap = abs((best.get("age") or 0) - age)
+        matched.append({"key": best["key"], "image": best.get("image"), "source": "identity-pool", "age_gap": age_gap})
     return matched
 
 
@@ -650,21 +644,17 @@ class Generator:
         identities = match_identities(
             profiles, load_identity_pool(self.config.identity_pool), self.config.seed, dataset
         )
-        jobs = []
-        for profile, identity in zip(profiles, identities, strict=True):
-            for style in self.config.resistance_styles:
-                jobs.append(
-                    {
-                        "id": f"{dataset}-{profile['row']}-{style}",
-                        "row": profile["row"],
-                        "dataset": dataset,
-                        "client": profile["client"],
-                        "resistance": style,
-                        "cbt_technique": profile["cbt_technique"],
-                        "cbt_plan": profile["cbt_plan"],
-                        "identity": identity,
-                    }
-                )
+        jobs = [
+            {
+                "id": f"{dataset}-{profile['row']}-{style}",
+                "dataset": dataset,
+                "resistance": style,
+                "identity": identity,
+                **{key: profile[key] for key in ("row", "client", "cbt_technique", "cbt_plan")},
+            }
+            for profile, identity in zip(profiles, identities, strict=True)
+            for style in self.config.resistance_styles
+        ]
         ids = [job["id"] for job in jobs]
         if len(set(ids)) != len(ids):
             raise ValueError("profiles: duplicate client rows give duplicate session ids")
