@@ -78,10 +78,10 @@ def session_scores(judgement: dict[str, Any]) -> dict[str, tuple[float | None, i
     return out
 
 
-def _summary(per_session: list[tuple[float | None, int, int]], settings: dict[str, Any]) -> dict[str, Any]:
+def _summary(per_session: list[tuple[float | None, int, int]], settings: Any) -> dict[str, Any]:
     values = [v for v, _, _ in per_session if v is not None]
     asked = sum(n for _, _, n in per_session)
-    mean, low, high = bootstrap_ci(values, settings["samples"], settings["confidence"], settings["seed"])
+    mean, low, high = bootstrap_ci(values, settings.bootstrap_samples, settings.confidence, settings.seed)
     return {
         "mean": mean,
         "ci_low": low,
@@ -127,11 +127,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The report dict. `sessions`/`judgements`: therapist -> records; `reference`: therapist -> result or None.
     Each judgement carries `resistance` (copied from its session)."""
-    settings = {
-        "samples": config.report.bootstrap_samples,
-        "confidence": config.report.confidence,
-        "seed": config.report.seed,
-    }
+    settings = config.report
     therapists: dict[str, Any] = {}
     for spec in config.therapists:
         records = sessions.get(spec.name, [])
@@ -149,9 +145,7 @@ def build_report(
             "strategy": records[0]["strategy"] if records else spec.strategy,
             "sessions": {
                 "total": len(records),
-                "complete": statuses.get("complete", 0),
-                "failed": statuses.get("failed", 0),
-                "error": statuses.get("error", 0),
+                **{status: statuses[status] for status in ("complete", "failed", "error")},
                 "failure_reasons": dict(Counter(r["failure"]["reason"] for r in records if r.get("failure"))),
                 "mean_turns": float(np.mean([r["num_turns"] for r in complete])) if complete else None,
                 "ended_by_client": sum(r.get("end_reason") == "client_end" for r in complete),

@@ -148,17 +148,8 @@ def model_card_metadata(info: ModelCardInfo | dict[str, Any]) -> dict[str, Any]:
 def _card_data(info: ModelCardInfo):
     from huggingface_hub import ModelCardData
 
-    tags = [
-        "mirror",
-        "cognitive-behavioral-therapy",
-        "counseling-research",
-        "research-only",
-        "trl",
-        "sft",
-        info.finetuning,
-        f"variant-{info.variant}",
-        "vision-language" if info.vision else "text-only",
-    ]
+    tags = ["mirror", "cognitive-behavioral-therapy", "counseling-research", "research-only", "trl", "sft"]
+    tags += [info.finetuning, f"variant-{info.variant}", "vision-language" if info.vision else "text-only"]
     tags += [tag for tag in info.tags if tag not in tags]
     extra: dict[str, Any] = {"mirror": {"variant": info.variant}}
     if not info.adapter:
