@@ -22,17 +22,12 @@ from typing import Any, TextIO
 
 from .backends.base import GenerationConfig, ModelLoadArguments
 from .safety import SafetyConfig
-from .therapist import STRATEGIES, VISION_STRATEGIES, MirrorTherapist, TherapistConfig, load_image
+from .therapist import STRATEGIES, VISION_STRATEGIES, MirrorTherapist, load_image
 
 # A neutral profile for trying a model without writing one: every field the prompt renders, nothing invented.
 DEFAULT_CLIENT = {
     "name": "Alex",
-    "age": None,
-    "gender": None,
-    "occupation": None,
-    "education": None,
-    "marital_status": None,
-    "family": None,
+    **dict.fromkeys(("age", "gender", "occupation", "education", "marital_status", "family")),
     "personal_info": "",
     "reason_for_counseling": "Not stated yet.",
     "distorted_thought": "",
@@ -133,14 +128,10 @@ def setup_logging(arguments: TherapistArguments) -> None:
     root.handlers.clear()
     root.addHandler(logging.NullHandler())  # no handler at all would make Python print warnings to stderr
     root.setLevel(logging.INFO if arguments.verbose or arguments.log_file else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if arguments.log_file:
-        handler = logging.FileHandler(arguments.log_file, encoding="utf-8")
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    if arguments.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(formatter)
+    handlers = [logging.FileHandler(arguments.log_file, encoding="utf-8")] if arguments.log_file else []
+    handlers += [logging.StreamHandler(sys.stderr)] if arguments.verbose else []
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     logging.captureWarnings(True)  # library warnings follow the same rule
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if arguments.verbose else "error")
@@ -165,7 +156,7 @@ def build_therapist(
         from .backends.endpoint import EndpointBackend, api_key_from_env
 
         backend = EndpointBackend(arguments.base_url, model.model, api_key=api_key_from_env(arguments.api_key_env))
-        return MirrorTherapist(backend, arguments.strategy, generation, safety, TherapistConfig())
+        return MirrorTherapist(backend, arguments.strategy, generation, safety)
     model.check_source()
     try:
         return MirrorTherapist.from_pretrained(
@@ -185,17 +176,19 @@ def run_session(
     therapist: MirrorTherapist, client: dict[str, Any], image: Any, lines: TextIO, out: TextIO, verbose=False
 ):
     """The read-respond loop, separate from argument parsing so it can be driven from Python too."""
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
     session = therapist.start_session(client)
-    print(session.disclosure, file=out)
-    print(f"[{therapist.strategy} therapist: {therapist.backend.name}. {HELP}]", file=out, flush=True)
+    say(session.disclosure)
+    say(f"[{therapist.strategy} therapist: {therapist.backend.name}. {HELP}]")
     if verbose and session.plan is not None:
-        print(printable(f"[plan] {session.plan.technique}: {session.plan.plan}"), file=out)
+        say(printable(f"[plan] {session.plan.technique}: {session.plan.plan}"))
     if therapist.strategy in VISION_STRATEGIES and image is None:
-        print(
+        say(
             f"[The {therapist.strategy!r} strategy reads the client's face: /image PATH before your first turn "
-            "(or start with --image face.png), or use --strategy text.]",
-            file=out,
-            flush=True,
+            "(or start with --image face.png), or use --strategy text.]"
         )
     interactive = lines.isatty()
     while True:
@@ -208,45 +201,37 @@ def run_session(
         if not text:
             continue
         if not interactive:  # a piped transcript reads as a dialogue
-            print(f"You: {printable(text)}", file=out, flush=True)
+            say(f"You: {printable(text)}")
         if text in ("/quit", "/exit"):
             break
         if text == "/help":
-            print(HELP, file=out, flush=True)
-            continue
-        if text == "/plan":
+            say(HELP)
+        elif text == "/plan":
             plan = session.plan
-            print(
-                printable(f"[plan] {plan.technique}: {plan.plan}") if plan else "[no plan: strategy does not plan]",
-                file=out,
-            )
-            continue
-        if text == "/prompt":
+            say(printable(f"[plan] {plan.technique}: {plan.plan}") if plan else "[no plan: strategy does not plan]")
+        elif text == "/prompt":
             last = session.replies[-1].messages if session.replies else None
-            print(json.dumps(last, indent=2, ensure_ascii=False) if last else "[no prompt yet]", file=out, flush=True)
-            continue
-        if text.startswith("/image"):
+            say(json.dumps(last, indent=2, ensure_ascii=False) if last else "[no prompt yet]")
+        elif text.startswith("/image"):
             path = text.removeprefix("/image").strip()
             try:
                 image = open_face_image(path)
             except (OSError, ValueError) as error:
-                print(f"[cannot open image: {error}]", file=out, flush=True)
+                say(f"[cannot open image: {error}]")
+            else:
+                say(f"[client face set to {path}]")
+        elif text.startswith("/") and text != "/silent":
+            say(f"[unknown command {text.split()[0]}] {HELP}")
+        else:
+            try:
+                reply = session.respond("" if text == "/silent" else text, image=image)
+            except ValueError as error:
+                say(f"[{error}]")
                 continue
-            print(f"[client face set to {path}]", file=out, flush=True)
-            continue
-        if text.startswith("/") and text != "/silent":
-            print(f"[unknown command {text.split()[0]}] {HELP}", file=out, flush=True)
-            continue
-        statement = "" if text == "/silent" else text
-        try:
-            reply = session.respond(statement, image=image)
-        except ValueError as error:
-            print(f"[{error}]", file=out, flush=True)
-            continue
-        image = None  # the session keeps the face until /image changes it
-        if verbose and reply.emotion is not None:
-            print(f"[emotion] {printable(reply.emotion)}", file=out)
-        print(f"Therapist: {printable(reply.text)}", file=out, flush=True)
+            image = None  # the session keeps the face until /image changes it
+            if verbose and reply.emotion is not None:
+                say(f"[emotion] {printable(reply.emotion)}")
+            say(f"Therapist: {printable(reply.text)}")
     return session
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .backends.base import text_message
+
 PROMPT_DIR = Path(__file__).parent / "prompts"
 DEFAULT_PROMPT_VERSION = "v1"
 
@@ -21,7 +23,6 @@ DEFAULT_PROMPT_VERSION = "v1"
 # text-only baselines (`cactus_plan`: a CACTUS-style therapist that plans first, the `text` prompt plus the plan).
 VARIANTS = ("base", "planning", "ec_planning", "text", "cactus_plan")
 VISION_VARIANTS = ("base", "planning", "ec_planning")
-TEXT_VARIANTS = ("text", "cactus_plan")
 PLAN_VARIANTS = ("planning", "ec_planning", "cactus_plan")
 # Tasks of the `sft` rows: `response` (the therapist's next statement), `emotion_caption` (ec_planning: the client's
 # face in words) and `plan` (planning variants: the session's CBT technique and plan from the client profile).
@@ -108,10 +109,14 @@ def format_history(history: list[dict[str, Any]], version: str = DEFAULT_PROMPT_
     return "\n".join(lines)
 
 
-def _client_information(client: dict[str, Any]) -> str:
+def _profile_fields(client: dict[str, Any]) -> dict[str, str]:
+    """The `personal_info` and `reason_for_counseling` fields of the prompts that show the client's profile."""
     facts = [str(client[key]) for key in ("name", "age", "gender", "occupation") if client.get(key) not in (None, "")]
     personal = strip_stage_directions(client.get("personal_info"))
-    return ", ".join(facts) + (". " + personal if personal else "")
+    return {
+        "personal_info": ", ".join(facts) + (". " + personal if personal else ""),
+        "reason_for_counseling": strip_stage_directions(client.get("reason_for_counseling")),
+    }
 
 
 def therapist_prompt_text(
@@ -136,12 +141,7 @@ def therapist_prompt_text(
     parts = []
     if variant in VISION_VARIANTS:
         parts.append(prompt["image_preamble"])
-    parts.append(
-        prompt["profile"].format(
-            personal_info=_client_information(client),
-            reason_for_counseling=strip_stage_directions(client.get("reason_for_counseling")),
-        )
-    )
+    parts.append(prompt["profile"].format(**_profile_fields(client)))
     if variant in PLAN_VARIANTS:
         if not cbt_technique or not cbt_plan:
             raise ValueError(f"Variant {variant!r} needs both cbt_technique and cbt_plan")
@@ -173,12 +173,10 @@ def therapist_messages(
     text = therapist_prompt_text(
         client, history, variant, cbt_technique=cbt_technique, cbt_plan=cbt_plan, emotion=emotion, version=version
     )
-    content = ([{"type": "image", "text": None}] if variant in VISION_VARIANTS else []) + [
-        {"type": "text", "text": text}
-    ]
-    messages = [{"role": "user", "content": content}]
+    image = [{"type": "image", "text": None}] if variant in VISION_VARIANTS else []
+    messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
     if reply is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": strip_stage_directions(reply)}]})
+        messages.append(text_message("assistant", strip_stage_directions(reply)))
     return messages
 
 
@@ -186,29 +184,17 @@ def emotion_caption_messages(
     caption: str | None = None, version: str = DEFAULT_PROMPT_VERSION
 ) -> list[dict[str, Any]]:
     """Messages asking for a caption of the client's face (the `ec_planning` recognition task)."""
-    prompt = load_prompt(version)
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "text": None},
-                {"type": "text", "text": prompt["emotion_caption_instruction"]},
-            ],
-        }
-    ]
+    instruction = {"type": "text", "text": load_prompt(version)["emotion_caption_instruction"]}
+    messages = [{"role": "user", "content": [{"type": "image", "text": None}, instruction]}]
     if caption is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": caption.strip("[] ")}]})
+        messages.append(text_message("assistant", caption.strip("[] ")))
     return messages
 
 
 def plan_request_text(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> str:
     """The prompt that asks a model for the session's CBT technique and plan (planning strategies)."""
     prompt = load_prompt(version)
-    return prompt["plan_request"].format(
-        personal_info=_client_information(client),
-        reason_for_counseling=strip_stage_directions(client.get("reason_for_counseling")),
-        techniques=", ".join(CBT_TECHNIQUES),
-    )
+    return prompt["plan_request"].format(**_profile_fields(client), techniques=", ".join(CBT_TECHNIQUES))
 
 
 def plan_answer_text(cbt_technique: str, cbt_plan: str, version: str = DEFAULT_PROMPT_VERSION) -> str:
@@ -230,8 +216,7 @@ def plan_messages(
 ) -> list[dict[str, Any]]:
     """The once-per-session plan request (text only, also for VLMs: the plan depends on the profile alone); with
     `cbt_technique` and `cbt_plan`, the answer is appended (the `plan` task rows of the `sft` config)."""
-    messages = [{"role": "user", "content": [{"type": "text", "text": plan_request_text(client, version)}]}]
+    messages = [text_message("user", plan_request_text(client, version))]
     if cbt_technique is not None or cbt_plan is not None:
-        answer = plan_answer_text(cbt_technique or "", cbt_plan or "", version)
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        messages.append(text_message("assistant", plan_answer_text(cbt_technique or "", cbt_plan or "", version)))
     return messages

@@ -220,8 +220,11 @@ def _default_detector() -> CrisisDetector:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _error_body(status: int, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": status}}
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+    """An OpenAI-style error response (a Starlette `JSONResponse`, itself an ASGI app)."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 class _GuardMiddleware:
@@ -235,30 +238,23 @@ class _GuardMiddleware:
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        await (refusal or self.app)(scope, receive, send)
+
+    def refusal(self, scope: dict[str, Any]) -> Any:
+        """The error response to a request refused from its headers alone, or None."""
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         if self.api_key is not None and scope["path"] not in ("/health", "/v1/health"):
             supplied = headers.get("authorization", "")
             token = supplied[7:].strip() if supplied[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                return await _send_json(
-                    send, 401, _error_body(401, "invalid or missing API key", "authentication_error")
-                )
+                return error_response(401, "invalid or missing API key", "authentication_error")
         declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return await _send_json(send, 400, _error_body(400, "Content-Length must be a non-negative integer"))
-            if int(declared) > self.max_body_bytes:
-                return await _send_json(send, 413, _error_body(413, f"request body over {self.max_body_bytes} bytes"))
-        return await self.app(scope, receive, send)
-
-
-async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        if declared is not None and not declared.strip().isdigit():
+            return error_response(400, "Content-Length must be a non-negative integer")
+        if declared is not None and int(declared) > self.max_body_bytes:
+            return error_response(413, f"request body over {self.max_body_bytes} bytes")
+        return None
 
 
 def create_app(
@@ -292,20 +288,16 @@ def create_app(
     lock = threading.Lock()
 
     app = FastAPI(title="mirror serve", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.backend, app.state.model_name, app.state.safety = backend, model_name, safety
-
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse(_error_body(status, message, kind), status_code=status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         detail = f"no route {request.url.path}" if exc.status_code == 404 else str(exc.detail)
-        return error(exc.status_code, detail, kind)
+        return error_response(exc.status_code, detail, kind)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, str(exc))
+        return error_response(400, str(exc))
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -330,12 +322,12 @@ def create_app(
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body_bytes:
-                return error(413, f"request body over {max_body_bytes} bytes")
+                return error_response(413, f"request body over {max_body_bytes} bytes")
             chunks.append(chunk)
         try:
             body = json.loads(b"".join(chunks) or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error(400, f"invalid JSON: {exc}")
+            return error_response(400, f"invalid JSON: {exc}")
         try:
             if not isinstance(body, dict):
                 raise RequestError("the request body must be a JSON object")
@@ -344,7 +336,7 @@ def create_app(
             if images and not backend.supports_images:
                 raise RequestError(f"model {model_name!r} is text-only but the request has images")
         except RequestError as exc:
-            return error(400, str(exc))
+            return error_response(400, str(exc))
 
         decision: SafetyDecision | None = None
         session = None
@@ -360,10 +352,10 @@ def create_app(
             try:
                 raw, usage = await run_in_threadpool(generate, messages, images, config)
             except ValueError as exc:  # e.g. placeholder / image mismatch found by the backend
-                return error(400, str(exc))
+                return error_response(400, str(exc))
             except Exception as exc:
                 logger.exception("generation failed")
-                return error(500, f"generation failed: {type(exc).__name__}", "server_error")
+                return error_response(500, f"generation failed: {type(exc).__name__}", "server_error")
             if usage is not None and usage.completion_tokens >= config.max_new_tokens:
                 finish_reason = "length"
             text = session.filter_reply(turns[-1], raw) if session is not None else raw

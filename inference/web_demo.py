@@ -29,10 +29,10 @@ from .chat import (
     setup_logging,
 )
 from .safety import AI_DISCLOSURE, get_referral
+from .server import is_loopback
 from .therapist import VISION_STRATEGIES, MirrorTherapist
 
 logger = logging.getLogger(__name__)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -66,12 +66,11 @@ SAFETY_ACTIVE = (
     "Safety layer active: crisis support resources were shown. The therapist model will not reply for the rest "
     "of this session; every message gets the crisis referral. Start a new session to reset."
 )
-_BANNER = '<div data-state="{state}" style="padding:10px 14px;border-radius:8px;border:1px solid {border};' \
-          'background:{background};color:#1f2937">{body}</div>'  # fmt: skip
 
 
 def _banner(body: str, state: str, border: str, background: str) -> str:
-    return _BANNER.format(state=state, border=border, background=background, body=body)
+    style = f"padding:10px 14px;border-radius:8px;border:1px solid {border};background:{background};color:#1f2937"
+    return f'<div data-state="{state}" style="{style}">{body}</div>'
 
 
 def disclosure_html(therapist: MirrorTherapist) -> str:
@@ -176,7 +175,7 @@ def main(
     client = load_client_profile(arguments.client_profile)
     face = open_face_image(arguments.image) if arguments.image else None
     therapist = build_therapist(model, arguments, generation)
-    if demo.share or demo.host not in LOOPBACK_HOSTS:
+    if demo.share or not is_loopback(demo.host):
         print("Note: the demo is reachable beyond this machine; client messages and faces will cross the network.")
     app = build_demo(therapist, client, face)
     app.queue(default_concurrency_limit=1).launch(

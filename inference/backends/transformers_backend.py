@@ -125,10 +125,9 @@ def resolve_model_source(
     return adapter_dir, model_source, None if base_model else adapter_config.get("revision")
 
 
-def flatten_text_content(messages: Messages) -> Messages:
-    """Turn text-only block lists into plain strings: most text-LM chat templates expect string contents. The same
-    flattening as the training rows of the text variants (`inference.prompts.flatten_text_messages`)."""
-    return flatten_text_messages(messages)
+# Text-only block lists become plain strings (most text-LM chat templates expect string contents): the same
+# flattening as the training rows of the text variants.
+flatten_text_content = flatten_text_messages
 
 
 def attach_images(messages: Messages, images: list[Image.Image]) -> Messages:
