@@ -100,16 +100,12 @@ def _run(args: QuickstartArguments) -> int:
     return 0
 
 
-def _first_profile(root: Path) -> dict:
-    return json.loads((root / "raw" / "profiles.jsonl").read_text(encoding="utf-8").splitlines()[0])
-
-
 def _one_reply(root: Path, model_dir: Path) -> None:
     from PIL import Image
 
     from inference.therapist import MirrorTherapist
 
-    profile = _first_profile(root)
+    profile = json.loads((root / "raw" / "profiles.jsonl").read_text(encoding="utf-8").splitlines()[0])
     face = root / "raw" / profile["identity"]["image"]
     therapist = MirrorTherapist.from_pretrained(str(model_dir))
     session = therapist.start_session(profile["client"])
@@ -184,6 +180,6 @@ def _print_summary(root: Path, model_dir: Path | None, report_dir: Path | None) 
     # Absolute paths and a bundled recipe name: these lines work from any folder.
     print("Next: talk to the tiny therapist, then train a real one on a GPU:")
     if model_dir is not None:
-        face = root / "raw" / _first_profile(root)["identity"]["image"]
-        print(f"  mirror chat --model {model_dir} --image {face}")
+        profile = json.loads((root / "raw" / "profiles.jsonl").read_text(encoding="utf-8").splitlines()[0])
+        print(f"  mirror chat --model {model_dir} --image {root / 'raw' / profile['identity']['image']}")
     print(f"  mirror train --config llava-1.5-7b/planning --dataset_name {root / DATASET_FOLDER}")
