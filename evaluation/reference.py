@@ -24,13 +24,9 @@ def reference_examples(
     examples = []
     for session in sessions:
         turns = session["turns"]
-        count = 0
-        for index in range(1, len(turns)):
-            if turns[index]["speaker"] != "therapist" or turns[index - 1]["speaker"] != "client":
-                continue
-            if max_turns_per_session is not None and count >= max_turns_per_session:
-                break
-            count += 1
+        speakers = [turn["speaker"] for turn in turns]  # examples: therapist turns that answer a client turn
+        answers = [i for i in range(1, len(turns)) if speakers[i - 1 : i + 1] == ["client", "therapist"]]
+        for index in answers[:max_turns_per_session]:
             examples.append(
                 {
                     "session_id": session["id"],

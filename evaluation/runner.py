@@ -94,17 +94,6 @@ def build_therapists(config: EvalConfig, pool) -> dict[str, Any]:
     return therapists
 
 
-class _LockedDetector:
-    """The crisis detector shared by worker threads."""
-
-    def __init__(self, detector) -> None:
-        self.detector, self.lock = detector, threading.Lock()
-
-    def detect(self, text: str):
-        with self.lock:
-            return self.detector.detect(text)
-
-
 class SessionRunner:
     """Runs simulated sessions for `config` into `run_dir`.
 
@@ -123,6 +112,7 @@ class SessionRunner:
         self.face_loop = face_loop
         self.detector = detector
         self._setup_lock = threading.Lock()
+        self._detect_lock = threading.Lock()  # one crisis detector shared by the worker threads
 
     # ------------------------------------------------------------------ lazily built parts
 
@@ -146,9 +136,7 @@ class SessionRunner:
             if self.detector is None and self.config.safety_screening:
                 from inference.safety import CrisisDetector, SafetyConfig
 
-                self.detector = _LockedDetector(
-                    CrisisDetector(SafetyConfig(use_embeddings=self.config.safety_use_embeddings))
-                )
+                self.detector = CrisisDetector(SafetyConfig(use_embeddings=self.config.safety_use_embeddings))
             return self.detector
 
     # ------------------------------------------------------------------ the run
@@ -259,7 +247,8 @@ class SessionRunner:
                 }
                 detector = self._detector()
                 if detector is not None:
-                    verdict = detector.detect(client_turn.statement)
+                    with self._detect_lock:
+                        verdict = detector.detect(client_turn.statement)
                     turn["safety"] = {k: getattr(verdict, k) for k in ("is_risk", "category", "score", "reason")}
                 turns.append(turn)
                 if client_turn.end:
@@ -326,16 +315,9 @@ class SessionRunner:
         from dataset_builder.images import FaceRequest
         from inference.therapist import load_image
 
-        image = (profile.get("identity") or {}).get("image")
-        if image is not None:
-            return load_image(image)
-        key = (profile.get("identity") or {}).get("key") or profile["id"]
-        return faces.image_backend.render(
-            FaceRequest(
-                identity_key=key,
-                expression="neutral expression",
-                gender=profile["client"].get("gender"),
-                age=profile["client"].get("age"),
-                seed=0,
-            )
-        )
+        identity, client = profile.get("identity") or {}, profile["client"]
+        if identity.get("image") is not None:
+            return load_image(identity["image"])
+        key = identity.get("key") or profile["id"]
+        request = FaceRequest(key, "neutral expression", gender=client.get("gender"), age=client.get("age"), seed=0)
+        return faces.image_backend.render(request)
