@@ -38,9 +38,11 @@ def text_message(role: str, text: str) -> dict[str, Any]:
 class ChatBackend(Protocol):
     """A chat model. `name` identifies the model (id and revision) in provenance and reports.
 
-    Backends subclass it to inherit `chat`, which is one conversation sent through `chat_batch`; a backend whose
-    primitive is a single request (an HTTP endpoint) overrides `chat` instead. Any object with these members
-    passes `isinstance(obj, ChatBackend)`, so test fakes need not subclass it.
+    Backends subclass it to inherit `chat` (one conversation sent through `chat_batch`) and `chat_batch` (the
+    images checked, then `generate_batch(conversations, images, config)`, which each backend implements); a backend
+    whose primitive is a single request (an HTTP endpoint) overrides `chat` too. Any object with `name`,
+    `supports_images`, `chat` and `chat_batch` passes `isinstance(obj, ChatBackend)`, so test fakes need not
+    subclass it.
     """
 
     name: str
@@ -55,14 +57,11 @@ class ChatBackend(Protocol):
     def chat_batch(
         self,
         conversations: list[Messages],
-        images: list[list[Image.Image]] | None = None,
+        images: ImageLists | None = None,
         config: GenerationConfig | None = None,
     ) -> list[str]:
-        """Return one reply per conversation; backends batch where they can.
-
-        Subclasses implement `generate_batch(conversations, images, config)`, which gets one checked image list per
-        conversation and a config, and is not called for an empty batch.
-        """
+        """Return one reply per conversation; backends batch where they can (`generate_batch`, never called
+        with an empty batch)."""
         images = pair_images(conversations, images, self.supports_images, self.name)  # fail before any model call
         return self.generate_batch(conversations, images, config or GenerationConfig()) if conversations else []
 
