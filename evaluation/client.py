@@ -174,10 +174,8 @@ class VirtualClient:
         """The next validated client turn; raises ClientFailure after `max_retries` invalid outputs."""
         from inference.backends.base import GenerationConfig, text_message
 
-        client_turns = sum(turn["speaker"] == "client" for turn in history)
-        therapist_turns = len(history) - client_turns
-        first = client_turns == 0
-        may_end = therapist_turns >= self.config.min_exchanges
+        first = not any(turn["speaker"] == "client" for turn in history)
+        may_end = sum(turn["speaker"] == "therapist" for turn in history) >= self.config.min_exchanges
         previous = [turn.get("statement") or "" for turn in history[-2:]]
         base = self.messages(profile, history)
         attempts: list[dict[str, Any]] = []

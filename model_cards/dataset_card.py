@@ -231,8 +231,7 @@ def summarize(
         source = row.get("source") or {}
         hand_written = (source.get("generator") or "").lower().startswith("hand-written")
         creators.add("expert-generated" if hand_written else "machine-generated")
-        if is_celeba_reference(row):
-            celeba_faces += 1
+        celeba_faces += is_celeba_reference(row)
         by_dataset[source.get("dataset") or "<missing>"][config] += 1
         key = tuple(source.get(k) for k in ("dataset", "generator", "generator_revision", "prompt_version"))
         entry = generation.setdefault(key, {"records": 0, "seeds": set()})
