@@ -136,14 +136,11 @@ def setup_logging(arguments: TherapistArguments) -> None:
     logging.captureWarnings(True)  # library warnings follow the same rule
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if arguments.verbose else "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_default_handler()  # transformers' records propagate to the handlers above
-        hf_logging.enable_propagation()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    hf_logging.disable_default_handler()  # transformers' records propagate to the handlers above
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
 
 
 def build_therapist(
