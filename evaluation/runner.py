@@ -141,9 +141,6 @@ class SessionRunner:
 
     # ------------------------------------------------------------------ the run
 
-    def units(self, profiles: list[dict[str, Any]]) -> list[tuple[TherapistSpec, dict[str, Any]]]:
-        return [(spec, profile) for spec in self.config.therapists for profile in profiles]
-
     def is_done(self, spec: TherapistSpec, profile: dict[str, Any]) -> bool:
         record = read_session(session_path(self.run_dir, spec.name, profile["id"]))
         if record is None or record.get("status") == "error":
@@ -154,7 +151,7 @@ class SessionRunner:
         """Run every unfinished (therapist, profile) session; returns the record paths of all units."""
         from tqdm.auto import tqdm
 
-        units = self.units(profiles)
+        units = [(spec, profile) for spec in self.config.therapists for profile in profiles]
         todo = [(spec, profile) for spec, profile in units if not self.is_done(spec, profile)]
         bar = tqdm(
             total=len(units),
