@@ -85,8 +85,7 @@ class ClientFailure(RuntimeError):
 
     def __init__(self, reason: str, attempts: list[dict[str, Any]]) -> None:
         super().__init__(reason)
-        self.reason = reason
-        self.attempts = attempts
+        self.reason, self.attempts = reason, attempts
 
 
 def _norm(text: str) -> str:

@@ -139,6 +139,7 @@ def build_report(
         ref = reference.get(spec.name)
         # Plans the therapist model wrote itself (not taken from the profile): how many could not be parsed.
         generated = [r["plan"] for r in records if (r.get("plan") or {}).get("source") == "generated"]
+        plan_failures = [not (plan["technique_parsed"] and plan["plan_parsed"]) for plan in generated]
         therapists[spec.name] = {
             "model": spec.model.model,
             "backend": spec.model.backend,
@@ -154,11 +155,7 @@ def build_report(
                 "unverified_faces": sum(1 for t in client_turns if t.get("face") and not t["face"]["verified"]),
                 "crisis_flags": sum(1 for t in client_turns if (t.get("safety") or {}).get("is_risk")),
                 "plans_generated": len(generated),
-                "plan_parse_failure_rate": (
-                    sum(not (p["technique_parsed"] and p["plan_parsed"]) for p in generated) / len(generated)
-                    if generated
-                    else None
-                ),
+                "plan_parse_failure_rate": sum(plan_failures) / len(plan_failures) if plan_failures else None,
             },
             "scores": _scores_for(judged, settings),
             "by_resistance": {
