@@ -30,8 +30,7 @@ class BuildArguments:
         metadata={"help": _help(BuildOptions, "on_bad_record"), "choices": ["raise", "skip"]},
     )
     allow_missing_images: bool = field(
-        default=False,
-        metadata={"help": "Accept client turns without an image (their vision SFT rows are left out)."},
+        default=False, metadata={"help": "Accept client turns without an image (their vision SFT rows are left out)."}
     )
     max_pixels: int = field(default=ImagePolicy.max_pixels, metadata={"help": _help(ImagePolicy, "max_pixels")})
     sft_variants: list[str] = field(
@@ -77,12 +76,8 @@ def build_main(args: BuildArguments) -> int:
 
     variants = tuple(v.strip() for item in args.sft_variants for v in item.split(",") if v.strip())
     options = BuildOptions(
-        on_bad_record=args.on_bad_record,
-        require_images=not args.allow_missing_images,
-        max_pixels=args.max_pixels,
-        apply_filters=not args.no_filters,
-        pretty_name=args.pretty_name,
-        sft_variants=variants,
+        on_bad_record=args.on_bad_record, require_images=not args.allow_missing_images, max_pixels=args.max_pixels,
+        apply_filters=not args.no_filters, pretty_name=args.pretty_name, sft_variants=variants,
     )
     result = build_dataset(args.input, args.output, options)
     if result.up_to_date:

@@ -404,9 +404,7 @@ def _distinct_cactus(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if digest in seen:
             continue
         seen.add(digest)
-        profile = cactus_row_to_profile(dict(row), index)
-        profile["row"] = str(row.get("idx", index))
-        profiles.append(profile)
+        profiles.append(cactus_row_to_profile(dict(row), index))
     return profiles
 
 

@@ -296,12 +296,8 @@ def map_columns(found: Iterable[str], needed: tuple[str, ...], path: Path | str)
     """Our field -> the file's column; raises ValueError listing expected and found columns if one is missing."""
     found = list(found)
     lowered = {column.strip().lower(): column for column in found}
-    mapping = {}
-    for name, aliases in COLUMN_ALIASES.items():
-        for alias in aliases:
-            if alias in lowered:
-                mapping[name] = lowered[alias]
-                break
+    matches = {name: [lowered[a] for a in aliases if a in lowered] for name, aliases in COLUMN_ALIASES.items()}
+    mapping = {name: columns[0] for name, columns in matches.items() if columns}  # first alias found wins
     missing = [name for name in needed if name not in mapping]
     if missing:
         expected = [" or ".join(COLUMN_ALIASES[n]) for n in needed]
