@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -559,27 +560,23 @@ class Generator:
 
     # -- lazily built parts ----------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def backend(self):
-        if self._backend is None:
-            self._backend = make_backend(self.config.llm)
-        return self._backend
+        return self._backend if self._backend is not None else make_backend(self.config.llm)
 
-    @property
+    @cached_property
     def expression_backend(self):
-        if self._expression_backend is None:
-            self._expression_backend = (
-                make_backend(self.config.expression_llm) if self.config.expression_llm else self.backend
-            )
-        return self._expression_backend
+        if self._expression_backend is not None:
+            return self._expression_backend
+        return make_backend(self.config.expression_llm) if self.config.expression_llm else self.backend
 
-    @property
+    @cached_property
     def image_backend(self):
-        if self._image_backend is None:
-            from .images import get_image_backend
+        from .images import get_image_backend
 
-            self._image_backend = get_image_backend(self.config.image_backend, **self.config.image_options)
-        return self._image_backend
+        if self._image_backend is not None:
+            return self._image_backend
+        return get_image_backend(self.config.image_backend, **self.config.image_options)
 
     # -- manifest ----------------------------------------------------------------------------------------------
 
