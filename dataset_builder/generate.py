@@ -858,10 +858,8 @@ class Generator:
                     for i, t in enumerate(record["turns"])
                     if t["speaker"] == "client"
                 }
-                reference_path = Path(record["identity"]["image"])
-                reference = Image.open(
-                    reference_path if reference_path.is_absolute() else self.output / reference_path
-                ).convert("RGB")
+                # An identity-pool face is absolute (joining keeps it as is); a rendered one is under the output.
+                reference = Image.open(self.output / record["identity"]["image"]).convert("RGB")
                 image_results, skipped = model_filters.score(record, images, reference)
                 results += image_results
                 flags += skipped
