@@ -1,23 +1,10 @@
 """`mirror serve`: an OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`) for any ChatBackend, on
-FastAPI + uvicorn, with the crisis-safety layer in front of the model.
+FastAPI + uvicorn, with the crisis-safety layer in front of the model (inference/README.md says more).
 
-Why it exists: evaluation, data generation, chat front ends and other labs' tools already speak the OpenAI chat API
-(including `EndpointBackend` and the official `openai` client), and the test suite gets a real HTTP server without
-vLLM. Requests are answered one at a time by the backend (a lock), which is what one local model can do anyway. To
-serve a raw model at scale use `vllm serve` or `transformers serve`: the wire format is the same.
-
-Safety: an OpenAI-compatible endpoint is exactly what apps put in front of people, so by default every user turn of
-each request's history is screened by `inference.safety` (one fresh `SafetySession` per request replays the
-history, so a referral, or a pending safety question, persists across stateless requests), and the referral or the
-scripted safety question is answered instead of calling the model. `--no_safety` serves machine clients
-(evaluation, data generation) and is refused unless the server is bound to a loopback address. Client text is not
-logged.
-
-Accepted: `messages` with string contents or `text` / `image_url` parts (base64 data URLs only: the server never
-fetches remote URLs), `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n=1`,
-`stream` (server-sent events in the OpenAI chunk format; the reply is generated whole, then streamed).
-Not supported (clear 400): `n > 1`, tools. The API key (Bearer) is checked, and `Content-Length` validated, before
-the body is read.
+Requests are answered one at a time (a lock: one local model). By default every user turn of each request's history
+is screened (a fresh `SafetySession` replays it, so a referral or a pending safety question persists across
+stateless requests); `--no_safety` serves machine clients and only on a loopback address. Client text is not
+logged. Images come as base64 data URLs only (no server-side fetching); `n > 1` and tools are a clear 400.
 """
 
 import base64
@@ -90,11 +77,6 @@ class ServeArguments(SafetyArguments):
 
 
 ARGUMENTS = (ModelLoadArguments, ServeArguments, GenerationConfig)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Request parsing (framework-free, so it is testable and reusable)
-# --------------------------------------------------------------------------------------------------------------
 
 
 def decode_data_url(url: str) -> Image.Image:
@@ -215,11 +197,6 @@ def _default_detector() -> CrisisDetector:
     return CrisisDetector(SafetyConfig())
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The app
-# --------------------------------------------------------------------------------------------------------------
-
-
 def error_response(status: int, message: str, kind: str = "invalid_request_error") -> Any:
     """An OpenAI-style error response (a Starlette `JSONResponse`, itself an ASGI app)."""
     from starlette.responses import JSONResponse
@@ -228,11 +205,8 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 
 
 class _GuardMiddleware:
-    """Checks the API key and the declared body size from the headers alone, before the app reads the body.
-
-    A pure ASGI middleware, so nothing of the body is read for a request that is refused. Bodies without a
-    `Content-Length` (chunked) are counted while the endpoint reads them.
-    """
+    """Checks the API key and the declared body size from the headers alone: a pure ASGI middleware, so nothing of
+    a refused request's body is read. Chunked bodies are counted while the endpoint reads them."""
 
     def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
@@ -267,12 +241,8 @@ def create_app(
     detector: CrisisDetector | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
-    """The FastAPI app serving `backend`.
-
-    `safety` defaults to the safety layer on (`SafetyConfig()`); `SafetyConfig(enabled=False)` serves the raw
-    model (the caller checks the host: see `check_no_safety_host`). `detector` is shared by all requests; by default
-    one per process is built.
-    """
+    """The FastAPI app serving `backend`, safety on unless `SafetyConfig(enabled=False)` (the caller checks the host:
+    `check_no_safety_host`). `detector` is shared by all requests; by default one per process is built."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
@@ -425,11 +395,6 @@ def _stream_events(
     yield "data: [DONE]\n\n"
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Running it
-# --------------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class RunningServer:
     """A server started by `serve_in_thread`."""
@@ -462,10 +427,8 @@ def _bind(host: str, port: int) -> socket.socket:
 def serve_in_thread(
     backend: ChatBackend, host: str = "127.0.0.1", port: int = 0, *, startup_timeout: float = 30.0, **kwargs: Any
 ) -> Iterator[RunningServer]:
-    """Run a server in a background thread for the duration of a `with` block (tests, notebooks).
-
-    Port 0 picks a free port; read the URL from `server.base_url`. `kwargs` go to `create_app` (`safety`, ...).
-    """
+    """Run a server in a background thread for the duration of a `with` block (tests, notebooks). Port 0 picks a
+    free port (read `server.base_url`); `kwargs` go to `create_app` (`safety`, ...)."""
     import uvicorn
 
     safety = kwargs.get("safety")

@@ -1,26 +1,9 @@
 """`MirrorTherapist`: a MIRROR therapist model (or a text-only baseline) behind a session API with safety on.
 
-Strategies (ARCHITECTURE §5, §6):
-
-- `base`: the VLM answers from profile, verbal history and the client's current face.
-- `planning`: the session's CBT technique and plan are generated once (`plan_request_text`), parsed into one of
-  the 12 CACTUS techniques and put in the prompt of every turn.
-- `ec_planning`: planning, plus a caption of the client's emotional state from the current face (the model's
-  own, `emotion_caption_messages`) put in the prompt before it replies.
-- `text`: a plain LLM therapist on the verbal history only (the `text` prompt variant).
-- `cactus_plan`: a CACTUS-style text therapist that plans first: the `cactus_plan` prompt variant, the `text`
-  prompt plus the session's technique and plan.
-
-Planning strategies take the session plan from the client profile when it carries `cbt_technique` and `cbt_plan`
-(the paper's protocol; the evaluation profiles do), else from the caller, else ask the model once per session
-(`plan_messages`, the same request the `plan` rows of the `sft` config train) and count parse failures
-(`MirrorTherapist.plan_parse_failure_rate`).
-
-Every prompt comes from `inference.prompts`, the module that also renders the SFT dataset, so a fine-tuned model
-is asked at inference exactly what it was trained on, and bracketed stage directions never reach the model (the
-client's face reaches it only through the image). Safety (`inference.safety`) is on by default: the disclosure
-opens each session, each client turn is screened before a reply is generated, and the referral replaces the
-reply once a session is in crisis.
+The strategies are described in inference/README.md. Every prompt comes from `inference.prompts`, the module that
+also renders the SFT dataset, so a model is asked at inference exactly what it was trained on, and bracketed stage
+directions never reach it. Safety (`inference.safety`) is on by default: the disclosure opens each session, each
+client turn is screened before a reply is generated, and the referral replaces the reply once in crisis.
 """
 
 from __future__ import annotations
@@ -183,24 +166,6 @@ def parse_plan(text: str | None, default_technique: str = "Alternative Perspecti
     return SessionPlan(technique, plan or technique, text, technique_parsed=technique_parsed, plan_parsed=plan_parsed)
 
 
-# ---------------------------------------------------------------------------------------------- prompt builders
-
-
-def cactus_plan_messages(
-    client: dict[str, Any],
-    history: list[dict[str, Any]],
-    *,
-    cbt_technique: str,
-    cbt_plan: str,
-    version: str = DEFAULT_PROMPT_VERSION,
-) -> Messages:
-    """The CACTUS-style text therapist's prompt: the `cactus_plan` prompt variant (the `text` prompt plus the
-    session's plan section), so the two text baselines differ only by the plan."""
-    return therapist_messages(
-        client, history, "cactus_plan", cbt_technique=cbt_technique, cbt_plan=cbt_plan, version=version
-    )
-
-
 def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | None:
     """Accept a PIL image or a path; always RGB (what the processors and the dataset use)."""
     if image is None:
@@ -214,12 +179,10 @@ def load_image(image: Image.Image | str | os.PathLike | None) -> Image.Image | N
 def read_default_strategy(path_or_id: str, revision: str | None = None) -> str | None:
     """The strategy a model folder declares: `mirror_config.json` {"variant"|"strategy": ...}, else the training
     record `mirror train` writes, else the model card's front matter (`variant`, `strategy` or
-    `mirror: {variant: ...}`). None when it declares none (none of these files exists).
+    `mirror: {variant: ...}`); None when none of these files exists.
 
-    Never a silent guess: a Hub model whose files cannot be read (unknown or private repository, 401/403, offline
-    without a cache, timeout) raises `OSError` naming the model, and a declared strategy MIRROR does not know raises
-    `ValueError`; otherwise a `planning` model would quietly run with the `base` prompt. Pass the strategy
-    explicitly to skip detection.
+    Never a silent guess (a `planning` model would quietly run with the `base` prompt): Hub files that cannot be
+    read raise `OSError` naming the model, an unknown declared strategy raises `ValueError`.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -337,10 +300,8 @@ class MirrorTherapist:
     ) -> MirrorTherapist:
         """Load a therapist from a model folder or Hub id (merged model or LoRA adapter).
 
-        The strategy defaults to the one the folder declares (`mirror_config.json`, the training record or the model
-        card's `variant`), else `base` for VLMs and `text` for causal LMs; a declaration that cannot be read (Hub
-        unreachable, 401) is an error (`read_default_strategy`), never a silent `base`. `backend_kwargs` go to the
-        backend, e.g. `processor_source=` to use another processor on purpose (transformers backend).
+        The strategy defaults to the one the folder declares (`read_default_strategy`), else `base` for VLMs and
+        `text` for causal LMs. `backend_kwargs` go to the backend, e.g. `processor_source=` (transformers backend).
         """
         path_or_hub_id = str(path_or_hub_id)
         model = load_backend(
@@ -390,11 +351,10 @@ class MirrorTherapist:
                 generated = self.generate_plans([profiles[index][0] for index in to_generate])
                 for index, plan in zip(to_generate, generated, strict=True):
                     plans[index] = plan
-        sessions = []
-        for (client, _, _), plan in zip(profiles, plans, strict=True):
-            safety = SafetySession(self.safety, detector=self.detector)
-            sessions.append(TherapistSession(self, dict(client), plan, safety))
-        return sessions
+        return [
+            TherapistSession(self, dict(client), plan, SafetySession(self.safety, detector=self.detector))
+            for (client, _, _), plan in zip(profiles, plans, strict=True)
+        ]
 
     def generate_plans(self, clients: list[dict[str, Any]]) -> list[SessionPlan]:
         """Ask the model for each client's technique and plan (the `plan` task's request); parse failures fall back
@@ -410,20 +370,13 @@ class MirrorTherapist:
             self.plans_generated += 1
             if plan.parse_failed:
                 self.plan_parse_failures += 1
-                logger.warning(
-                    "plan parse failure (technique_parsed=%s plan_parsed=%s); using technique %r",
-                    plan.technique_parsed,
-                    plan.plan_parsed,
-                    plan.technique,
-                )
+                message = "plan parse failure (technique_parsed=%s plan_parsed=%s); using technique %r"
+                logger.warning(message, plan.technique_parsed, plan.plan_parsed, plan.technique)
             plans.append(plan)
         if plans:
-            logger.info(
-                "plan parse failures so far: %d of %d generated plans (%.1f %%)",
-                self.plan_parse_failures,
-                self.plans_generated,
-                100 * self.plan_parse_failure_rate,
-            )
+            failures, generated = self.plan_parse_failures, self.plans_generated
+            rate = 100 * self.plan_parse_failure_rate
+            logger.info("plan parse failures so far: %d of %d generated plans (%.1f %%)", failures, generated, rate)
         return plans
 
     def prompt_messages(
@@ -434,16 +387,9 @@ class MirrorTherapist:
         emotion: str | None = None,
     ) -> Messages:
         """The therapist prompt for the next reply under this strategy (what the model is sent)."""
-        technique, plan_text = (plan.technique, plan.plan) if plan else (None, None)
-        return therapist_messages(
-            client,
-            history,
-            self.strategy,
-            cbt_technique=technique,
-            cbt_plan=plan_text,
-            emotion=emotion,
-            version=self.config.prompt_version,
-        )
+        plan_fields = {"cbt_technique": plan.technique, "cbt_plan": plan.plan} if plan else {}
+        version = self.config.prompt_version
+        return therapist_messages(client, history, self.strategy, emotion=emotion, version=version, **plan_fields)
 
     def caption_emotions(self, images: list[Image.Image]) -> list[tuple[str, bool]]:
         """(caption, failed) per image: the model's own reading of the client's face (ec_planning)."""

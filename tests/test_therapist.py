@@ -20,7 +20,6 @@ from inference.therapist import (
     MirrorTherapist,
     Reply,
     TherapistConfig,
-    cactus_plan_messages,
     match_technique,
     parse_plan,
     read_default_strategy,
@@ -108,7 +107,7 @@ def expected_messages(strategy, history, reply: Reply):
     plan = reply.plan
     kwargs = {"cbt_technique": plan.technique, "cbt_plan": plan.plan} if plan else {}
     if strategy == "cactus_plan":
-        return cactus_plan_messages(CLIENT, history, **kwargs)
+        return therapist_messages(CLIENT, history, "cactus_plan", **kwargs)
     row = therapist_messages(CLIENT, history, strategy, reply=reply.text, emotion=reply.emotion, **kwargs)
     assert row[-1]["role"] == "assistant"
     return row[:-1]
@@ -174,7 +173,7 @@ def test_prompt_matches_training_prompt_for_each_turn(strategy, llava, detector)
 
 def test_cactus_plan_prompt_is_text_prompt_plus_plan(detector):
     history = [{"speaker": "client", "statement": "[sighs] I don't know.", "stage_direction": "sighs"}]
-    text = cactus_plan_messages(CLIENT, history, cbt_technique="Decatastrophizing", cbt_plan="1. a 2. b")
+    text = therapist_messages(CLIENT, history, "cactus_plan", cbt_technique="Decatastrophizing", cbt_plan="1. a 2. b")
     plan_section = load_prompt()["plan"].format(cbt_technique="Decatastrophizing", cbt_plan="1. a 2. b")
     prompt = text[0]["content"][0]["text"]
     assert plan_section in prompt and "image" not in prompt.lower()

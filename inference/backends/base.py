@@ -8,7 +8,7 @@ dataset. A backend that cannot see images raises `ValueError` when given one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
@@ -38,11 +38,9 @@ def text_message(role: str, text: str) -> dict[str, Any]:
 class ChatBackend(Protocol):
     """A chat model. `name` identifies the model (id and revision) in provenance and reports.
 
-    Backends subclass it to inherit `chat` (one conversation sent through `chat_batch`) and `chat_batch` (the
-    images checked, then `generate_batch(conversations, images, config)`, which each backend implements); a backend
-    whose primitive is a single request (an HTTP endpoint) overrides `chat` too. Any object with `name`,
-    `supports_images`, `chat` and `chat_batch` passes `isinstance(obj, ChatBackend)`, so test fakes need not
-    subclass it.
+    Backends subclass it and implement `generate_batch(conversations, images, config)`; one whose primitive is a
+    single request (an HTTP endpoint) overrides `chat` too. Any object with `name`, `supports_images`, `chat` and
+    `chat_batch` passes `isinstance(obj, ChatBackend)`, so test fakes need not subclass it.
     """
 
     name: str
@@ -128,28 +126,14 @@ class ModelLoadArguments:
 
     def load_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `load_backend` / `TransformersBackend.from_pretrained` besides the model."""
-        return {
-            "revision": self.revision,
-            "device": self.device,
-            "dtype": self.dtype,
-            "trust_remote_code": self.trust_remote_code,
-        }
-
-
-def count_image_placeholders(messages: Messages) -> int:
-    """Number of `{"type": "image"}` blocks in `messages` (string contents count as none)."""
-    return sum(
-        1
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for block in message["content"]
-        if block.get("type") == "image"
-    )
+        return {key: value for key, value in asdict(self).items() if key != "model"}
 
 
 def check_images(messages: Messages, images: list[Image.Image] | None, supports_images: bool, name: str) -> None:
-    """Raise a clear error when images and placeholders disagree or the backend is text-only."""
-    n_placeholders, n_images = count_image_placeholders(messages), len(images or [])
+    """Raise a clear error when images and `{"type": "image"}` placeholders disagree or the backend is text-only."""
+    contents = [message.get("content") for message in messages]
+    n_placeholders = sum(block.get("type") == "image" for c in contents if isinstance(c, list) for block in c)
+    n_images = len(images or [])
     if n_images and not supports_images:
         raise ValueError(f"Backend {name!r} is text-only but was given {n_images} image(s)")
     if n_placeholders != n_images:

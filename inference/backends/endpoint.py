@@ -1,13 +1,10 @@
-"""OpenAI-compatible chat endpoints (vLLM, TGI, HF Inference Providers and Endpoints, OpenAI, `mirror serve`).
+"""OpenAI-compatible chat endpoints (vLLM, TGI, HF Inference Providers and Endpoints, OpenAI, `mirror serve`),
+through `huggingface_hub.InferenceClient(base_url=...).chat_completion`.
 
-Built on `huggingface_hub.InferenceClient(base_url=...).chat_completion`. Images travel as base64 PNG data URLs
-in `image_url` content parts, the one image encoding every OpenAI-compatible vision server accepts. Transient
-failures (timeouts, connection errors, 5xx) are retried a bounded number of times with exponential backoff;
-client errors (4xx) are not, because repeating a bad request cannot fix it.
-
-Credentials: the key is the `api_key` argument, or else the Hugging Face token that `huggingface_hub` resolves
-(`HF_TOKEN` or the stored `hf auth login`), and the latter is sent only to Hugging Face hosts, so a personal HF
-token never leaks to a third-party or shared-cluster server. Keys are never logged or put in error messages.
+Images travel as base64 PNG data URLs, the one encoding every OpenAI-compatible vision server accepts. Timeouts,
+connection errors and 5xx are retried with exponential backoff; 4xx are not (repeating cannot fix them). The key is
+`api_key`, else the HF token huggingface_hub resolves, sent only to Hugging Face hosts so it never leaks to a
+third-party server. Keys are never logged or put in error messages.
 """
 
 from __future__ import annotations
@@ -66,18 +63,14 @@ def to_openai_messages(messages: Messages, images: list[Image.Image] | None = No
                     parts.append({"type": "text", "text": block.get("text") or ""})
                 else:
                     raise ValueError(f"Unsupported content block type {block.get('type')!r}")
-            if all(part["type"] == "text" for part in parts):
-                content = join_text_blocks(parts)  # the one text flattening (inference.prompts)
-            else:
-                content = parts
+            content = join_text_blocks(parts)  # text-only parts become one string; others stay a list of parts
         converted.append({"role": message["role"], "content": content})
     return converted
 
 
 @functools.cache
 def transport_errors() -> tuple[type[BaseException], ...]:
-    """Retryable transport errors of the HTTP library huggingface_hub uses: `httpx2` from huggingface_hub 2.x,
-    `httpx` before (both are accepted, so either major version works)."""
+    """Retryable transport errors of the HTTP library huggingface_hub uses (`httpx2` from 2.x, `httpx` before)."""
     errors: list[type[BaseException]] = []
     for module_name in ("httpx2", "httpx"):
         try:
@@ -201,14 +194,8 @@ class EndpointBackend(ChatBackend):
                         f"(timeout {self.timeout}s per attempt): {type(error).__name__}: {error}"
                     ) from error
                 wait = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (1 + random.random() / 4)
-                logger.warning(
-                    "%s: attempt %d/%d failed (%s); retrying in %.2fs",
-                    self.base_url,
-                    attempt,
-                    attempts,
-                    type(error).__name__,
-                    wait,
-                )
+                message = "%s: attempt %d/%d failed (%s); retrying in %.2fs"
+                logger.warning(message, self.base_url, attempt, attempts, type(error).__name__, wait)
                 self._sleep(wait)
         raise AssertionError("unreachable")
 

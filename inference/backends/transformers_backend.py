@@ -1,10 +1,9 @@
 """Local `transformers` backend: merged model folders, PEFT LoRA adapter folders, causal LMs and VLMs.
 
-Prompts are rendered with the checkpoint's own chat template through the processor (VLMs) or tokenizer (LMs),
-with the same processor options TRL's SFT collator uses (`add_special_tokens=False`), so a fine-tuned MIRROR
-therapist sees at inference exactly the token layout it was trained on. Generation is serialised by a lock
-(the server calls it from several threads) and seeded in a forked RNG, so a seed gives the same reply without
-disturbing the caller's global random state.
+Prompts are rendered with the checkpoint's own chat template and the processor options TRL's SFT collator uses
+(`add_special_tokens=False`), so a fine-tuned therapist sees the token layout it was trained on. Generation is
+serialised by a lock (the server calls it from several threads) and seeded in a forked RNG, so a seed gives the
+same reply without disturbing the caller's global random state.
 """
 
 from __future__ import annotations
@@ -74,16 +73,6 @@ def parse_dtype(dtype: Any) -> Any:
     raise ValueError(f"Unknown dtype {dtype!r}; expected one of {list(DTYPE_NAMES)}")
 
 
-def resolve_dtype(dtype: Any, device: str) -> Any:
-    """`None` means float32 on CPU (bf16 matmuls are slow there and fp16 is partly unsupported), else the
-    checkpoint's own dtype ("auto")."""
-    import torch
-
-    if dtype is None:
-        return torch.float32 if device == "cpu" else "auto"
-    return parse_dtype(dtype)
-
-
 def is_vision_config(config: Any) -> bool:
     """A config is vision-language when `AutoModelForImageTextToText` knows it or it carries a vision tower."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -147,7 +136,7 @@ def attach_images(messages: Messages, images: list[Image.Image]) -> Messages:
 
 def sanitize_kwargs(apply_chat_template) -> dict[str, bool]:
     """`sanitize_control_tokens=True` where this transformers version has it (recent 5.x): special tokens typed by
-    a user then stay plain text. Older versions render the same prompt without that protection."""
+    a user then stay plain text, so they can neither break the image-token count nor end the prompt early."""
     parameters = inspect.signature(apply_chat_template).parameters
     return {"sanitize_control_tokens": True} if "sanitize_control_tokens" in parameters else {}
 
@@ -273,35 +262,28 @@ class TransformersBackend(ChatBackend):
     ) -> TransformersBackend:
         """Load a merged model folder / Hub id, or a PEFT LoRA adapter folder / Hub id on top of its base.
 
-        Args:
-            path_or_id: local folder or Hub repo id.
-            revision: Hub revision of `path_or_id` (the adapter's revision for adapters).
-            device: "cuda", "cpu", "mps", "cuda:1", or "auto" (accelerate `device_map="auto"` for models larger
-                than one device); `None` picks the best available.
-            dtype: torch dtype or its name; `None` is float32 on CPU and the checkpoint's dtype elsewhere.
-            trust_remote_code: passed to every `from_pretrained`; off by default because it runs repository code.
-            base_model: override the adapter's `base_model_name_or_path` (e.g. when it was a path on another machine).
-            merge_adapter: merge LoRA weights into the base after loading; inference is then as fast as a merged
-                checkpoint. Turn off to keep the `PeftModel` (e.g. to switch adapters).
-            processor_source: load the processor from this folder or Hub id instead of the model folder (an
-                explicit, logged choice; refused when its chat template differs from the adapter's).
+        `device`: "cuda", "cpu", "mps", "cuda:1", or "auto" (accelerate `device_map="auto"`); `None` picks the best
+        available. `dtype`: a torch dtype or its name; `None` is float32 on CPU, the checkpoint's own elsewhere.
+        For adapters `revision` is the adapter's and `base_model` overrides its `base_model_name_or_path`;
+        `merge_adapter=False` keeps the `PeftModel` (e.g. to switch adapters). `processor_source`: see
+        `load_processor`. `trust_remote_code` (off by default) runs repository code.
         """
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         path_or_id = str(path_or_id)
         device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
+        # float32 on CPU by default: bf16 matmuls are slow there and fp16 is partly unsupported.
+        torch_dtype = torch.float32 if dtype is None and device == "cpu" else parse_dtype(dtype)
         common = {"trust_remote_code": trust_remote_code}
-
         adapter_dir, model_source, model_revision = resolve_model_source(path_or_id, revision, base_model)
-
         config = AutoConfig.from_pretrained(model_source, revision=model_revision, **common)
         vision = is_vision_config(config)
         auto_model = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-        load_kwargs: dict[str, Any] = {"revision": model_revision, "dtype": torch_dtype, "use_safetensors": True}
-        if device == "auto":
-            load_kwargs["device_map"] = "auto"
-        model = auto_model.from_pretrained(model_source, **load_kwargs, **common)
+        device_map = {"device_map": "auto"} if device == "auto" else {}
+        model = auto_model.from_pretrained(
+            model_source, revision=model_revision, dtype=torch_dtype, use_safetensors=True, **device_map, **common
+        )
 
         if adapter_dir is not None:
             from peft import PeftModel
@@ -319,8 +301,6 @@ class TransformersBackend(ChatBackend):
         name = path_or_id + (f"@{revision}" if revision else "")
         return cls(model, processor, name=name, supports_images=vision)
 
-    # ------------------------------------------------------------------ prompts
-
     def render(self, messages: Messages) -> str:
         """The exact prompt string the model is given for `messages` (generation prompt included), for audits."""
         template_owner = self.processor if self.supports_images else self.tokenizer
@@ -328,11 +308,8 @@ class TransformersBackend(ChatBackend):
         return template_owner.apply_chat_template(prepared, add_generation_prompt=True, tokenize=False)
 
     def encode(self, conversations: list[Messages], images: list[list[Image.Image]] | None = None):
-        """Tokenise a batch of conversations (left-padded) into model inputs on the model's device.
-
-        `sanitize_control_tokens` makes special tokens typed by a user (e.g. a client writing "<image>" or "</s>")
-        plain text, so user input can neither break the image-token count nor end the prompt early.
-        """
+        """Tokenise a batch of conversations (left-padded) into model inputs on the model's device; special tokens a
+        user types ("<image>", "</s>") stay plain text where transformers can (`sanitize_kwargs`)."""
         images = pair_images(conversations, images, self.supports_images, self.name)
         if self.supports_images:
             prepared = [attach_images(m, imgs) for m, imgs in zip(conversations, images, strict=True)]
@@ -356,8 +333,6 @@ class TransformersBackend(ChatBackend):
             **sanitize_kwargs(self.tokenizer.apply_chat_template),
         )
         return inputs.to(self.model.device)
-
-    # --------------------------------------------------------------- generation
 
     def generation_config(self, config: GenerationConfig):
         """A `transformers.GenerationConfig` for MIRROR's settings on top of the checkpoint's own (EOS ids etc.).

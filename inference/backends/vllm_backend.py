@@ -27,33 +27,13 @@ from .transformers_backend import (
     truncate_at_stop,
 )
 
-VLLM_MISSING = (
-    "VLLMBackend needs vLLM, which is not installed. Install it with `pip install vllm` (Linux with a CUDA GPU), "
-    "or use TransformersBackend (any machine) or EndpointBackend (a running `vllm serve` / `mirror serve`)."
-)
-
-
-def import_vllm():
-    """Import vLLM or raise an ImportError that says what to do instead."""
-    try:
-        import vllm
-    except ImportError as error:
-        raise ImportError(VLLM_MISSING) from error
-    return vllm
-
 
 class VLLMBackend(ChatBackend):
-    """A `ChatBackend` running vLLM in this process.
+    """A `ChatBackend` running vLLM in this process on a merged model or a PEFT LoRA adapter (folder or Hub id).
 
-    Args:
-        path_or_id: merged model folder / Hub id, or a PEFT LoRA adapter folder / Hub id.
-        revision: Hub revision of `path_or_id`.
-        dtype: vLLM dtype ("auto", "bfloat16", "float16").
-        trust_remote_code: passed to vLLM and the processor.
-        base_model: override an adapter's `base_model_name_or_path`.
-        max_model_len: context length to reserve KV cache for (vLLM's default is the model's maximum).
-        gpu_memory_utilization: share of GPU memory vLLM may take.
-        **engine_kwargs: any other `vllm.LLM` argument (tensor_parallel_size, quantization, ...).
+    `dtype` is vLLM's ("auto", "bfloat16", "float16"); `base_model` overrides an adapter's base model;
+    `max_model_len` is the context to reserve KV cache for (default: the model's maximum); `engine_kwargs` go to
+    `vllm.LLM` (tensor_parallel_size, quantization, ...).
     """
 
     def __init__(
@@ -68,7 +48,14 @@ class VLLMBackend(ChatBackend):
         gpu_memory_utilization: float = 0.9,
         **engine_kwargs: Any,
     ) -> None:
-        vllm = import_vllm()
+        try:
+            import vllm
+        except ImportError as error:
+            raise ImportError(
+                "VLLMBackend needs vLLM, which is not installed. Install it with `pip install vllm` (Linux with a CUDA "
+                "GPU), or use TransformersBackend (any machine) or EndpointBackend (a running `vllm serve` / "
+                "`mirror serve`)."
+            ) from error
         from transformers import AutoConfig
 
         path_or_id = str(path_or_id)
