@@ -1,13 +1,9 @@
 """The face loop for vision therapists: expression -> face image -> verification, up to N attempts (ARCHITECTURE §6).
 
-For each client turn: an expression description (from the stage direction, or an LLM asked for an expression and
-a contrasting one, as in the generation step), a face from any `ImageBackend` (the embedded renderer by default),
-and the paper's checks where their models are configured: CLIP image-text similarity with "A facial photo with
-{stage direction}" >= 0.2, identity similarity to the client's reference face >= 0.3, and an NSFW classifier.
-Each attempt uses a new seed and is recorded with every check's score. When no attempt passes, the policy decides:
-`use_last` keeps the last image and marks the turn unverified (logged), `fail` fails the session.
-
-Verifiers load real models by id or path (transformers); tests use tiny random stand-ins saved to a folder.
+The expression is the stage direction, or an LLM's expression and contrasting one; the face comes from any
+`ImageBackend`; the paper's checks run where their models are configured (CLIP similarity with "A facial photo with
+{stage direction}" >= 0.2, identity similarity to the reference face >= 0.3, NSFW). Every attempt (new seed) is
+recorded with each check's score; when none passes, `use_last` keeps the last image unverified, `fail` fails.
 """
 
 from __future__ import annotations
@@ -67,13 +63,9 @@ class ClipTextVerifier:
     def check(self, image: Image.Image, *, description: str, reference: Image.Image | None = None) -> Check:
         import torch
 
-        inputs = self.processor(
-            text=[self.template.format(text=description)],
-            images=[image],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-        ).to(self.device)
+        text = [self.template.format(text=description)]
+        inputs = self.processor(text=text, images=[image], return_tensors="pt", padding=True, truncation=True)
+        inputs = inputs.to(self.device)
         with torch.no_grad():
             output = self.model(**inputs)
         score = _cosine(output.image_embeds, output.text_embeds)
@@ -265,11 +257,8 @@ class FaceLoop:
         prompt = _expression_prompt(self.config.expression_prompt_version)["request"].format(
             stage_direction=stage_direction, statement=statement or "(nothing)"
         )
-        raw = self.expression_backend.chat(
-            [text_message("user", prompt)],
-            None,
-            GenerationConfig(temperature=0.7, top_p=0.9, max_new_tokens=64, seed=seed),
-        )
+        config = GenerationConfig(temperature=0.7, top_p=0.9, max_new_tokens=64, seed=seed)
+        raw = self.expression_backend.chat([text_message("user", prompt)], None, config)
         expression, contrast = _EXPRESSION.search(raw or ""), _CONTRAST.search(raw or "")
         if not expression:  # recorded: the stage direction stands in for an unreadable answer
             logger.warning("expression model answer has no 'Expression:' line; drawing the stage direction")
@@ -298,14 +287,8 @@ class FaceLoop:
             image = self.image_backend.render(request)
             checks = [v.check(image, description=stage_direction, reference=reference) for v in self.verifiers]
             passed = all(c.passed for c in checks)
-            attempts.append(
-                {
-                    "seed": request.seed,
-                    "sha256": image_sha256(image),
-                    "passed": passed,
-                    "checks": [c.__dict__ for c in checks],
-                }
-            )
+            attempt_record = {"seed": request.seed, "sha256": image_sha256(image), "passed": passed}
+            attempts.append({**attempt_record, "checks": [c.__dict__ for c in checks]})
             if passed:
                 return FaceResult(image, True, expression, contrast, attempts, raw)
         failed = sorted({c["name"] for a in attempts for c in a["checks"] if not c["passed"]})

@@ -1,12 +1,9 @@
 """LLM judges: CTRS, working alliance and PANAS rubrics, one call per item at temperature 0.
 
-Judge robustness is part of the metric (ARCHITECTURE §6): each item's answer is read with `parse_score`; an answer
-that cannot be read is asked again (bounded retries with exponential backoff, the retry adds a one-line reminder
-of the format) and, if it still cannot be read, the item is a *missing value* (reported as `percent_parseable`),
-never a zero. Every raw answer is kept for audit. A response cache keyed by judge model, rubric version, item and
-the exact judge prompt (profile + transcript) makes a rerun call no model.
-
-Rubrics are versioned data files written for this project: `evaluation/rubrics/<name>_<version>.yaml`.
+An answer `parse_score` cannot read is asked again (bounded retries with backoff and a reminder of the format);
+if it still cannot be read the item is a *missing value* (it lowers `percent_parseable`), never a zero. Raw answers
+are kept. A cache keyed by judge model, rubric version, item and the exact prompt makes a rerun call no model.
+Rubrics are versioned data files: `evaluation/rubrics/<name>_<version>.yaml`.
 """
 
 from __future__ import annotations
@@ -58,10 +55,9 @@ def _to_score(number: str, denominator: str | None, low: int, high: int) -> int 
 
 
 def _unique(candidates: list[int | None]) -> int | None:
+    """The one value all candidates agree on; None when there is none or several answers disagree (ambiguous)."""
     values = set(candidates)
-    if len(values) == 1:
-        return values.pop()
-    return None  # none found, or several different answers: ambiguous
+    return values.pop() if len(values) == 1 else None
 
 
 def _json_score(value: Any, low: int, high: int) -> int | None:
@@ -252,16 +248,9 @@ class JudgeCache:
 
 @dataclass
 class Judge:
-    """Rates sessions with rubrics through any ChatBackend, one call per item at temperature 0.
-
-    Args:
-        backend: the judge model (should not be the therapist under test).
-        rubrics: loaded rubrics.
-        cache_dir: response cache folder; None disables caching.
-        max_retries: extra asks after an unreadable answer or a failed call.
-        backoff: first wait in seconds before a retry round; doubles each round.
-        max_new_tokens: judge answer budget.
-    """
+    """Rates sessions with rubrics through any ChatBackend (not a therapist under test), one call per item at
+    temperature 0. `cache_dir=None` disables caching; `max_retries` extra asks follow an unreadable answer or a
+    failed call, after `backoff` seconds, doubled each round."""
 
     backend: Any
     rubrics: list[Rubric]

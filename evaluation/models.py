@@ -19,14 +19,10 @@ def build_backend(spec: ModelSpec) -> Any:
     if spec.backend == "endpoint":
         from inference.backends.endpoint import EndpointBackend, api_key_from_env
 
-        try:
-            api_key = api_key_from_env(spec.api_key_env)
-        except SystemExit as error:  # that helper exits; library code raises
-            raise ValueError(str(error)) from None
         return EndpointBackend(
             spec.base_url,
             spec.model,
-            api_key=api_key,
+            api_key=api_key_from_env(spec.api_key_env),
             timeout=spec.timeout,
             max_retries=spec.max_retries,
             supports_images=spec.supports_images,

@@ -1,16 +1,8 @@
 """`run_evaluation(config)`: simulated sessions -> judges -> reference metrics -> report, resumable.
 
-The run folder (`output_dir`):
-
-    manifest.json                  config, its hash, package versions, status (running | complete)
-    sessions/<therapist>/<profile>.json (+ <profile>/turn-NN.png face images)
-    judgements/<therapist>/<profile>.json
-    judge_cache/                   judge responses (default location)
-    reference/<therapist>.json     reference-metric results and predictions
-    report/                        report.json, report.md, ctrs.png, alliance.png, panas.png
-
-A folder holding a finished run is never overwritten (FileExistsError); an unfinished run resumes only with the
-same config (ValueError otherwise); a non-empty folder without a manifest is not ours and is refused.
+The run folder's layout is in evaluation/README.md. A folder holding a finished run is never overwritten
+(FileExistsError); an unfinished run resumes only with the same config (ValueError otherwise); a non-empty folder
+without a manifest is not ours and is refused.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """The session runner: profiles x therapists, bounded concurrency, each finished session written atomically at once.
 
-A session record is `sessions/<therapist>/<profile>.json` (written last, atomically, so its presence means the
-session is finished) with its face images in `sessions/<therapist>/<profile>/` (rendered into a `.partial`
-folder and renamed just before the record is written). A killed run resumes: finished sessions are skipped,
-unfinished ones start again from scratch, so every session ends up exactly once. Sessions that failed because
-the client broke the format (or no face passed verification under `on_failure: fail`) are results and are kept;
-sessions that hit an unexpected error (e.g. an endpoint that stayed down) are recorded with status `error` and
-run again on the next resume.
-
-The safety layer is off for simulated clients (the therapist's replies must reach the client unchanged), but the
-crisis detector's verdict on every client turn is recorded.
+A record's presence means its session is finished (face images are rendered into a `.partial` folder, renamed just
+before the record is written), so a killed run resumes by starting unfinished sessions from scratch. Client or face
+failures are results and are kept; unexpected errors are recorded with status `error` and run again on resume. The
+safety layer is off for simulated clients (replies must reach them unchanged), but the crisis detector's verdict on
+every client turn is recorded.
 """
 
 from __future__ import annotations
@@ -95,15 +90,8 @@ def build_therapists(config: EvalConfig, pool) -> dict[str, Any]:
 
 
 class SessionRunner:
-    """Runs simulated sessions for `config` into `run_dir`.
-
-    Args:
-        config: the evaluation config.
-        run_dir: the run folder.
-        pool: a BackendPool (models are loaded once).
-        face_loop: override the face loop (tests pass one with stand-in verifiers); default built from config.
-        detector: override the crisis detector; default built from config when `safety_screening` is on.
-    """
+    """Runs simulated sessions for `config` into `run_dir`, with models from a `BackendPool`. `face_loop` and
+    `detector` override the ones built from the config (tests pass stand-ins)."""
 
     def __init__(self, config: EvalConfig, run_dir: str | os.PathLike, pool, *, face_loop=None, detector=None):
         self.config, self.run_dir, self.pool = config, Path(run_dir), pool
@@ -113,8 +101,6 @@ class SessionRunner:
         self.detector = detector
         self._setup_lock = threading.Lock()
         self._detect_lock = threading.Lock()  # one crisis detector shared by the worker threads
-
-    # ------------------------------------------------------------------ lazily built parts
 
     def _faces(self) -> FaceLoop:
         with self._setup_lock:
@@ -138,8 +124,6 @@ class SessionRunner:
 
                 self.detector = CrisisDetector(SafetyConfig(use_embeddings=self.config.safety_use_embeddings))
             return self.detector
-
-    # ------------------------------------------------------------------ the run
 
     def is_done(self, spec: TherapistSpec, profile: dict[str, Any]) -> bool:
         record = read_session(session_path(self.run_dir, spec.name, profile["id"]))
@@ -185,13 +169,8 @@ class SessionRunner:
                 shutil.rmtree(stale)
         template = self.therapists[spec.name]
         seed = stable_seed(self.config.seed, spec.name, profile["id"])
-        therapist = MirrorTherapist(
-            template.backend,
-            template.strategy,
-            dataclasses.replace(template.generation, seed=seed),
-            template.safety,
-            template.config,
-        )
+        generation = dataclasses.replace(template.generation, seed=seed)
+        therapist = MirrorTherapist(template.backend, template.strategy, generation, template.safety, template.config)
         vision = therapist.strategy in VISION_STRATEGIES
         client_config: ClientConfig = self.config.client
         started = time.time()
@@ -248,11 +227,8 @@ class SessionRunner:
                         verdict = detector.detect(client_turn.statement)
                     turn["safety"] = {k: getattr(verdict, k) for k in ("is_risk", "category", "score", "reason")}
                 turns.append(turn)
-                if client_turn.end:
-                    record["end_reason"] = "client_end"
-                    break
-                if len(turns) >= client_config.max_turns:
-                    record["end_reason"] = "max_turns"
+                if client_turn.end or len(turns) >= client_config.max_turns:
+                    record["end_reason"] = "client_end" if client_turn.end else "max_turns"
                     break
                 image = None
                 if vision:

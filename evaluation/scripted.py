@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from dataset_builder.tiny import make_chat_app
+from inference.backends.base import ChatBackend
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 Responder = Callable[[list[dict[str, Any]]], str]
@@ -78,8 +79,8 @@ RESPONDERS: dict[str, Responder] = {
 }
 
 
-class ScriptedBackend:
-    """A ChatBackend answering from a responder, optionally after `latency` seconds (text only)."""
+class ScriptedBackend(ChatBackend):
+    """A text-only ChatBackend answering from a responder, each call after `latency` seconds."""
 
     supports_images = False
 
@@ -92,19 +93,14 @@ class ScriptedBackend:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def chat(self, messages, images=None, config=None) -> str:
-        if images:
-            raise ValueError(f"Backend {self.name!r} is text-only but was given {len(images)} image(s)")
-        with self._lock:
-            self.calls += 1
-        if self.latency:
+    def generate_batch(self, conversations, images, config) -> list[str]:
+        replies = []
+        for messages in conversations:
+            with self._lock:
+                self.calls += 1
             time.sleep(self.latency)
-        return self.responder(messages)
-
-    def chat_batch(self, conversations, images=None, config=None) -> list[str]:
-        return [
-            self.chat(m, i, config) for m, i in zip(conversations, images or [None] * len(conversations), strict=True)
-        ]
+            replies.append(self.responder(messages))
+        return replies
 
 
 # ----------------------------------------------------------------------------------------- OpenAI-compatible HTTP

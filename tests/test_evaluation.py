@@ -128,13 +128,13 @@ def test_judge_one_call_per_item_at_temperature_zero_and_cached_rerun_calls_no_m
         return judge_responder(messages)
 
     backend = ScriptedBackend("judge", responder=responder)
-    original = backend.chat
+    original = backend.generate_batch
 
-    def recording_chat(messages, images=None, config=None):
+    def recording_generate_batch(conversations, images, config):
         configs.append(config)
-        return original(messages, images, config)
+        return original(conversations, images, config)
 
-    backend.chat = recording_chat
+    backend.generate_batch = recording_generate_batch
     rubrics = [load_rubric(name) for name in ("ctrs", "alliance", "panas")]
     judge = Judge(backend, rubrics, cache_dir=tmp_path / "cache", backoff=0)
     first = judge.judge_session(_record())
