@@ -1,25 +1,11 @@
 """`mirror generate --config recipes/data/<name>.yaml`: new Mirror sessions (paper steps 1-4) as raw records.
 
-Stages, each writing its outputs atomically in JSONL shards under `<output_dir>/.work/<stage>/`, so a killed run
-resumes where it stopped (ids already in a shard are skipped) and finishes with the same records:
-
-1. `profiles`: client profiles (the bundled sample, a local CACTUS CSV/JSONL export, or the Hub's
-   `LangAGI-Lab/cactus` when online), each expanded into the resistance styles, each client given a reference
-   identity matched on gender and age (from a user pool, or the embedded renderer's identities).
-2. `screenplays`: one LLM call per session with the versioned prompt `dataset_builder/prompts/screenplay_<v>.yaml`,
-   parsed with the release's tolerant parser; bounded retries with new seeds; output that stays unusable is
-   kept with its reason (`generation-report.json`) and written as a flagged placeholder record, so `mirror build`
-   lists it in `filtered` with the raw text: never silently dropped.
-3. `expressions`: per client turn an expression and a contrasting expression (prompt `expression_<v>.yaml`).
-4. `faces`: a face per client turn from an image backend (embedded renderer or diffusers); files written
-   atomically and skipped when present. Under `accelerate launch` the sessions are split between processes
-   (one GPU each); every other stage runs on the main process.
-5. `filters`: every quality filter with the recipe's thresholds. A failing session is still written, with
-   `failed:<filter>: <reason>` flags and its scores, and `mirror build` moves it to the `filtered` config.
-
-LLM calls go through any `ChatBackend` (an OpenAI-compatible server through `EndpointBackend`, or a local
-transformers model), with bounded concurrency and a response cache (`.work/llm-cache.jsonl`). A run manifest
-(`manifest.json`) records the config and its hash, model ids and revisions, package versions and seeds; a rerun
+The stages (profiles, screenplays, expressions, faces, filters; see README.md) write atomic JSONL shards under
+`<output_dir>/.work/<stage>/`, so a killed run resumes where it stopped and finishes with the same records. A
+screenplay that stays unusable is kept as a flagged placeholder record, never silently dropped; a session failing
+a filter is written with `failed:<filter>: <reason>` flags for `mirror build` to move to `filtered`. Under
+`accelerate launch` only the faces stage runs, split between the processes. LLM replies are cached in
+`.work/llm-cache.jsonl`; `manifest.json` records the config hash, models, package versions and seeds, and a rerun
 with a different config is refused rather than mixing two configs in one folder.
 """
 
@@ -46,7 +32,7 @@ from tqdm.auto import tqdm
 
 from inference.backends.base import text_message
 
-from .files import atomic_save_png, atomic_write, check_not_a_file
+from .files import atomic_save_png, atomic_write, check_not_a_file, read_jsonl
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import client_record, find_technique, new_turn, parse_personal_info, parse_screenplay
 
@@ -122,17 +108,11 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown generation config key(s) {unknown}; known keys: {sorted(known)}")
+        _check_known(cls, data, "unknown generation config key(s) {}")
         data = dict(data)
         for key, kind in (("llm", LLMConfig), ("expression_llm", LLMConfig), ("filters", FilterConfig)):
             if isinstance(data.get(key), dict):
-                sub_known = {f.name for f in dataclasses.fields(kind)}
-                bad = sorted(set(data[key]) - sub_known)
-                if bad:
-                    raise ValueError(f"unknown key(s) {bad} in {key}; known keys: {sorted(sub_known)}")
+                _check_known(kind, data[key], f"unknown key(s) {{}} in {key}")
                 data[key] = kind(**data[key])
         config = cls(**data)
         bad_styles = [s for s in config.resistance_styles if s not in RESISTANCE_STYLES]
@@ -155,6 +135,13 @@ class GenerateConfig:
         data["image_options"].pop("device", None)
         data["filters"].pop("device", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _check_known(kind: type, data: dict[str, Any], message: str) -> None:
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(message.format(unknown) + f"; known keys: {sorted(known)}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GenerateConfig:
@@ -185,13 +172,7 @@ class ShardedStage:
         folder.mkdir(parents=True, exist_ok=True)
 
     def items(self) -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.folder.glob("shard-*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    done[item["id"]] = item
-        return done
+        return {item["id"]: item for path in sorted(self.folder.glob("shard-*.jsonl")) for item in read_jsonl(path)}
 
     def write(self, items: list[dict[str, Any]]) -> None:
         if not items:
@@ -201,26 +182,6 @@ class ShardedStage:
             index += 1
         text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
         atomic_write(self.folder / f"shard-{index:05d}.jsonl", text)
-
-
-def run_stage(
-    name: str, stage: ShardedStage, jobs: list[dict], work: Callable[[dict], dict], shard_size: int, concurrency=1
-) -> dict[str, dict[str, Any]]:
-    """Run `work` on every job whose id is not done yet, `concurrency` at a time; write shards as they fill."""
-    done = stage.items()
-    pending = [job for job in jobs if job["id"] not in done]
-    progress = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"generate: {name}", unit="item")
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for start in range(0, len(pending), max(1, shard_size)):
-            chunk = pending[start : start + shard_size]
-            results = []
-            for result in pool.map(work, chunk):
-                results.append(result)
-                progress.update(1)
-            stage.write(results)
-            done.update({r["id"]: r for r in results})
-    progress.close()
-    return done
 
 
 class ResponseCache:
@@ -276,12 +237,8 @@ class CachedChat:
         from inference.backends import GenerationConfig
         from inference.backends.endpoint import EndpointError
 
-        settings = {
-            "temperature": self.settings.temperature,
-            "top_p": self.settings.top_p,
-            "max_new_tokens": self.settings.max_new_tokens,
-            "seed": seed,
-        }
+        settings = {key: getattr(self.settings, key) for key in ("temperature", "top_p", "max_new_tokens")}
+        settings["seed"] = seed
         key = ResponseCache.key(self.settings.model, messages, settings)
         cached = self.cache.get(key)
         if cached is not None:
@@ -365,8 +322,7 @@ def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
     """(dataset name, distinct client profiles) from the configured source."""
     source = config.profiles
     if source == "sample":
-        rows = [json.loads(line) for line in SAMPLE_PROFILES.read_text(encoding="utf-8").splitlines() if line.strip()]
-        profiles = _mirror_profiles(rows)
+        profiles = _mirror_profiles(read_jsonl(SAMPLE_PROFILES))
         name = "mirror-sample"
     elif source == "hub":
         import datasets
@@ -445,7 +401,7 @@ def load_identity_pool(path: str | None) -> list[dict[str, Any]] | None:
     if not path:
         return None
     pool_path = Path(path)
-    rows = [json.loads(line) for line in pool_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(pool_path)
     for row in rows:
         missing = [k for k in ("key", "gender", "age", "image") if k not in row]
         if missing:
@@ -562,21 +518,18 @@ class Generator:
 
     @cached_property
     def backend(self):
-        return self._backend if self._backend is not None else make_backend(self.config.llm)
+        return self._backend or make_backend(self.config.llm)
 
     @cached_property
     def expression_backend(self):
-        if self._expression_backend is not None:
-            return self._expression_backend
-        return make_backend(self.config.expression_llm) if self.config.expression_llm else self.backend
+        expression_llm = self.config.expression_llm
+        return self._expression_backend or (make_backend(expression_llm) if expression_llm else self.backend)
 
     @cached_property
     def image_backend(self):
         from .images import get_image_backend
 
-        if self._image_backend is not None:
-            return self._image_backend
-        return get_image_backend(self.config.image_backend, **self.config.image_options)
+        return self._image_backend or get_image_backend(self.config.image_backend, **self.config.image_options)
 
     # -- manifest ----------------------------------------------------------------------------------------------
 
@@ -670,24 +623,12 @@ class Generator:
                 parsed = parse_screenplay(text, job["client"]["name"])
                 problem = check_screenplay(parsed.turns)
                 if problem is None:
-                    return {
-                        "id": job["id"],
-                        "status": "ok",
-                        "turns": parsed.turns,
-                        "seed": seed,
-                        "attempts": attempt + 1,
-                        "dropped_lines": parsed.dropped_lines,
-                    }
+                    ok = {"status": "ok", "turns": parsed.turns, "dropped_lines": parsed.dropped_lines}
+                    return {"id": job["id"], **ok, "seed": seed, "attempts": attempt + 1}
                 reasons.append(f"attempt {attempt + 1}: {problem}")
             logger.warning("screenplay %s unusable after %d attempt(s): %s", job["id"], attempts, reasons[-1])
-            return {
-                "id": job["id"],
-                "status": "unusable",
-                "reason": "; ".join(reasons),
-                "attempts": attempts,
-                "seed": seed,
-                "raw": text[:MAX_RAW_CHARS],
-            }
+            unusable = {"status": "unusable", "reason": "; ".join(reasons), "raw": text[:MAX_RAW_CHARS]}
+            return {"id": job["id"], **unusable, "attempts": attempts, "seed": seed}
 
         return self._run_stage("screenplays", jobs, work, self.config.llm.max_concurrency)
 
@@ -726,20 +667,35 @@ class Generator:
         return self._run_stage("expressions", sessions, work, settings.max_concurrency)
 
     def _run_stage(self, name: str, jobs: list[dict], work: Callable[[dict], dict], concurrency: int = 1) -> dict:
-        return run_stage(name, ShardedStage(self.work / name), jobs, work, self.config.shard_size, concurrency)
+        """Run `work` on every job whose id is not done yet, `concurrency` at a time; write shards as they fill."""
+        stage = ShardedStage(self.work / name)
+        done = stage.items()
+        pending = [job for job in jobs if job["id"] not in done]
+        progress = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"generate: {name}", unit="item")
+        shard_size = max(1, self.config.shard_size)
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            for start in range(0, len(pending), shard_size):
+                results = []
+                for result in pool.map(work, pending[start : start + shard_size]):
+                    results.append(result)
+                    progress.update(1)
+                stage.write(results)
+                done.update({r["id"]: r for r in results})
+        progress.close()
+        return done
 
     def stage_faces(self, records: list[dict[str, Any]], state=None) -> None:
         """Render every missing face; with several accelerate processes, each takes its share of sessions."""
         from .images import FaceRequest
 
         backend = self.image_backend
+        several = state is not None and state.num_processes > 1
         share = records
-        if state is not None and state.num_processes > 1:
+        if several:
             with state.split_between_processes(records) as part:
                 share = list(part)
         for record in tqdm(share, desc="generate: faces", unit="session"):
-            identity = record["identity"]
-            client = record["client"]
+            identity, client = record["identity"], record["client"]
             targets = []
             if Path(identity["image"]).is_absolute():  # a reference face from the identity pool, used in place
                 if hasattr(backend, "register_reference"):
@@ -753,36 +709,35 @@ class Generator:
                     expression = turn.get("expression") or turn.get("stage_direction") or "neutral"
                     seed = record["source"]["seed"] + index
                     targets.append((self.output / turn["image"], expression, turn.get("contrast_expression"), seed))
+            gender, age = client.get("gender"), client.get("age")
             for target, expression, contrast, seed in targets:
-                if target.exists():
-                    continue
-                request = FaceRequest(
-                    identity["key"], expression, client.get("gender"), client.get("age"), contrast, seed=seed
-                )
-                atomic_save_png(backend.render(request), target)
-        if state is not None and state.num_processes > 1:
+                if not target.exists():
+                    request = FaceRequest(identity["key"], expression, gender, age, contrast, seed=seed)
+                    atomic_save_png(backend.render(request), target)
+        if several:
             state.wait_for_everyone()
 
     def assemble(self, job: dict[str, Any], screenplay: dict[str, Any], expressions: dict[str, Any]) -> dict:
         """The raw session record (images referenced by their final paths under the output folder)."""
         by_turn = {e["turn"]: e for e in expressions["expressions"]}
+        # The backend's own name (it carries the renderer version), plus the model id for diffusion backends.
+        image_backend = getattr(self.image_backend, "name", self.config.image_backend)
+        if self.config.image_options.get("model"):
+            image_backend += f":{self.config.image_options['model']}"
         identity = job["identity"]
         turns, flags = [], [f"reference_face:{identity['source']}"]
         for index, turn in enumerate(screenplay["turns"]):
             turn = dict(turn)
             if turn["speaker"] == "client":
                 found = by_turn.get(index, {})
-                turn["expression"], turn["contrast_expression"] = (
-                    found.get("expression"),
-                    found.get("contrast_expression"),
-                )
+                turn.update(expression=found.get("expression"), contrast_expression=found.get("contrast_expression"))
                 if not turn["expression"]:
                     flags.append(f"expression_from_stage_direction:turn {index}")  # logged choice, recorded
                 turn["image"] = f"images/{identity['key']}/{job['id']}-turn{index:02d}.png"
             turns.append(turn)
         image = identity.get("image") or f"images/{identity['key']}/identity.png"
         return {
-            **self.record_head(job, self.image_backend_name(), screenplay["seed"]),
+            **self.record_head(job, image_backend, screenplay["seed"]),
             "identity": {"key": identity["key"], "image": image},
             "turns": turns,
             "quality": {
@@ -815,7 +770,7 @@ class Generator:
             "source": {
                 "dataset": job["dataset"],
                 "row": str(job["row"]),
-                "generator": self.backend_name("llm"),
+                "generator": self.config.llm.model,
                 "generator_revision": self.config.llm.revision,
                 "image_backend": image_backend,
                 "seed": seed,
@@ -824,16 +779,8 @@ class Generator:
             **{key: job[key] for key in ("client", "resistance", "cbt_technique", "cbt_plan")},
         }
 
-    def backend_name(self, which: str) -> str:
-        return self.config.llm.model if which == "llm" else (self.config.expression_llm or self.config.llm).model
-
-    def image_backend_name(self) -> str:
-        """The backend's own name (it carries the renderer version), plus the model id for diffusion backends."""
-        name = getattr(self.image_backend, "name", self.config.image_backend)
-        model = self.config.image_options.get("model")
-        return f"{name}:{model}" if model else name
-
     def stage_filters(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Score every record in place: each result in `quality.scores`, each failure as a `failed:` flag."""
         from PIL import Image
 
         config = self.config
@@ -843,7 +790,6 @@ class Generator:
         model_filters = self._model_filters
         if model_filters is None and config.image_filters:
             model_filters = ModelFilters(config.filters)
-        out = []
         for record in tqdm(records, desc="generate: filters", unit="session"):
             scores, flags = record["quality"]["scores"], record["quality"]["flags"]
             results, _ = apply_filters(record, config.filters)
@@ -870,8 +816,7 @@ class Generator:
                 if not result.passed:
                     flags.append(f"{FAILED_FLAG}{result.name}: {result.reason}")
             flags.append(JUDGED_FLAG)
-            out.append(record)
-        return out
+        return records
 
     # -- everything ----------------------------------------------------------------------------------------------
 
@@ -896,34 +841,25 @@ class Generator:
         main_process = state is None or state.is_main_process
         check_not_a_file(self.output, flag="--output_dir")  # before any stage touches it
         cache = ResponseCache(self.work / "llm-cache.jsonl")
+        if "text" not in stages and not (self.output / MANIFEST).is_file():
+            raise FileNotFoundError(f"{self.output} has no {MANIFEST}: run the text stage first (--stages text)")
+        self._check_manifest()
         if "text" in stages:
-            self._check_manifest()
             self.output.mkdir(parents=True, exist_ok=True)
             dataset, jobs = self.stage_profiles()
             atomic_write(self.output / MANIFEST, json.dumps(self._manifest(dataset), indent=2) + "\n")
             screenplays = self.stage_screenplays(jobs, CachedChat(lambda: self.backend, self.config.llm, cache))
-            usable = [
-                {"id": j["id"], "turns": screenplays[j["id"]]["turns"]}
-                for j in jobs
-                if screenplays[j["id"]]["status"] == "ok"
-            ]
+            usable = [{"id": j["id"], "turns": screenplays[j["id"]]["turns"]} for j in jobs
+                      if screenplays[j["id"]]["status"] == "ok"]
             settings = self.config.expression_llm or self.config.llm
             self.stage_expressions(usable, CachedChat(lambda: self.expression_backend, settings, cache))
-        elif not (self.output / MANIFEST).is_file():
-            raise FileNotFoundError(f"{self.output} has no {MANIFEST}: run the text stage first (--stages text)")
-        else:
-            self._check_manifest()
         jobs, screenplays, records = self._records()
         if "faces" in stages:
             self.stage_faces(records, state)
         if "filters" not in stages or not main_process:
             return {"counts": {"sessions_planned": len(jobs), "screenplays_usable": len(records)}, "stages": stages}
-        missing = [
-            t["image"]
-            for r in records
-            for t in r["turns"]
-            if t["speaker"] == "client" and not (self.output / t["image"]).is_file()
-        ]
+        missing = [t["image"] for r in records for t in r["turns"]
+                   if t["speaker"] == "client" and not (self.output / t["image"]).is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} face image(s) missing (first: {missing[0]}): run the faces stage")
         records = self.stage_filters(records)
@@ -931,10 +867,8 @@ class Generator:
         placeholders = {j["id"]: self.unusable_record(j, screenplays[j["id"]]) for j in failed}
         by_id = {r["id"]: r for r in records} | placeholders
         # The final shard is rewritten whole from the stage outputs: identical on every (re)run.
-        atomic_write(
-            self.output / "sessions-00000.jsonl",
-            "".join(json.dumps(by_id[j["id"]], ensure_ascii=False) + "\n" for j in jobs),
-        )
+        shard = "".join(json.dumps(by_id[j["id"]], ensure_ascii=False) + "\n" for j in jobs)
+        atomic_write(self.output / "sessions-00000.jsonl", shard)
         unusable = [{"id": j["id"], "reason": screenplays[j["id"]]["reason"]} for j in failed]
         counts = {
             "sessions_planned": len(jobs),
@@ -943,11 +877,8 @@ class Generator:
             "failed_filters": sum(any(f.startswith(FAILED_FLAG) for f in r["quality"]["flags"]) for r in records),
             "llm_cache_hits": cache.hits,
         }
-        report = {
-            "counts": counts,
-            "unusable": unusable,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        report = {"counts": counts, "unusable": unusable, "finished_at": finished}
         atomic_write(self.output / "generation-report.json", json.dumps(report, indent=2) + "\n")
         dataset = jobs[0]["dataset"] if jobs else None
         atomic_write(self.output / MANIFEST, json.dumps(self._manifest(dataset, counts), indent=2) + "\n")
@@ -967,12 +898,8 @@ class Generator:
                 f"the text stage is incomplete ({len(pending)} session(s) pending, e.g. "
                 f"{pending[:1]}): run `mirror generate --config ... --stages text` first"
             )
-        records = [
-            self.assemble(job, screenplays[job["id"]], expressions[job["id"]])
-            for job in jobs
-            if screenplays[job["id"]]["status"] == "ok"
-        ]
-        return jobs, screenplays, records
+        usable = [job for job in jobs if screenplays[job["id"]]["status"] == "ok"]
+        return jobs, screenplays, [self.assemble(j, screenplays[j["id"]], expressions[j["id"]]) for j in usable]
 
 
 def _partial_state():
