@@ -1,25 +1,14 @@
 """Quality filters (paper step 4), text and image, with configurable thresholds (the paper's by default).
 
-Each filter returns a `FilterResult` (score, passed, reason). A session failing any filter is dropped from
-`sessions`/`sft` and listed in the `filtered` config with its reason and scores.
+Each filter returns a `FilterResult` (score, passed, reason). `mirror build` runs `TEXT_FILTERS` on every session;
+`mirror generate` runs every filter with the recipe's thresholds and records failures as `failed:<filter>` flags
+(see `apply_filters` and README.md for how the two meet). The model-based filters (`ModelFilters`) load real
+models by id; one that cannot be loaded raises, or with `on_missing_model="skip"` is recorded as a
+`skipped:<filter>: <why>` flag: a filter never passes silently.
 
-Where the filters run:
-- `mirror build` runs the text filters (`TEXT_FILTERS`, paper defaults) on every session, plus `recorded_failures`,
-  which drops a session whose `quality.flags` already carries a `failed:<filter>` flag. Generation
-  (`mirror generate`) runs every filter with the recipe's thresholds and writes dropped sessions as such flagged
-  records, so the builder lists them in `filtered` with the generation's reasons and scores: one audit trail.
-  Such records also carry `JUDGED_FLAG`; the builder then drops them only on those recorded failures, so a
-  recipe's own thresholds are not overruled by the defaults (`apply_filters`).
-- The model-based filters (`ModelFilters`: CLIP image-text similarity, face presence, age and gender consistency,
-  identity similarity, NSFW, and an optional dialogue-safety classifier) load real models by id with
-  transformers. A model that cannot be loaded raises, or, with `on_missing_model="skip"`, is recorded as a
-  `skipped:<filter>: <why>` flag in `quality.flags` and logged as a warning: a filter never passes silently.
-
-Part-of-speech repetition: the default tagger (`pos_tagger="lexicon"`) is an offline APPROXIMATION, a closed-class
-word list plus suffix rules; words it cannot classify get the tag `X`, and runs of `X` are not counted, so it
-catches repeated function words and adjective/adverb/-ing lists but can miss runs of open-class words a
-statistical tagger would catch. `pos_tagger="spacy:<model>"` (e.g. `spacy:en_core_web_sm`, when spaCy and that
-model are installed) uses a real tagger (Universal POS tags).
+The default part-of-speech tagger (`pos_tagger="lexicon"`) is an offline APPROXIMATION: closed-class words plus
+suffix rules, `X` for the rest (runs of `X` are not counted), so it can miss runs of open-class words that
+`pos_tagger="spacy:<model>"` (a real tagger, Universal POS tags) would catch.
 """
 
 from __future__ import annotations
@@ -36,9 +25,6 @@ from .cues import cue_warnings
 logger = logging.getLogger(__name__)
 
 MIN_TURNS, MAX_TURNS = 4, 20
-MIN_UNIQUE_WORD_RATIO = 0.5
-MIN_WORDS_FOR_REPETITION = 8  # short replies ("no, no, no") are not degenerate generations
-MIN_COPIED_WORDS = 10  # a shared run of this many words counts as copying the profile
 
 _WORD = re.compile(r"[a-z0-9']+")
 _FAILURE = re.compile(
@@ -57,13 +43,14 @@ class FilterConfig:
     max_turns: int = field(default=MAX_TURNS, metadata={"help": "Most turns a session may have."})
     max_speakers: int = field(default=2, metadata={"help": "Most distinct speakers."})
     min_unique_word_ratio: float = field(
-        default=MIN_UNIQUE_WORD_RATIO, metadata={"help": "Lowest unique/total word ratio of a statement."}
+        default=0.5, metadata={"help": "Lowest unique/total word ratio of a statement."}
     )
+    # Short replies ("no, no, no") are not degenerate generations.
     min_words_for_repetition: int = field(
-        default=MIN_WORDS_FOR_REPETITION, metadata={"help": "Statements shorter than this skip the word check."}
+        default=8, metadata={"help": "Statements shorter than this skip the word check."}
     )
     min_copied_words: int = field(
-        default=MIN_COPIED_WORDS, metadata={"help": "A run of this many profile words in a statement is copying."}
+        default=10, metadata={"help": "A run of this many profile words in a statement is copying."}
     )
     max_pos_run: int = field(default=3, metadata={"help": "Most identical part-of-speech tags in a row."})
     pos_tagger: str = field(

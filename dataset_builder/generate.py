@@ -259,16 +259,9 @@ def make_backend(settings: LLMConfig):
 
         if settings.api_key_env and not os.environ.get(settings.api_key_env):
             raise ValueError(f"llm.api_key_env: the environment variable {settings.api_key_env} is empty or unset")
-
-        return EndpointBackend(
-            settings.base_url,
-            settings.model,
-            api_key=api_key_from_env(settings.api_key_env),
-            timeout=settings.timeout,
-            max_retries=settings.request_retries,
-            max_concurrency=settings.max_concurrency,
-            supports_images=False,
-        )
+        return EndpointBackend(settings.base_url, settings.model, api_key=api_key_from_env(settings.api_key_env),
+                               timeout=settings.timeout, max_retries=settings.request_retries,
+                               max_concurrency=settings.max_concurrency, supports_images=False)
     from inference.backends import load_backend
 
     return load_backend(settings.model, backend=settings.backend, revision=settings.revision)
@@ -309,13 +302,8 @@ def cactus_row_to_profile(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 def _mirror_profiles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Profiles from MIRROR profile/session records: their source row (else their id), client and CBT plan."""
-    return [
-        {
-            "row": r.get("source", {}).get("row") or r["id"],
-            **{k: r[k] for k in ("client", "cbt_technique", "cbt_plan")},
-        }
-        for r in rows
-    ]
+    keys = ("client", "cbt_technique", "cbt_plan")
+    return [{"row": r.get("source", {}).get("row") or r["id"], **{k: r[k] for k in keys}} for r in rows]
 
 
 def load_profiles(config: GenerateConfig) -> tuple[str, list[dict[str, Any]]]:
@@ -377,19 +365,13 @@ def match_identities(
     uses: dict[str, int] = {}
     matched = []
     for profile in profiles:
-        gender, age = profile["client"].get("gender"), profile["client"].get("age") or 0
-        candidates = [c for c in pool if c.get("gender") == gender] or pool
-        if not any(c.get("gender") == gender for c in pool):
-            logger.warning(
-                "identity pool has no %s face; %s gets the nearest age of any gender", gender, profile["row"]
-            )
+        gender, age, row = profile["client"].get("gender"), profile["client"].get("age") or 0, profile["row"]
+        candidates = [c for c in pool if c.get("gender") == gender]
+        if not candidates:
+            logger.warning("identity pool has no %s face; %s gets the nearest age of any gender", gender, row)
         best = min(
-            candidates,
-            key=lambda c: (
-                uses.get(c["key"], 0),
-                abs((c.get("age") or 0) - age),
-                derive_seed(seed, c["key"], profile["row"]),
-            ),
+            candidates or pool,
+            key=lambda c: (uses.get(c["key"], 0), abs((c.get("age") or 0) - age), derive_seed(seed, c["key"], row)),
         )
         uses[best["key"]] = uses.get(best["key"], 0) + 1
         age_gap = abs((best.get("age") or 0) - age)
