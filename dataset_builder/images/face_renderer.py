@@ -1,26 +1,17 @@
 """The embedded face renderer: an offline, weight-free, deterministic client face drawn with Pillow.
 
-It exists so that the whole pipeline (dataset generation, the virtual client, tests, CI) runs without a GPU or
-downloaded weights, while still giving the vision tower the signal it must learn: *who* the client is stays fixed
-across a session and *what the face shows* follows the turn's expression text.
+It lets the whole pipeline (generation, the virtual client, tests, CI) run without a GPU or weights while still
+giving the vision tower the signal it must learn: *who* the client is stays fixed across a session and *what the
+face shows* follows the turn's expression text.
 
-Design:
-
-* Identity lives in the face. Everyone shares one neutral backdrop and one plain top, and the crop is tight, so
-  two clients differ by face shape, skin, hair, eye colour, brows, glasses and beard, never by the backdrop. Hair,
-  greying and lines follow the client's age; gender presentation follows the profile. Identity comes only from a
-  SHA-256 of the identity key (plus gender and age), never from Python's salted `hash()` or global random state.
-* Expression comes from `parse_expression`, driven by the data table `expressions.yaml`: a leading category word
-  wins, otherwise weighted cues vote; then feature rows ("raised eyebrow", "tight mouth", "held back") set the
-  individual brows, lids, gaze, mouth and head parameters, so blended and masked expressions keep their details.
-* Expressions change only the inner face (brows, eyes, lids, gaze, nose position, mouth, tears) and the head
-  pose. The head is drawn on its own layer in a canonical frame; hair, ears, outline and neck in that frame never
-  depend on the expression (`identity_regions`, checked with `render(..., posed=False)`). Pose then tilts and
-  shifts the whole head layer, which is what makes an expression visible at a glance.
-* `request.seed` adds a small, deterministic variation (head pose, gaze, the side an averted gaze goes to), so
-  consecutive turns of a session never give identical images while the person stays the same.
-* Drawing happens at `supersample` times the output size and is reduced with LANCZOS, which is what gives
-  Pillow's aliased primitives smooth edges.
+* Identity lives in the face (shape, skin, hair, eyes, brows, glasses, beard; hair, greying and lines follow the
+  age), never in the shared backdrop and top. It comes only from a SHA-256 of the identity key, gender and age,
+  never from Python's salted `hash()` or global random state.
+* `parse_expression` maps text to parameters with the data table `expressions.yaml`. Expressions change only the
+  inner face and the head pose: the head is drawn on its own layer in a canonical frame where hair, ears, outline
+  and neck never depend on the expression (`identity_regions`, `render(..., posed=False)`), then posed.
+* `request.seed` adds a small deterministic variation (`vary`), so consecutive turns never give identical images.
+* Drawing at `supersample` times the size and a LANCZOS reduction give Pillow's aliased primitives smooth edges.
 """
 
 from __future__ import annotations
@@ -38,27 +29,13 @@ from PIL import Image, ImageDraw
 
 from .base import FaceRequest
 
-__all__ = [
-    "CATEGORIES",
-    "CATEGORY_PRIORITY",
-    "EmbeddedFaceRenderer",
-    "ExpressionParams",
-    "expression_boxes",
-    "face_box",
-    "identity_regions",
-    "load_expression_table",
-    "parse_expression",
-    "vary",
-]
-
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
 T = TypeVar("T")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------
 # Expression: text -> parameters (the rules are data: expressions.yaml)
-# --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -267,9 +244,8 @@ def vary(params: ExpressionParams, identity_key: str, seed: int) -> ExpressionPa
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------
 # Identity: key, gender, age -> a person
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _pick(key: str, field: str, options: Sequence[tuple[T, float]]) -> T:
@@ -457,9 +433,8 @@ def _identity(key: str, gender: str | None, age: int | None) -> _Identity:
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------
 # Layout shared by the renderer and the tests
-# --------------------------------------------------------------------------------------------------------------
 
 _CX, _CY = 0.5, 0.5  # face centre, in units of the canvas side
 _COLLAR_Y = 0.955  # where the neck meets the clothes
@@ -490,9 +465,8 @@ def face_box(size: int) -> tuple[int, int, int, int]:
     return _box(size, 0.16, 0.22, 0.84, 0.8)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------
 # Drawing
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _through(p0: Point, mid: Point, p2: Point, n: int = 20) -> list[Point]:
