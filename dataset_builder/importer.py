@@ -1,21 +1,11 @@
-"""`mirror import`: the official Mirror release (Hub `multimodal-reframing/mirror`) as raw records `mirror build` reads.
+"""`mirror import`: the official Mirror release (Hub `multimodal-reframing/mirror`) as raw records for `mirror build`.
 
-The release (GPL-2.0, no images) has `mirror_data.csv` / `mirror_data.json` (training sessions: client profile,
-CACTUS and CelebA indices, the screenplay) and `mirror_test.csv` (test profiles). Its exact columns cannot be
-checked from here, so known names and their CACTUS aliases are mapped (`COLUMN_ALIASES`), extra columns are
-accepted, and a missing needed column fails with the expected and the found columns.
-
-Local files and the Hub take the same path: a Hub id is first downloaded with `huggingface_hub` (the file, not a
-loading script), then read like a local file.
-
-Screenplays are parsed as the paper's own post-processing did (`parse_screenplay`): `Therapist|Client: [stage
-direction] statement`, then the client's name (or a part of it) in place of `Client`, then a line without a bracket
-(stage direction null); any other line is dropped and counted.
-
-Reference faces: with `celeba_dir`, the CelebA image of each row's CelebA index (`000123.jpg`, the
-`img_align_celeba` naming) is used by path and never copied; CelebA's licence forbids redistribution, so such
-records carry the flag `reference_face:celeba` and a dataset built from them must not be published. Without it,
-the embedded renderer draws one identity per CACTUS client (flag `reference_face:embedded-renderer`).
+The release's exact columns cannot be checked from here, so known names and their CACTUS aliases are mapped
+(`COLUMN_ALIASES`), extra columns are accepted, and a missing needed column fails with the expected and the found
+columns. A Hub id is downloaded with `huggingface_hub` (the file, not a loading script) and read like a local file.
+Screenplays are parsed as the paper's own post-processing did (`parse_screenplay`). CelebA reference faces
+(`celeba_dir`) are used by path, never copied, and flagged `reference_face:celeba`: CelebA may not be
+redistributed. See README.md for the details.
 """
 
 from __future__ import annotations
@@ -24,7 +14,6 @@ import csv
 import json
 import logging
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -455,19 +444,12 @@ class ImportArguments:
         default=None, metadata={"help": "Model id or folder of a model-based image backend (e.g. an SDXL pipeline)."}
     )
     device: str | None = field(default=None, metadata={"help": "Device of a model-based image backend."})
-    on_bad_row: str = field(
-        default="raise",
-        metadata={
-            "help": "raise: stop at the first unusable row; skip: leave it out and list it in import-report.json."
-        },
-    )
+    on_bad_row: str = field(default="raise", metadata={
+        "help": "raise: stop at the first unusable row; skip: leave it out and list it in import-report.json."})
     limit: int | None = field(default=None, metadata={"help": "Import only the first N rows of each file."})
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Write into a non-empty output folder (the files import writes are replaced; nothing else is touched)."
-        },
-    )
+    overwrite: bool = field(default=False, metadata={
+        "help": "Write into a non-empty output folder (the files import writes are replaced; nothing else is "
+        "touched)."})
 
 
 @dataclass
@@ -504,15 +486,11 @@ def import_release(args: ImportArguments) -> ImportResult:
         first_row: dict[str, int] = {}
         for line, row in enumerate(rows[: args.limit] if args.limit else rows, start=1):
             try:
-                sessions = kind == "sessions"
-                record, parsed = row_to_record(
-                    row, columns, with_dialogue=sessions, source_name=path.name, line=line, celeba_dir=celeba_dir
-                )
+                record, parsed = row_to_record(row, columns, with_dialogue=kind == "sessions", source_name=path.name,
+                                               line=line, celeba_dir=celeba_dir)
                 if record["id"] in first_row:
-                    raise RowError(
-                        f"{path.name} row {line}: duplicate idx {record['id']!r} "
-                        f"(first at row {first_row[record['id']]})"
-                    )
+                    first = first_row[record["id"]]
+                    raise RowError(f"{path.name} row {line}: duplicate idx {record['id']!r} (first at row {first})")
                 first_row[record["id"]] = line
             except (RowError, FileNotFoundError, ValueError) as err:
                 if args.on_bad_row == "raise":
@@ -520,34 +498,28 @@ def import_release(args: ImportArguments) -> ImportResult:
                 logger.warning("Skipping row: %s", err)
                 skipped.append({"file": path.name, "row": line, "reason": str(err)})
                 continue
-            record["source"]["dataset"] = "mirror-release"
             if parsed is not None:
                 dropped_lines += parsed.num_dropped
             outputs[kind].append(record)
     if not outputs["sessions"] and not outputs["profiles"]:
         raise ValueError(f"{args.source}: no usable rows (skipped: {len(skipped)})")
 
-    with tempfile.TemporaryDirectory(prefix="mirror-import-") as staging_name:
-        staging = Path(staging_name)
-        for kind, records in outputs.items():
-            if records:
-                (staging / f"{kind}.jsonl").write_text(
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-                )
-        output.mkdir(parents=True, exist_ok=True)
-        if args.render_faces:
-            from .build import render_faces
-            from .images import get_image_backend
+    texts = {kind: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+             for kind, records in outputs.items() if records}
+    output.mkdir(parents=True, exist_ok=True)
+    if args.render_faces:  # render_faces reads the records from a staging folder and writes them with their faces
+        from .build import render_faces
+        from .images import get_image_backend
 
-            render_faces(  # the folder was vetted above under import's own rule (empty, or --overwrite)
-                staging,
-                output,
-                get_image_backend(args.image_backend, model=args.image_model, device=args.device),
-                check_output=False,
-            )
-        else:
-            for file in staging.glob("*.jsonl"):
-                shutil.copyfile(file, output / file.name)
+        backend = get_image_backend(args.image_backend, model=args.image_model, device=args.device)
+        with tempfile.TemporaryDirectory(prefix="mirror-import-") as staging:
+            for kind, text in texts.items():
+                (Path(staging) / f"{kind}.jsonl").write_text(text, encoding="utf-8")
+            # The folder was vetted above under import's own rule (empty, or --overwrite).
+            render_faces(staging, output, backend, check_output=False)
+    else:
+        for kind, text in texts.items():
+            (output / f"{kind}.jsonl").write_text(text, encoding="utf-8")
     report = {
         "source": provenance,
         "license": RELEASE_LICENSE,
