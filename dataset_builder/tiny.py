@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -134,63 +136,57 @@ def make_chat_app(respond, latency: float = 0.0):
     import asyncio
     import time
 
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
     app = FastAPI()
     app.state.num_requests = 0
 
-    async def chat_completions(request):
+    async def chat_completions(request):  # a plain Starlette route: no signature for FastAPI to interpret
         body = await request.json()
         app.state.num_requests += 1
         if latency:
             await asyncio.sleep(latency)
         text = respond(body)
-        return {
+        return JSONResponse({
             "id": f"chatcmpl-{app.state.num_requests}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        }
+        })
 
-    # A real annotation object: this module's `from __future__ import annotations` would leave a string that
-    # FastAPI cannot resolve (Request is imported locally) and it would then expect a query parameter.
-    chat_completions.__annotations__["request"] = Request
-    app.post("/v1/chat/completions")(chat_completions)
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     return app
 
 
-class serve_app:  # lower case: used like a function, `with serve_app(app) as url`
+@contextmanager
+def serve_app(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free 127.0.0.1 port in a thread: `with serve_app(app) as base_url: ...`."""
+    import socket
+    import threading
+    import time
 
-    def __init__(self, app, host: str = "127.0.0.1"):
-        self.app, self.host = app, host
+    import uvicorn
 
-    def __enter__(self) -> str:
-        import socket
-        import threading
-        import time
-
-        import uvicorn
-
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind((self.host, 0))
-        port = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host=self.host, port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-        self._thread.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
         deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError("the scripted chat server did not start")
             time.sleep(0.02)
-        return f"http://{self.host}:{port}/v1"
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
