@@ -22,7 +22,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .builder import MirrorBuilder, raw_files
-from .files import atomic_save_png, atomic_write, check_output_folder
+from .files import atomic_save_png, atomic_write, check_output_folder, read_jsonl
 from .schema import CONFIG_FEATURES, CONFIG_SPLITS, SFT_VARIANTS
 from .validation import ImagePolicy, RecordError
 
@@ -77,7 +77,8 @@ def drop_reason_key(stage: str, field_name: str | None, reason: str | None) -> s
 def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
     """Hash of every input byte (records and the images they reference) and of the build options."""
     digest = hashlib.sha256()
-    settings = {"format": BUILD_FORMAT_VERSION, "options": {**options.__dict__, "sft_variants": list(options.sft_variants)}}
+    options_dict = {**options.__dict__, "sft_variants": list(options.sft_variants)}
+    settings = {"format": BUILD_FORMAT_VERSION, "options": options_dict}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(raw_dir)).encode("utf-8", "surrogateescape"))
@@ -156,8 +157,8 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
                 num_rows[config_name] = len(dataset)
                 _write_parquet(dataset, work_dir / "data" / config_name, CONFIG_SPLITS[config_name], options)
             filtered = datasets_by_config["filtered"]
-            skipped = sum(1 for stage in filtered["stage"] if stage == "validation")
-            dropped = sum(1 for stage in filtered["stage"] if stage == "filter")
+            stages = Counter(filtered["stage"])
+            skipped, dropped = stages["validation"], stages["filter"]
             rows = filtered.select_columns(["stage", "field", "reason"])
             reasons = Counter(drop_reason_key(row["stage"], row["field"], row["reason"])
                               for row in rows if row["stage"] != "kept")
@@ -166,8 +167,7 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
                 raise ValueError("no session record survived validation and filters: " + "; ".join(
                     f"{count} x {reason}" for reason, count in reasons.most_common()))
             drop_reasons = dict(reasons)
-            sources = sorted({row["dataset"] for row in datasets_by_config["sessions"]["source"] if row["dataset"]})
-            _write_card(work_dir, datasets_by_config, options, sources, skipped, dropped)
+            _write_card(work_dir, datasets_by_config, options)
         stamp = {"fingerprint": fingerprint, "num_rows": num_rows, "skipped": skipped, "filtered": dropped,
                  "drop_reasons": drop_reasons,
                  "files": sorted(p.relative_to(work_dir).as_posix() for p in work_dir.rglob("*") if p.is_file())}
@@ -233,14 +233,21 @@ def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options:
     groups = {split: dataset}
     if folder.name == "sft":
         variants = dataset["variant"]
-        order = [v for v in options.sft_variants if v in set(variants)] + sorted(set(variants) - set(options.sft_variants))
-        groups = {variant: dataset.select([i for i, v in enumerate(variants) if v == variant]) for variant in order}
+        groups = {variant: dataset.select([i for i, v in enumerate(variants) if v == variant])
+                  for variant in _variant_order(variants, options)}
     for prefix, part in groups.items():
         nbytes = dataset.data.nbytes * len(part) / max(1, len(dataset))  # `select` keeps the whole table underneath
         num_shards = max(1, math.ceil(nbytes / options.max_shard_size))
         for index in range(num_shards):
             shard = part.shard(num_shards=num_shards, index=index, contiguous=True)
             shard.to_parquet(str(folder / f"{prefix}-{index:05d}-of-{num_shards:05d}.parquet"))
+
+
+def _variant_order(variants, options: BuildOptions) -> list[str]:
+    """The sft variants present, in the order `options` asks for them, then any others by name."""
+    present = set(variants)
+    wanted = [v for v in dict.fromkeys(options.sft_variants) if v in present]
+    return wanted + sorted(present - set(wanted))
 
 
 def _set_folder_permissions(folder: Path) -> None:
@@ -262,11 +269,11 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
-def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, skipped: int, dropped: int) -> None:
+def _write_card(folder: Path, by_config: dict, options: BuildOptions) -> None:
     """README.md: `configs:` (plus `sft_<variant>` over the per-variant sft files), `dataset_info:` and the card.
 
     The licence and the provenance, generation, face, demographic and filter sections come from the rows themselves
-    (`model_cards.dataset_card.summarize`); `sources`, `skipped` and `dropped` are recomputed there from the rows.
+    (`model_cards.dataset_card.summarize`).
     """
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
@@ -282,10 +289,8 @@ def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, s
         "profiles": "a client profile with a resistance style, for simulated evaluation sessions",
         "filtered": "the audit log: every examined record, kept or dropped, with the stage, field and reason",
     }
-    sft = by_config["sft"]
-    counts = Counter(sft["variant"])
-    rank = {v: i for i, v in enumerate(options.sft_variants)}
-    variant_counts = {v: counts[v] for v in sorted(counts, key=lambda v: (rank.get(v, len(rank)), v))}
+    counts = Counter(by_config["sft"]["variant"])
+    variant_counts = {v: counts[v] for v in _variant_order(counts, options)}
     configs, data_files, table = {}, {}, []
     for name in CONFIG_FEATURES:
         split = CONFIG_SPLITS[name]
@@ -305,7 +310,9 @@ def _write_card(folder: Path, by_config: dict, options: BuildOptions, sources, s
     for row in table:
         base = row["name"] if row["name"] in by_config else "sft"
         dataset = by_config[base]
-        nbytes = dataset.data.nbytes if base == row["name"] else round(dataset.data.nbytes * row["rows"] / len(dataset))
+        nbytes = dataset.data.nbytes
+        if base != row["name"]:  # an sft_<variant> config: its share of the sft files
+            nbytes = round(nbytes * row["rows"] / len(dataset))
         splits = SplitDict()
         splits.add(SplitInfo(name=row["split"], num_examples=row["rows"], num_bytes=nbytes))
         infos[row["name"]] = DatasetInfo(features=CONFIG_FEATURES[base], splits=splits)
@@ -359,18 +366,15 @@ def render_faces(raw_dir: str | Path, output_dir: str | Path, backend=None, over
         atomic_write(output_dir / RENDER_STAMP, json.dumps({"made_by": "mirror render-faces"}) + "\n")
     for kind in ("sessions", "profiles"):
         for path in raw_files(raw_dir, kind):
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            out_records = [_render_record(record, raw_dir, output_dir, backend, overwrite)
-                           for record in tqdm(records, desc=f"Rendering faces ({path.name})", unit="record")]
-            atomic_write(output_dir / path.name,
-                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_records).encode("utf-8"))
+            records = [_render_record(record, raw_dir, output_dir, backend, overwrite)
+                       for record in tqdm(read_jsonl(path), desc=f"Rendering faces ({path.name})", unit="record")]
+            atomic_write(output_dir / path.name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return output_dir
 
 
 def _render_record(record, raw_dir, output_dir, backend, overwrite):
     from .images import FaceRequest
 
-    record = json.loads(json.dumps(record))  # deep copy
     client, key = record["client"], record["identity"]["key"]
     folder = Path("images") / key
 

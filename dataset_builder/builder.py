@@ -1,10 +1,8 @@
 """`MirrorBuilder`: a `datasets.GeneratorBasedBuilder` that reads raw records and yields the Mirror configs.
 
-`datasets` >= 4 refuses loading scripts, so this builder is instantiated directly (`MirrorBuilder(config_name=...,
-raw_dir=...)`) by `dataset_builder.build`, which exports its output as a parquet folder for the Hub.
-
-Raw directory layout: `sessions*.jsonl` (session records) and `profiles*.jsonl` (evaluation profiles); image paths
-inside records are relative to the raw directory.
+`datasets` >= 4 refuses loading scripts, so `dataset_builder.build` instantiates it directly
+(`MirrorBuilder(config_name=..., raw_dir=...)`) and exports its output as a parquet folder for the Hub. The raw
+folder holds `sessions*.jsonl` and `profiles*.jsonl`; image paths in records are relative to it.
 """
 
 from __future__ import annotations
@@ -84,39 +82,28 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, raw_dir: Path):
         if self.config.name in ("sessions", "profiles"):
-            records = self._iter_sessions if self.config.name == "sessions" else self._iter_profiles
-            for record, failure in records(raw_dir, encode=True):
+            for record, failure in self._iter_records(raw_dir, self.config.name, encode=True):
                 if failure is None:
                     record.pop("_origin")
                     yield record["id"], record
         elif self.config.name == "filtered":
             # Validation without re-encoding images: the same decisions as `sessions`, at a fraction of the cost.
-            for index, (record, failure) in enumerate(self._iter_sessions(raw_dir, encode=False)):
-                yield f"session-{index}", failure if failure is not None else _kept_row(record, "session")
-            for index, (record, failure) in enumerate(self._iter_profiles(raw_dir, encode=False)):
-                yield f"profile-{index}", failure if failure is not None else _kept_row(record, "profile")
+            for kind in ("session", "profile"):
+                for index, (record, failure) in enumerate(self._iter_records(raw_dir, f"{kind}s", encode=False)):
+                    yield f"{kind}-{index}", failure if failure is not None else _kept_row(record, kind)
         elif self.config.name == "sft":
-            for record, failure in self._iter_sessions(raw_dir, encode=True):
+            for record, failure in self._iter_records(raw_dir, "sessions", encode=True):
                 if failure is None:
                     for row in sft_rows(record, self.config.sft_variants, self.config.prompt_version):
                         yield row["id"], row
         else:  # pragma: no cover - BUILDER_CONFIGS lists every name
             raise ValueError(f"Unknown config {self.config.name!r}")
 
-    # -- shared record iteration ---------------------------------------------------------------------------------
-
-    def _policy(self) -> ImagePolicy:
-        return ImagePolicy(require_images=self.config.require_images, max_pixels=self.config.max_pixels)
-
-    def _iter_sessions(self, raw_dir: Path, encode: bool) -> Iterator[tuple[dict | None, dict | None]]:
-        yield from self._iter_records(raw_dir, "sessions", validate_session, encode, run_filters=True)
-
-    def _iter_profiles(self, raw_dir: Path, encode: bool) -> Iterator[tuple[dict | None, dict | None]]:
-        yield from self._iter_records(raw_dir, "profiles", validate_profile, encode, run_filters=False)
-
-    def _iter_records(self, raw_dir, kind, validate, encode, run_filters):
-        """Yield `(record, None)` for good records and `(None, filtered_row)` for dropped ones."""
-        policy, seen = self._policy(), {}
+    def _iter_records(self, raw_dir: Path, kind: str, encode: bool) -> Iterator[tuple[dict | None, dict | None]]:
+        """Yield `(record, None)` for good records of `kind` and `(None, filtered_row)` for dropped ones."""
+        policy = ImagePolicy(require_images=self.config.require_images, max_pixels=self.config.max_pixels)
+        validate = validate_session if kind == "sessions" else validate_profile
+        seen: dict[str, int] = {}
         for path in raw_files(raw_dir, kind):
             for line, raw in iter_jsonl(path, name=path.relative_to(raw_dir).as_posix()):
                 try:
@@ -124,7 +111,8 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                         raise raw
                     record = validate(raw, raw_dir, policy, encode=encode)
                     if record["id"] in seen:
-                        raise RecordError(record["id"], "id", f"duplicate id (first seen at line {seen[record['id']]})")
+                        problem = f"duplicate id (first seen at line {seen[record['id']]})"
+                        raise RecordError(record["id"], "id", problem)
                     seen[record["id"]] = line
                 except RecordError as err:
                     err.source, err.line = err.source or str(path.relative_to(raw_dir)), err.line or line
@@ -134,7 +122,7 @@ class MirrorBuilder(datasets.GeneratorBasedBuilder):
                     yield None, _filtered_row(err.raw_text if isinstance(raw, RecordError) else raw, err.record_id,
                                               kind, path.name, line, "validation", err.field, err.problem)
                     continue
-                if run_filters and self.config.apply_filters:
+                if kind == "sessions" and self.config.apply_filters:
                     results, failed = apply_filters(record)
                     scores = {s["filter"]: s["score"] for s in record["quality"]["scores"]}
                     scores.update({result.name: result.score for result in results})
