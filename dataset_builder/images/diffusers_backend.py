@@ -1,23 +1,15 @@
 """Identity-preserving client faces with diffusers: SDXL + an IP-Adapter face variant (paper step 3).
 
-The paper used PhotoMaker v1 on SDXL, which diffusers does not ship; IP-Adapter (including its face variants,
-e.g. `h94/IP-Adapter`, `sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors` with the ViT-H image encoder
-from `models/image_encoder`) loads natively through `pipeline.load_ip_adapter`, so it is the default identity
-adapter here. PhotoMaker plugs in at `DiffusersFaceBackend._load_identity_adapter` (`identity_adapter="photomaker"`)
-once a PhotoMaker package is installed: build its pipeline there and keep `_generate` unchanged.
+The paper used PhotoMaker v1 on SDXL, which diffusers does not ship; IP-Adapter (with its face variants) loads
+natively through `pipeline.load_ip_adapter`, so it is the default identity adapter here, and PhotoMaker plugs in
+at `DiffusersFaceBackend._load_identity_adapter`. Per request: the expression in the prompt, the contrasting
+expression in the negative prompt, the reference face as the IP-Adapter image, a generator seeded with
+`request.seed`, and a LANCZOS resize to `request.size`; `last_settings` keeps the settings of the latest image.
 
-Per request: positive prompt "portrait photo of a {age}-year-old {gender}, {expression}", the contrasting
-expression in the negative prompt, the reference face as the IP-Adapter image, a `torch.Generator` seeded with
-`request.seed`, generation at `generation_size` (SDXL's native resolution by default) and a LANCZOS resize to the
-requested 336x336 (LLaVA-1.5's CLIP input). `last_settings` keeps the exact settings of the latest image.
-
-Reference faces, in order: one registered with `register_reference(identity_key, path)` (the generation
-pipeline registers the identity pool's faces, e.g. CelebA, which are used but never redistributed), a file
-`<reference_dir>/<identity_key>.png|jpg`, or else the embedded renderer's neutral portrait of that identity,
-logged once per identity so nobody mistakes it for a photo reference.
-
-Several GPUs: run the generation under `accelerate launch`; with `device=None` each process takes its own
-accelerator (`PartialState().device`), and `mirror generate` splits the sessions between processes.
+Reference faces, in order: one registered with `register_reference` (e.g. an identity pool's CelebA faces, used
+but never redistributed), `<reference_dir>/<identity_key>.png|jpg`, else the embedded renderer's neutral portrait
+of that identity, logged once per identity so nobody mistakes it for a photo reference. Under `accelerate launch`
+with `device=None` each process takes its own accelerator.
 """
 
 from __future__ import annotations
@@ -194,26 +186,13 @@ class DiffusersFaceBackend:
         kwargs: dict[str, Any] = {}
         if self.identity_adapter == "ip-adapter":
             kwargs["ip_adapter_image"] = self.reference_for(request)
-        result = self.pipeline(
-            prompt=positive,
-            negative_prompt=negative,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            height=self.generation_size,
-            width=self.generation_size,
-            generator=generator,
-            output_type="pil",
-            **kwargs,
-        )
-        self.last_settings = {
-            "prompt": positive,
-            "negative_prompt": negative,
-            "seed": int(request.seed),
-            "steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "identity_adapter": self.identity_adapter,
-            "model": self.model,
-        }
+        side, steps, guidance = self.generation_size, self.num_inference_steps, self.guidance_scale
+        result = self.pipeline(prompt=positive, negative_prompt=negative, num_inference_steps=steps,
+                               guidance_scale=guidance, height=side, width=side, generator=generator,
+                               output_type="pil", **kwargs)
+        self.last_settings = {"prompt": positive, "negative_prompt": negative, "seed": int(request.seed),
+                              "steps": steps, "guidance_scale": guidance, "identity_adapter": self.identity_adapter,
+                              "model": self.model}
         image = result.images[0].convert("RGB")
         size = request.size or DEFAULT_IMAGE_SIZE
         return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
