@@ -48,9 +48,8 @@ def main(args: EvaluateArguments) -> int:
         config = _with_therapist_model(config, args.model, path)
     report_dir = run_evaluation(config, progress=not args.no_progress)
     print(f"Report: {report_dir / 'report.md'}")
-    print(
-        f"  JSON: {report_dir / 'report.json'}; plots: {', '.join(p.name for p in sorted(report_dir.glob('*.png')))}"
-    )
+    plots = ", ".join(p.name for p in sorted(report_dir.glob("*.png")))
+    print(f"  JSON: {report_dir / 'report.json'}; plots: {plots}")
     return 0
 
 

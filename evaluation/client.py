@@ -1,18 +1,15 @@
 """The virtual client: an LLM (any ChatBackend) playing a test profile with its resistance style (ARCHITECTURE §6).
 
-Each reply starts with a bracketed stage direction; the first reply is non-verbal only; the client may end the
-session with `[/END]` after at least two exchanges. Every output is validated; an invalid one is asked again
-with a note saying what was wrong (bounded retries), and a client that keeps failing raises `ClientFailure`,
-which the runner records as a failed session with the reason, never an endless loop.
-
-The client prompt is a versioned data file written for this project: `evaluation/prompts/client_<version>.yaml`.
+Every output is validated; an invalid one is asked again with a note saying what was wrong, and a client that
+keeps failing raises `ClientFailure` (a failed session with its reason, never an endless loop). The prompt is a
+versioned data file: `evaluation/prompts/client_<version>.yaml`.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +90,7 @@ def _norm(text: str) -> str:
 
 
 def validate_client_output(
-    raw: str,
-    *,
-    first: bool,
-    may_end: bool,
-    name: str | None = None,
-    previous: list[str] = (),
+    raw: str, *, first: bool, may_end: bool, name: str | None = None, previous: list[str] = ()
 ) -> ClientTurn:
     """Check one client output and split it; raises ClientOutputError naming the problem.
 
@@ -130,11 +122,8 @@ def validate_client_output(
 
 
 class VirtualClient:
-    """Plays one profile against a therapist, through any ChatBackend.
-
-    The conversation is held from the client's side: the client model is the assistant, the therapist's replies
-    are user messages.
-    """
+    """Plays one profile against a therapist, through any ChatBackend: the client model is the assistant, the
+    therapist's replies are user messages."""
 
     def __init__(self, backend: Any, config: ClientConfig | None = None) -> None:
         self.backend = backend
@@ -177,6 +166,8 @@ class VirtualClient:
         may_end = sum(turn["speaker"] == "therapist" for turn in history) >= self.config.min_exchanges
         previous = [turn.get("statement") or "" for turn in history[-2:]]
         base = self.messages(profile, history)
+        c = self.config
+        sampling = GenerationConfig(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens)
         attempts: list[dict[str, Any]] = []
         for attempt in range(self.config.max_retries + 1):
             messages = list(base)
@@ -184,12 +175,7 @@ class VirtualClient:
                 note = self.prompt["first_turn_note"] if first else ""
                 retry = self.prompt["retry_instruction"].format(problem=attempts[-1]["error"], first_turn_note=note)
                 messages += [text_message("assistant", attempts[-1]["raw"] or ""), text_message("user", retry.strip())]
-            config = GenerationConfig(
-                temperature=self.config.temperature,
-                top_p=self.config.top_p,
-                max_new_tokens=self.config.max_new_tokens,
-                seed=None if seed is None else seed + attempt,
-            )
+            config = replace(sampling, seed=None if seed is None else seed + attempt)
             # Backend errors propagate: an unreachable model is not a client failure (the runner records the
             # session as an error and a resume runs it again); endpoints retry transient failures themselves.
             raw = self.backend.chat(messages, None, config)

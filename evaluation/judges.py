@@ -28,8 +28,6 @@ logger = logging.getLogger(__name__)
 RUBRIC_DIR = Path(__file__).parent / "rubrics"
 DEFAULT_RUBRIC_VERSION = "v1"
 
-# ------------------------------------------------------------------------------------------------ parse_score
-
 _NUMBER = r"[-+−]?\d+(?:\.\d+)?"
 # "Score: 4", "**Rating**: 4/6", "score = 4", "Final score - 5"
 _LABELLED = re.compile(
@@ -111,9 +109,6 @@ def parse_score(text: str, low: int, high: int) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------- rubrics
-
-
 @dataclass(frozen=True)
 class JudgeItem:
     """One judge question: `key` is unique within a session ("ctrs/understanding", "panas/after/upset")."""
@@ -136,10 +131,6 @@ class Rubric:
     high: int
     data: dict[str, Any]
     path: Path
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}/{self.version}"
 
     def items(self, profile_text: str, transcript_text: str) -> list[JudgeItem]:
         """The judge questions for one session."""
@@ -190,9 +181,6 @@ def load_rubric(name: str, version: str = DEFAULT_RUBRIC_VERSION) -> Rubric:
     return Rubric(data["name"], str(data["version"]), int(data["low"]), int(data["high"]), data, path)
 
 
-# ------------------------------------------------------------------------------------------------ transcripts
-
-
 def profile_text(profile: dict[str, Any]) -> str:
     """The client profile as the judge reads it."""
     client = profile.get("client", profile)
@@ -218,9 +206,6 @@ def transcript_text(turns: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------------ judge
-
-
 class JudgeCache:
     """One JSON file per answer under `root`, written atomically; keyed by judge model, rubric version, item and
     the prompt (so a changed transcript, profile or rubric wording is a new key)."""
@@ -238,9 +223,7 @@ class JudgeCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         atomic_write(self._path(key), json.dumps(value, ensure_ascii=False))
@@ -315,7 +298,7 @@ class Judge:
             results[item.key] = self._settle(item, key, None, raws, errors.get(item.key))
         return {
             "judge_model": self.backend.name,
-            "rubrics": [rubric.tag for rubric in self.rubrics],
+            "rubrics": [f"{rubric.name}/{rubric.version}" for rubric in self.rubrics],
             "items": {item.key: results[item.key] for item in items},
         }
 

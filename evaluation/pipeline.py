@@ -168,13 +168,12 @@ def run_reference(config: EvalConfig, run_dir: Path, therapists: dict[str, Any],
     from .reference import reference_metrics
 
     out: dict[str, Any] = {}
-    if not config.reference.enabled:
+    settings = config.reference
+    if not settings.enabled:
         return out
-    rows = datasets.load_dataset(
-        _dataset_path(config.dataset), config.reference.sessions_config, split=config.reference.split
-    )
-    if config.reference.max_sessions is not None:
-        rows = rows.select(range(min(config.reference.max_sessions, len(rows))))
+    rows = datasets.load_dataset(_dataset_path(config.dataset), settings.sessions_config, split=settings.split)
+    if settings.max_sessions is not None:
+        rows = rows.select(range(min(settings.max_sessions, len(rows))))
     sessions = [dict(row) for row in rows]
     for name, therapist in therapists.items():
         path = run_dir / "reference" / f"{safe_name(name)}.json"
@@ -183,8 +182,8 @@ def run_reference(config: EvalConfig, run_dir: Path, therapists: dict[str, Any],
             existing = reference_metrics(
                 therapist,
                 sessions,
-                max_turns_per_session=config.reference.max_turns_per_session,
-                batch_size=config.reference.batch_size,
+                max_turns_per_session=settings.max_turns_per_session,
+                batch_size=settings.batch_size,
                 progress=progress,
             )
             atomic_write_json(path, existing)

@@ -1,11 +1,7 @@
 """The evaluation stage of `mirror quickstart`: the tiny therapist on the held-out sample profiles, offline, fast.
 
-What "offline" means here, honestly: the therapist is the real model folder under test (a tiny model trained for a
-few steps from random weights, so its replies are noise and so are its scores); the virtual client is the
-scripted stand-in (`evaluation.scripted`: fixed lines per resistance style) and the judge is the scripted judge
-whose "scores" are a hash of its prompt. The run exercises every stage of the real pipeline (client validation,
-face loop, safety screening, judging with cache, reference metrics with the bundled MiniLM, report and plots),
-but no number in it says anything about therapy quality.
+The therapist is the real (tiny, barely trained) model folder; the client and the judge are the scripted stand-ins
+(`evaluation.scripted`). Every stage of the real pipeline runs, but no number in it says anything about therapy.
 """
 
 from __future__ import annotations
@@ -35,12 +31,9 @@ def run_quickstart_evaluation(
     max_new_tokens: int = 16,
     progress: bool = True,
 ) -> Path:
-    """Evaluate the tiny therapist in `model_dir` on `dataset_dir`'s profiles; returns the report folder.
-
-    One short simulated session per profile (first `max_profiles` held-out profiles), reference metrics on a few
-    gold turns, then report.json / report.md / PNG plots under `output_dir/report`. A finished `output_dir` is not
-    overwritten (FileExistsError).
-    """
+    """Evaluate the tiny therapist in `model_dir` on the first `max_profiles` profiles of `dataset_dir` (one short
+    session each, reference metrics on a few gold turns); returns the report folder. A finished `output_dir` is not
+    overwritten (FileExistsError)."""
     from .config import EvalConfig, from_dict
     from .pipeline import run_evaluation
 

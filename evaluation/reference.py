@@ -1,11 +1,9 @@
 """Reference metrics on gold sessions, offline: the therapist's next turn given the gold history.
 
-For every therapist turn of a gold session that answers a client turn, the therapist under test is given the gold
-history before it, the client's face at that turn (vision strategies) and its own strategy's prompt (planning
-strategies use the session's gold technique and plan), and its reply is compared with the gold reply:
-semantic similarity (bundled MiniLM), ROUGE-L and corpus distinct-1/2, through the local `evaluate` metric
-modules in `evaluation/metrics/`. For `ec_planning`, the model's own emotion caption is compared with the gold
-stage direction (caption similarity).
+For each therapist turn answering a client turn, the therapist under test gets the gold history, the client's face
+(vision strategies) and the gold plan (planning strategies); its reply is compared with the gold one (semantic
+similarity, ROUGE-L, corpus distinct-1/2: `evaluation/metrics/`), and an `ec_planning` caption with the gold stage
+direction.
 """
 
 from __future__ import annotations
@@ -135,15 +133,7 @@ def reference_metrics(
             result["overall"]["caption_similarity"] = load_metric("semantic_similarity").compute(
                 predictions=[p for p, _ in pairs], references=[r for _, r in pairs]
             )["semantic_similarity"]
-    result["predictions"] = [
-        {
-            "session_id": e["session_id"],
-            "turn_index": e["turn_index"],
-            "prediction": o["prediction"],
-            "reference": e["reference"],
-            "caption": o["caption"],
-            "gold_stage_direction": e["gold_stage_direction"],
-        }
-        for e, o in zip(examples, outputs, strict=True)
-    ]
+    fields = ("session_id", "turn_index", "prediction", "reference", "caption", "gold_stage_direction")
+    merged = [{**example, **output} for example, output in zip(examples, outputs, strict=True)]
+    result["predictions"] = [{key: pair[key] for key in fields} for pair in merged]
     return result

@@ -185,9 +185,6 @@ def build_report(
     }
 
 
-# ----------------------------------------------------------------------------------------------- writing
-
-
 def _fmt(summary: dict[str, Any] | None) -> str:
     if not summary or summary.get("mean") is None:
         pp = summary.get("percent_parseable") if summary else None
@@ -201,9 +198,7 @@ def _fmt(summary: dict[str, Any] | None) -> str:
 
 
 def headline_keys(report: dict[str, Any]) -> list[str]:
-    keys = []
-    for data in report["therapists"].values():
-        keys += [k for k in data["scores"] if k not in keys]
+    keys = dict.fromkeys(key for data in report["therapists"].values() for key in data["scores"])
     order = list(LABELS)
     return sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
 
@@ -320,9 +315,6 @@ def write_report(report: dict[str, Any], folder: str | Path) -> Path:
     (folder / "report.md").write_text(to_markdown(report), encoding="utf-8")
     atomic_write(folder / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
     return folder
-
-
-# ------------------------------------------------------------------------------------------------ model card
 
 
 def model_index_results(report: dict[str, Any], therapist: str) -> list[Any]:

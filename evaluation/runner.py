@@ -79,13 +79,11 @@ def build_therapists(config: EvalConfig, pool) -> dict[str, Any]:
         strategy = spec.strategy
         if strategy is None and spec.model.backend in ("transformers", "vllm"):
             strategy = read_default_strategy(spec.model.model, spec.model.revision)
-        therapists[spec.name] = MirrorTherapist(
-            backend,
-            strategy,
-            GenerationConfig(temperature=spec.temperature, top_p=spec.top_p, max_new_tokens=spec.max_new_tokens),
-            SafetyConfig(enabled=False),
-            TherapistConfig(prompt_version=spec.prompt_version),
+        generation = GenerationConfig(
+            temperature=spec.temperature, top_p=spec.top_p, max_new_tokens=spec.max_new_tokens
         )
+        settings = TherapistConfig(prompt_version=spec.prompt_version)
+        therapists[spec.name] = MirrorTherapist(backend, strategy, generation, SafetyConfig(enabled=False), settings)
     return therapists
 
 
@@ -109,12 +107,8 @@ class SessionRunner:
 
                 faces = self.config.faces
                 expression = self.pool.get(self.config.expression_model) if self.config.expression_model else None
-                self.face_loop = FaceLoop(
-                    get_image_backend(faces.image_backend, **faces.image_backend_kwargs),
-                    faces.build_verifiers(),
-                    faces,
-                    expression,
-                )
+                image_backend = get_image_backend(faces.image_backend, **faces.image_backend_kwargs)
+                self.face_loop = FaceLoop(image_backend, faces.build_verifiers(), faces, expression)
             return self.face_loop
 
     def _detector(self):
@@ -137,13 +131,8 @@ class SessionRunner:
 
         units = [(spec, profile) for spec in self.config.therapists for profile in profiles]
         todo = [(spec, profile) for spec, profile in units if not self.is_done(spec, profile)]
-        bar = tqdm(
-            total=len(units),
-            initial=len(units) - len(todo),
-            desc="Simulated sessions",
-            unit="session",
-            disable=not progress,
-        )
+        done = len(units) - len(todo)
+        bar = tqdm(total=len(units), initial=done, desc="Simulated sessions", unit="session", disable=not progress)
         if todo and self.config.safety_screening:
             self._detector()  # load once before the threads start
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool, bar:
@@ -251,16 +240,8 @@ class SessionRunner:
                     turn["face"] = {k: getattr(face, k) for k in fields}
                 # Only the verbal statement reaches the therapist; the stage direction is never passed.
                 reply = session.respond(client_turn.statement, image=image, stage_direction=None)
-                turns.append(
-                    {
-                        "speaker": "therapist",
-                        "statement": reply.text,
-                        "stage_direction": None,
-                        "model_reply": reply.model_reply,
-                        "emotion": reply.emotion,
-                        "caption_failed": reply.caption_failed,
-                    }
-                )
+                audit = {key: getattr(reply, key) for key in ("model_reply", "emotion", "caption_failed")}
+                turns.append({"speaker": "therapist", "statement": reply.text, "stage_direction": None, **audit})
                 if len(turns) >= client_config.max_turns:
                     record["end_reason"] = "max_turns"
                     break

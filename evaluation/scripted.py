@@ -1,16 +1,8 @@
 """Scripted, deterministic stand-ins for the client and judge models, in process or behind real HTTP.
 
-These are *not* models: they make the evaluation machinery runnable offline (smoke runs, `mirror quickstart`,
-tests, `bench/evaluate.py`) and their scores mean nothing.
-
-- `client`: replays the lines of `evaluation/prompts/scripted_client_v1.yaml` for the profile's resistance style
-  (read from the client prompt), one line per client turn, ending with `[/END]`.
-- `judge`: answers "Score: N" with N a hash of the prompt mapped onto the scale the prompt states.
-- `therapist`: a short canned reply (for the runner bench's text therapist).
-
-`openai_app(responders, latency)` wraps responders in a FastAPI app speaking `/v1/chat/completions`; the `model`
-field of the request picks the responder. `dataset_builder.tiny.serve_app(app)` runs it with uvicorn on 127.0.0.1
-in a thread.
+These are *not* models: they make the evaluation runnable offline (smoke runs, `mirror quickstart`, tests,
+`bench/evaluate.py`) and their scores mean nothing. `openai_app(responders)` serves them over the OpenAI chat API
+(`dataset_builder.tiny.serve_app(app)` runs it on 127.0.0.1); the request's `model` picks the responder.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at runtime.
@@ -101,9 +93,6 @@ class ScriptedBackend(ChatBackend):
             time.sleep(self.latency)
             replies.append(self.responder(messages))
         return replies
-
-
-# ----------------------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
 def openai_app(responders: dict[str, Responder], latency: float = 0.0, calls: list | None = None):

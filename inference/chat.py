@@ -1,12 +1,9 @@
 """`mirror chat`: a terminal session with a MIRROR therapist (you play the client).
 
 Reads one client turn per line from stdin, so it can also be scripted (`printf 'hello\\n/quit\\n' | mirror chat`).
-The AI disclosure is shown before anything else and the safety layer is always on: this is the command a person
-types into, so unlike evaluation code it offers no switch to disable it.
-
-Commands: `/image PATH` sets the client's face for the next turns, `/silent` sends a non-verbal turn (the
-client says nothing, as at the start of every session in the dataset), `/plan` shows the session plan,
-`/prompt` shows the last prompt sent to the model, `/help`, `/quit`.
+The AI disclosure comes first and the safety layer is always on: a person types into this command, so it offers no
+switch to disable it. Commands: `/image PATH` (the client's face from now on), `/silent` (a non-verbal turn, as at
+the start of every dataset session), `/plan`, `/prompt` (the last prompt sent to the model), `/help`, `/quit`.
 """
 
 from __future__ import annotations
@@ -19,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from PIL import UnidentifiedImageError
 
 from .backends.base import GenerationConfig, ModelLoadArguments
 from .safety import SafetyConfig
@@ -110,8 +109,6 @@ def load_client_profile(path: str | Path | None) -> dict[str, Any]:
 
 def open_face_image(path: str) -> Any:
     """The client's face from `--image`, or a one-line error saying what is wrong with the file."""
-    from PIL import UnidentifiedImageError
-
     if Path(path).expanduser().is_dir():
         raise IsADirectoryError(f"--image {path!r} is a folder; pass the path of one PNG or JPEG photo of a face")
     if not Path(path).expanduser().is_file():

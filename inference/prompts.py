@@ -161,18 +161,12 @@ def therapist_messages(
     variant: str = "base",
     *,
     reply: str | None = None,
-    cbt_technique: str | None = None,
-    cbt_plan: str | None = None,
-    emotion: str | None = None,
-    version: str = DEFAULT_PROMPT_VERSION,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Chat messages for one therapist reply; with `reply`, the assistant turn (the SFT target) is appended.
-
-    Vision variants put one image placeholder before the text: the client's face at the latest client turn.
-    """
-    text = therapist_prompt_text(
-        client, history, variant, cbt_technique=cbt_technique, cbt_plan=cbt_plan, emotion=emotion, version=version
-    )
+    """Chat messages for one therapist reply (`options`: those of `therapist_prompt_text`); with `reply`, the
+    assistant turn (the SFT target) is appended. Vision variants put one image placeholder before the text: the
+    client's face at the latest client turn."""
+    text = therapist_prompt_text(client, history, variant, **options)
     image = [{"type": "image", "text": None}] if variant in VISION_VARIANTS else []
     messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
     if reply is not None:
@@ -191,22 +185,6 @@ def emotion_caption_messages(
     return messages
 
 
-def plan_request_text(client: dict[str, Any], version: str = DEFAULT_PROMPT_VERSION) -> str:
-    """The prompt that asks a model for the session's CBT technique and plan (planning strategies)."""
-    prompt = load_prompt(version)
-    return prompt["plan_request"].format(**_profile_fields(client), techniques=", ".join(CBT_TECHNIQUES))
-
-
-def plan_answer_text(cbt_technique: str, cbt_plan: str, version: str = DEFAULT_PROMPT_VERSION) -> str:
-    """The answer to `plan_request_text` in the format the therapist parses (`Technique: ...` / `Plan: ...`)."""
-    if cbt_technique not in CBT_TECHNIQUES:
-        raise ValueError(f"Unknown CBT technique {cbt_technique!r}; expected one of {list(CBT_TECHNIQUES)}")
-    plan = strip_stage_directions(cbt_plan)
-    if not plan:
-        raise ValueError("A plan answer needs a non-empty cbt_plan")
-    return load_prompt(version)["plan_answer"].format(cbt_technique=cbt_technique, cbt_plan=plan)
-
-
 def plan_messages(
     client: dict[str, Any],
     *,
@@ -214,9 +192,18 @@ def plan_messages(
     cbt_plan: str | None = None,
     version: str = DEFAULT_PROMPT_VERSION,
 ) -> list[dict[str, Any]]:
-    """The once-per-session plan request (text only, also for VLMs: the plan depends on the profile alone); with
-    `cbt_technique` and `cbt_plan`, the answer is appended (the `plan` task rows of the `sft` config)."""
-    messages = [text_message("user", plan_request_text(client, version))]
-    if cbt_technique is not None or cbt_plan is not None:
-        messages.append(text_message("assistant", plan_answer_text(cbt_technique or "", cbt_plan or "", version)))
-    return messages
+    """The once-per-session request for the session's CBT technique and plan (text only, also for VLMs: the plan
+    depends on the profile alone); with `cbt_technique` and `cbt_plan`, the answer in the format the therapist
+    parses (`Technique: ...` / `Plan: ...`) is appended (the `plan` task rows of the `sft` config)."""
+    prompt = load_prompt(version)
+    request = prompt["plan_request"].format(**_profile_fields(client), techniques=", ".join(CBT_TECHNIQUES))
+    messages = [text_message("user", request)]
+    if cbt_technique is None and cbt_plan is None:
+        return messages
+    technique, plan = cbt_technique or "", strip_stage_directions(cbt_plan)
+    if technique not in CBT_TECHNIQUES:
+        raise ValueError(f"Unknown CBT technique {technique!r}; expected one of {list(CBT_TECHNIQUES)}")
+    if not plan:
+        raise ValueError("A plan answer needs a non-empty cbt_plan")
+    answer = prompt["plan_answer"].format(cbt_technique=technique, cbt_plan=plan)
+    return [*messages, text_message("assistant", answer)]

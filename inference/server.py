@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -54,8 +55,7 @@ class ServeArguments(SafetyArguments):
         metadata={"help": "Model id reported by /v1/models and in replies; default: --model (a folder: its name)."},
     )
     backend: str = field(
-        default="transformers",
-        metadata={"help": "Local inference backend.", "choices": ["transformers", "vllm"]},
+        default="transformers", metadata={"help": "Local inference backend.", "choices": ["transformers", "vllm"]}
     )
     api_key_env: str | None = field(
         default=None,
@@ -155,9 +155,7 @@ def parse_generation(body: dict[str, Any], defaults: GenerationConfig) -> Genera
     if body.get("tools"):
         raise RequestError("tools are not supported")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
+    stop = [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop")
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise RequestError("'stop' must be a string or a list of strings")
     seed = body.get("seed")
@@ -352,8 +350,6 @@ def create_app(
 def default_model_name(model: str) -> str:
     """What /v1/models and the replies call the model: a local folder by its name (never the absolute path, which
     tells clients about the server's disk), a Hub id as it is."""
-    from pathlib import Path
-
     path = Path(model).expanduser()
     return path.resolve().name if path.is_dir() else model
 
@@ -385,8 +381,7 @@ def _stream_events(
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    pieces = text.split(" ")
-    for index, piece in enumerate(pieces):
+    for index, piece in enumerate(text.split(" ")):
         yield chunk({"content": piece if index == 0 else " " + piece})
     yield chunk({}, finish_reason)
     if usage is not None:

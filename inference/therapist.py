@@ -99,8 +99,6 @@ class Reply:
     strategy: str = "base"
 
 
-# ------------------------------------------------------------------------------------------------ plan parsing
-
 _TECHNIQUE_LINE = re.compile(r"^[\s*#>_-]*(?:cbt\s+)?technique[\s*_]*[:\-–]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _PLAN_START = re.compile(
     r"^[\s*#>_-]*(?:cbt\s+)?(?:session\s+)?plan[\s*_]*[:\-–]\s*|\bplan[\s*_]*:\s*", re.IGNORECASE | re.MULTILINE
@@ -230,19 +228,11 @@ def read_default_strategy(path_or_id: str, revision: str | None = None) -> str |
     return strategy
 
 
-# ------------------------------------------------------------------------------------------------- the therapist
-
-
 class MirrorTherapist:
-    """A therapist model with a strategy, sampling settings and the safety layer.
-
-    Args:
-        backend: any ChatBackend (local transformers, vLLM, an OpenAI-compatible endpoint).
-        strategy: one of STRATEGIES; default `base` for backends that see images, `text` otherwise.
-        generation: sampling for replies (paper defaults: temperature 0.7, top_p 0.9, 128 new tokens).
-        safety: the safety layer's settings; on by default. `SafetyConfig(enabled=False)` only for simulated clients.
-        config: prompt version, fallback technique and plan / caption token budgets.
-        detector: a CrisisDetector to share (loading one takes seconds); built from `safety` when None.
+    """A therapist model (any ChatBackend) with a strategy (default `base` for backends that see images, else
+    `text`), sampling settings (paper defaults), prompt settings and the safety layer: on by default,
+    `SafetyConfig(enabled=False)` only for simulated clients. `detector` is a CrisisDetector to share (loading one
+    takes seconds); built from `safety` when None.
     """
 
     def __init__(
@@ -304,29 +294,17 @@ class MirrorTherapist:
         `text` for causal LMs. `backend_kwargs` go to the backend, e.g. `processor_source=` (transformers backend).
         """
         path_or_hub_id = str(path_or_hub_id)
-        model = load_backend(
-            path_or_hub_id,
-            backend=backend,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            **backend_kwargs,
-        )
+        options = {"revision": revision, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code}
+        model = load_backend(path_or_hub_id, backend=backend, **options, **backend_kwargs)
         strategy = strategy or read_default_strategy(path_or_hub_id, revision)
         return cls(model, strategy, generation, safety, config, detector=detector)
-
-    # ------------------------------------------------------------------ sessions
 
     def start_session(
         self, client: dict[str, Any], *, cbt_technique: str | None = None, cbt_plan: str | None = None
     ) -> TherapistSession:
-        """Open a session; show `session.disclosure` to the client first.
-
-        `client` is a client profile (`client`, `cbt_technique`, `cbt_plan`, ... as in the `profiles` config) or
-        just its `client` mapping. Planning strategies take the session plan from `cbt_technique` + `cbt_plan` when
-        given, else from the profile when it carries both (the paper's protocol), else generate it now, once.
-        """
+        """Open a session for a client profile (as in the `profiles` config) or its `client` mapping; show
+        `session.disclosure` first. Planning strategies take the plan from `cbt_technique` + `cbt_plan`, else from
+        the profile when it carries both (the paper's protocol), else generate it now, once."""
         return self.start_sessions([client], cbt_technique=cbt_technique, cbt_plan=cbt_plan)[0]
 
     def start_sessions(
@@ -415,20 +393,17 @@ class MirrorTherapist:
         """One reply per session, generated in one batch (captions in another); same result as
         `session.respond` per session under greedy decoding."""
         count = len(sessions)
-        images = images if images is not None else [None] * count
-        stage_directions = stage_directions if stage_directions is not None else [None] * count
+        images = [None] * count if images is None else images
+        stage_directions = [None] * count if stage_directions is None else stage_directions
         if not (len(client_statements) == len(images) == len(stage_directions) == count):
             raise ValueError("sessions, client_statements, images and stage_directions must have the same length")
         if any(session.therapist is not self for session in sessions):
             raise ValueError("every session must belong to this therapist")
 
         loaded = [load_image(image) for image in images]
-        if self.strategy in VISION_STRATEGIES:  # check every session before changing any
-            for session, image in zip(sessions, loaded, strict=True):
-                if image is None and session.image is None:
-                    raise ValueError(
-                        f"Strategy {self.strategy!r} needs the client's face: pass image= on the first turn"
-                    )
+        faceless = any(image is None and s.image is None for s, image in zip(sessions, loaded, strict=True))
+        if self.strategy in VISION_STRATEGIES and faceless:  # checked for every session before changing any
+            raise ValueError(f"Strategy {self.strategy!r} needs the client's face: pass image= on the first turn")
 
         pending = []  # (index, session, turn image, decision)
         replies: list[Reply | None] = [None] * count
@@ -509,11 +484,8 @@ def _given_plan(technique: str, plan: str, source: str) -> SessionPlan:
 
 
 class TherapistSession:
-    """One conversation: the client's profile, the verbal history, the plan and the safety state.
-
-    `history` uses the dataset's turn format (`speaker`, `statement`, `stage_direction`); statements are kept as
-    given, stage directions included, for transcripts, and removed only when a prompt is rendered.
-    """
+    """One conversation: the client's profile, the verbal history (the dataset's turn format; statements kept as
+    given, stage directions included, which are removed only when a prompt is rendered), the plan and safety state."""
 
     def __init__(
         self, therapist: MirrorTherapist, client: dict[str, Any], plan: SessionPlan | None, safety: SafetySession
@@ -533,12 +505,9 @@ class TherapistSession:
         image: Image.Image | str | os.PathLike | None = None,
         stage_direction: str | None = None,
     ) -> Reply:
-        """The therapist's reply to the client's turn.
-
-        `client_statement` may be "" (a non-verbal turn, e.g. the session's first). `image` is the client's face
-        now (a PIL image or a path); vision strategies reuse the previous one when it is None. `stage_direction`
-        is recorded in the history for transcripts; the model never sees it, nor bracketed text in the statement.
-        """
+        """The therapist's reply to the client's turn; `client_statement` may be "" (a non-verbal turn). `image` is
+        the client's face now (PIL image or path; None: the previous one). `stage_direction` is recorded for
+        transcripts; the model never sees it, nor bracketed text in the statement."""
         return self.therapist.respond_batch([self], [client_statement], [image], [stage_direction])[0]
 
     def _add_client_turn(self, statement: str, image: Image.Image | None, stage_direction: str | None):

@@ -1,15 +1,13 @@
 """`mirror demo`: a local web page to chat with a MIRROR therapist model, with your face from an upload or webcam.
 
-Runs on 127.0.0.1 by default and never creates a public share link unless `--share` is given. The AI disclosure
-is shown at the top and opens every session; the safety layer is always on (the page refuses a therapist with it
-disabled): each message is screened before a reply is generated, and once it detects a crisis the referral
-replaces every reply and a banner says so until "New session". Client text is not logged unless
-`--log-client-text` is given; uploaded images sit in Gradio's temporary cache, which is cleared periodically.
+Runs on 127.0.0.1 and creates no public share link unless `--share` is given. The AI disclosure is shown at the top
+and opens every session; the safety layer is always on: each message is screened before a reply is generated, and
+once in crisis the referral replaces every reply and a banner says so until "New session". Client text is not
+logged unless `--log_client_text` is given; uploads sit in Gradio's temporary cache, cleared periodically.
 
-Built on `gr.Blocks`, not `gr.ChatInterface(multimodal=True)`: the multimodal textbox attaches files to one message
-and has no webcam source, while the face here is a standing input (upload or webcam) that the session keeps across
-turns; and the crisis banner and the "New session" button reset a per-tab therapist session, which ChatInterface
-would need extra inputs, outputs and state for, so it would not be shorter.
+Built on `gr.Blocks`, not `gr.ChatInterface(multimodal=True)`: that textbox attaches files to one message and has
+no webcam, while the face here is a standing input kept across turns, and the banner and "New session" reset a
+per-tab session, which ChatInterface would need as many extra inputs, outputs and state for.
 """
 
 from __future__ import annotations
@@ -130,13 +128,9 @@ def build_demo(therapist: MirrorTherapist, client_profile: dict | None = None, f
         session_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
+                label = "Your face" + (" (required)" if needs_face else " (not used by this model)")
                 image = gr.Image(
-                    value=face,
-                    sources=["upload", "webcam"],
-                    type="pil",
-                    label="Your face" + (" (required)" if needs_face else " (not used by this model)"),
-                    elem_id=IDS["image"],
-                    height=300,
+                    value=face, sources=["upload", "webcam"], type="pil", label=label, elem_id=IDS["image"], height=300
                 )
                 new_button = gr.Button("New session", variant="secondary", elem_id=IDS["new_session"])
             with gr.Column(scale=2):

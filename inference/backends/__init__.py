@@ -24,11 +24,8 @@ def load_backend(
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> ChatBackend:
-    """Build a local backend by name for a model folder or Hub id (merged model or PEFT LoRA adapter).
-
-    Shared by `mirror serve`, `mirror chat` and `MirrorTherapist.from_pretrained`, so they load models the same way.
-    For a remote server use `EndpointBackend(base_url, model)` directly.
-    """
+    """Build a local backend by name for a model folder or Hub id (merged model or PEFT LoRA adapter), the same
+    way for every command; for a remote server use `EndpointBackend(base_url, model)` directly."""
     if backend == "transformers":
         from .transformers_backend import TransformersBackend
 

@@ -1,14 +1,13 @@
-"""The chat-backend interface.
-
-Every model call in MIRROR (the therapist, the virtual client, LLM judges, screenplay generation) goes through
-`ChatBackend.chat`. Messages use TRL's structured format (`{"role", "content": [{"type": "text" | "image"}]}`)
-with images passed separately, one per `{"type": "image"}` placeholder, in order, as in the `sft` rows of the
-dataset. A backend that cannot see images raises `ValueError` when given one.
+"""The chat-backend interface, through which every model call in MIRROR goes (therapist, virtual client, judges,
+screenplay generation). Messages use TRL's structured format (`{"role", "content": [{"type": "text" | "image"}]}`)
+with images passed separately, one per `{"type": "image"}` placeholder, in order, as in the dataset's `sft` rows. A
+backend that cannot see images raises `ValueError` when given one.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
@@ -53,10 +52,7 @@ class ChatBackend(Protocol):
         return self.chat_batch([messages], [images or []], config)[0]
 
     def chat_batch(
-        self,
-        conversations: list[Messages],
-        images: ImageLists | None = None,
-        config: GenerationConfig | None = None,
+        self, conversations: list[Messages], images: ImageLists | None = None, config: GenerationConfig | None = None
     ) -> list[str]:
         """Return one reply per conversation; backends batch where they can (`generate_batch`, never called
         with an empty batch)."""
@@ -94,8 +90,6 @@ class ModelLoadArguments:
     def check_source(self) -> None:
         """Raise a one-line error saying what is wrong, and what to do, when `model` cannot be a loadable model:
         a missing or mistyped folder, a dataset folder, or a Hub id that cannot be fetched offline."""
-        from pathlib import Path
-
         path = Path(self.model).expanduser()
         what = "pass a model folder written by `mirror train` / `mirror merge`, or a Hub model id such as owner/name"
         if path.is_dir():

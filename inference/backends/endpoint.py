@@ -89,17 +89,11 @@ def is_hf_host(url: str) -> bool:
 class EndpointBackend(ChatBackend):
     """A `ChatBackend` for any OpenAI-compatible `/v1/chat/completions` server.
 
-    Args:
-        base_url: the server root or its `/v1` URL, e.g. "http://127.0.0.1:8000/v1" or an Inference Endpoint URL.
-        model: the model name the server expects in the payload (vLLM: the served model name).
-        api_key: bearer token; see the module docstring for the fallback to the Hugging Face token.
-        timeout: seconds per attempt.
-        max_retries: extra attempts after the first one for timeouts, connection errors and 5xx.
-        backoff: first wait in seconds; doubles each retry, with up to 25 % jitter, capped at `max_backoff`.
-        supports_images: set False for text-only servers so image prompts fail before any request.
-        max_concurrency: parallel requests in `chat_batch` (servers batch concurrent requests themselves).
-        use_hf_token: force (True) or forbid (False) sending the resolved HF token when `api_key` is None;
-            `None` sends it to Hugging Face hosts only.
+    `base_url` is the server root or its `/v1` URL; `model` the name the server expects (vLLM: the served model
+    name). `timeout` is per attempt; `max_retries` extra attempts follow timeouts, connection errors and 5xx, after
+    `backoff` seconds doubled each retry (up to 25 % jitter, capped at `max_backoff`). `supports_images=False` makes
+    image prompts fail before any request. `max_concurrency`: parallel requests in `chat_batch`. `use_hf_token`
+    forces (True) or forbids (False) sending the resolved HF token when `api_key` is None (None: HF hosts only).
     """
 
     def __init__(
@@ -121,14 +115,8 @@ class EndpointBackend(ChatBackend):
 
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self.base_url = base_url
-        self.model = model
-        self.name = model
-        self.supports_images = supports_images
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.base_url, self.model, self.name, self.supports_images = base_url, model, model, supports_images
+        self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
         self.max_concurrency = max(1, max_concurrency)
         self._sleep = sleep
         if api_key is None:

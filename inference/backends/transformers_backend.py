@@ -80,30 +80,22 @@ def is_vision_config(config: Any) -> bool:
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(config, "vision_config")
 
 
-def find_adapter_folder(path_or_id: str, revision: str | None = None) -> Path | None:
-    """Return a local folder holding a PEFT adapter (`adapter_config.json`), or `None` for a full model.
+def resolve_model_source(
+    path_or_id: str, revision: str | None = None, base_model: str | None = None
+) -> tuple[Path | None, str, str | None]:
+    """(local PEFT adapter folder or None, model to load, its revision): an adapter loads its base model first.
 
     Hub adapters are downloaded without pickle files, so `adapter_model.safetensors` is the only weight file PEFT
     can find; a repository with pickled adapter weights only fails loudly instead of silently unpickling them.
     """
-    local = Path(path_or_id).expanduser()
-    if local.is_dir():
-        return local if (local / ADAPTER_CONFIG_NAME).is_file() else None
     from transformers.utils import find_adapter_config_file
 
-    if find_adapter_config_file(path_or_id, revision=revision) is None:
-        return None
-    from huggingface_hub import snapshot_download
+    adapter_dir = Path(path_or_id).expanduser()
+    if not adapter_dir.is_dir() and find_adapter_config_file(path_or_id, revision=revision) is not None:
+        from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path_or_id, revision=revision, ignore_patterns=UNSAFE_WEIGHT_PATTERNS))
-
-
-def resolve_model_source(
-    path_or_id: str, revision: str | None = None, base_model: str | None = None
-) -> tuple[Path | None, str, str | None]:
-    """(adapter folder or None, model to load, its revision): an adapter loads its base model first."""
-    adapter_dir = find_adapter_folder(path_or_id, revision)
-    if adapter_dir is None:
+        adapter_dir = Path(snapshot_download(path_or_id, revision=revision, ignore_patterns=UNSAFE_WEIGHT_PATTERNS))
+    if not (adapter_dir / ADAPTER_CONFIG_NAME).is_file():
         return None, path_or_id, revision
     adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
     model_source = base_model or adapter_config.get("base_model_name_or_path")
@@ -335,10 +327,8 @@ class TransformersBackend(ChatBackend):
         return inputs.to(self.model.device)
 
     def generation_config(self, config: GenerationConfig):
-        """A `transformers.GenerationConfig` for MIRROR's settings on top of the checkpoint's own (EOS ids etc.).
-
-        `top_k` is switched off so local sampling matches OpenAI-compatible servers, which only know top_p.
-        """
+        """A `transformers.GenerationConfig` for MIRROR's settings on top of the checkpoint's own (EOS ids etc.);
+        `top_k` is off so local sampling matches OpenAI-compatible servers, which only know top_p."""
         generation = copy.deepcopy(self.model.generation_config)
         generation.max_new_tokens = config.max_new_tokens
         generation.pad_token_id = self.tokenizer.pad_token_id
@@ -371,12 +361,9 @@ class TransformersBackend(ChatBackend):
         self.last_usage = Usage(prompt_tokens, completion_tokens)
         return new_ids
 
-    def decode(self, new_ids, stop: list[str] | None = None) -> list[str]:
-        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        return [truncate_at_stop(text, stop).strip() for text in texts]
-
     def generate_batch(self, conversations: list[Messages], images: ImageLists, config: GenerationConfig) -> list[str]:
         """One left-padded `generate` call for all conversations; under greedy decoding the replies equal
         sequential `chat` calls (tested)."""
-        inputs = self.encode(conversations, images)
-        return self.decode(self.generate_ids(inputs, config), config.stop)
+        new_ids = self.generate_ids(self.encode(conversations, images), config)
+        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        return [truncate_at_stop(text, config.stop).strip() for text in texts]

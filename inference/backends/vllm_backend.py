@@ -1,11 +1,9 @@
-"""Optional in-process vLLM engine with the `ChatBackend` interface (Linux + CUDA; `pip install vllm`).
+"""Optional in-process vLLM engine with the `ChatBackend` interface (Linux + CUDA; `pip install vllm`), for
+throughput (whole evaluation runs). vLLM is imported only when this backend is built.
 
-For throughput: whole evaluation runs of hundreds of simulated sessions. vLLM is imported only when this backend
-is built, so the rest of MIRROR never needs it. Prompts are rendered with the checkpoint's Hugging Face chat
-template and tokenised exactly as `TransformersBackend` does (no added special tokens, as in TRL's SFT collator),
-then handed to vLLM as token ids plus images, so both backends give a model the same prompt; vLLM's own chat
-front end, whose API has changed across releases, is not used. LoRA adapter folders run on their base model
-through vLLM's LoRA support (no merge needed).
+Prompts are rendered and tokenised exactly as `TransformersBackend` does, then handed to vLLM as token ids plus
+images, so both backends give a model the same prompt (vLLM's own chat front end, whose API has changed across
+releases, is not used). LoRA adapters run on their base model through vLLM's LoRA support (no merge needed).
 """
 
 from __future__ import annotations

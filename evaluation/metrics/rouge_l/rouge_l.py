@@ -20,10 +20,6 @@ Returns:
 """
 
 
-def _tokens(text):
-    return _TOKEN.findall((text or "").lower())
-
-
 def _lcs(a, b):
     if not a or not b:
         return 0
@@ -37,7 +33,7 @@ def _lcs(a, b):
 
 
 def rouge_l_f(prediction, reference):
-    p, r = _tokens(prediction), _tokens(reference)
+    p, r = (_TOKEN.findall((text or "").lower()) for text in (prediction, reference))
     lcs = _lcs(p, r)
     if lcs == 0:
         return 0.0
