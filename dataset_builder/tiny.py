@@ -45,13 +45,8 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config={
-            **_TINY_LAYERS,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 77,
-            "projection_dim": projection_dim,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
+            **_TINY_LAYERS, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
+            "projection_dim": projection_dim, **_special_ids(tokenizer),
         },
         vision_config={**_TINY_LAYERS, "image_size": image_size, "patch_size": 8, "projection_dim": projection_dim},
         projection_dim=projection_dim,
@@ -62,6 +57,10 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32,
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
     return output_dir
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
 
 
 def _label_maps(labels: list[str]) -> dict:
@@ -215,56 +214,28 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tiny_clip_tokenizer(output_dir / "_tokenizer")
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
-        norm_num_groups=1,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1,
     )
     vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        sample_size=64,
-        norm_num_groups=32,
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=64, norm_num_groups=32,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing="leading"
     )
     text_config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **_TINY_LAYERS,
-        vocab_size=len(tokenizer),
-        hidden_act="gelu",
-        projection_dim=32,
+        **_special_ids(tokenizer), **_TINY_LAYERS, vocab_size=len(tokenizer), hidden_act="gelu", projection_dim=32
     )
     vision_config = CLIPVisionConfig(**_TINY_LAYERS, image_size=32, projection_dim=32, patch_size=8)
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipeline = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config),
-        text_encoder_2=CLIPTextModelWithProjection(text_config),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        image_encoder=CLIPVisionModelWithProjection(vision_config),
-        feature_extractor=feature_extractor,
+        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+        image_encoder=CLIPVisionModelWithProjection(vision_config), feature_extractor=feature_extractor,
     )
     pipeline.save_pretrained(output_dir / "pipeline", safe_serialization=True)
 
@@ -285,12 +256,8 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor["to_v_ip.0.weight"]
         key_id += 2
     projection = ImageProjection(cross_attention_dim=64, image_embed_dim=32, num_image_text_embeds=4).state_dict()
-    state |= {
-        "image_proj.proj.weight": projection["image_embeds.weight"],
-        "image_proj.proj.bias": projection["image_embeds.bias"],
-        "image_proj.norm.weight": projection["norm.weight"],
-        "image_proj.norm.bias": projection["norm.bias"],
-    }
+    state |= {f"image_proj.proj.{k}": projection[f"image_embeds.{k}"] for k in ("weight", "bias")}
+    state |= {f"image_proj.norm.{k}": projection[f"norm.{k}"] for k in ("weight", "bias")}
     (output_dir / "ip_adapter").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(output_dir / "ip_adapter" / "ip-adapter.safetensors"))
     return output_dir / "pipeline"
