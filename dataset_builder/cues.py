@@ -1,21 +1,17 @@
 """Cue check: therapist lines that cite what the client's face image does not show.
 
-A MIRROR therapist sees the client only through one face image per turn (ARCHITECTURE §1): the bracketed stage
-direction never reaches it. A therapist line in the training data that says "your knee is bouncing" or "you
-smiled just then" when the image shows no smile teaches the model to invent body language. This module finds such
-lines. It is a warning, not a filter: the builder counts the warnings per session (the `cue_warnings` score, visible
-in the `filtered` config) and lists them in `quality.flags`, and the session is kept.
+A MIRROR therapist sees the client only through one face image per turn; a training line saying "your knee is
+bouncing", or "you smiled just then" when the image shows no smile, teaches the model to invent body language.
+This is a warning, not a filter: the builder keeps the session, counts the warnings (the `cue_warnings` score)
+and lists them in `quality.flags`. Two kinds:
 
-Two kinds of warning:
+* `body`: a cue a face crop cannot show (knees, hands, arms, posture, clothing, props, the voice). Verbs of
+  observation ("you crossed your arms") always count; a bare noun ("your phone") only in a sentence that reports an
+  observation ("I noticed", "just then"), so homework such as "set a reminder on your phone" is not flagged.
+* `facial`: a facial cue (gaze, smile, tears, brows, jaw, lips, head, eyes, "you look tense") that the latest
+  client turn's `expression` does not describe.
 
-* `body`: the line cites something a face crop cannot show (knees, hands, arms, shoulders, posture, clothing,
-  props, the voice). Verbs of observation ("you crossed your arms", "you shrugged") always count; a bare noun
-  ("your phone") counts only in a sentence that reports an observation ("I noticed", "just then", "as you said
-  that"), so homework such as "set a reminder on your phone" is not flagged.
-* `facial`: the line cites a facial cue (gaze, smile, tears, brows, jaw, lips, head, closed eyes, eye roll, or
-  "you look tense") that the latest client turn's `expression` does not describe.
-
-Matching is lexical (regular expressions on lower-cased text), so it is a screen for review, not a proof.
+Matching is lexical (regular expressions on lower-cased text): a screen for review, not a proof.
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-__all__ = ["CueWarning", "check_cues", "cue_warning_flags", "cue_warnings"]
 
 
 def _rx(*parts: str) -> re.Pattern[str]:
@@ -78,8 +72,8 @@ _BODY_CUES: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {
     ),
     "clothing or props": (
         _rx(
-            r"\b(?:smooth|twist|turn|fiddl|play|check|hold|grip|clutch|tug|pick)\w*\s+(?:with\s+|at\s+)?(?:your|the|that)\s+"
-            rf"(?:\w+\s+)?{_PROPS}"
+            r"\b(?:smooth|twist|turn|fiddl|play|check|hold|grip|clutch|tug|pick)\w*\s+(?:with\s+|at\s+)?"
+            rf"(?:your|the|that)\s+(?:\w+\s+)?{_PROPS}"
         ),
         _rx(
             _YOU + _PROPS,
