@@ -400,22 +400,15 @@ def load_identity_pool(path: str | None) -> list[dict[str, Any]] | None:
 
 
 def screenplay_messages(job: dict[str, Any], prompt: dict[str, Any]) -> list[dict[str, Any]]:
-    client = job["client"]
+    client, style = job["client"], job["resistance"]
     examples = "\n\n".join(f"Example {i + 1}:\n{text}" for i, text in enumerate(prompt["examples"]))
+    texts = {key: client.get(key) or "" for key in ("personal_info", "reason_for_counseling", "distorted_thought")}
+    unspecified = {key: client.get(key) or "unspecified" for key in ("gender", "occupation")}
     user = prompt["user"].format(
-        name=client["name"],
-        age=client["age"],
-        gender=client.get("gender") or "unspecified",
-        occupation=client.get("occupation") or "unspecified",
-        personal_info=client.get("personal_info") or "",
-        reason_for_counseling=client.get("reason_for_counseling") or "",
-        distorted_thought=client.get("distorted_thought") or "",
+        name=client["name"], age=client["age"], **unspecified, **texts,
         thinking_traps=", ".join(client.get("thinking_traps") or []) or "unspecified",
-        resistance=job["resistance"],
-        persona=prompt["resistance_personas"][job["resistance"]],
-        cbt_technique=job["cbt_technique"],
-        cbt_plan=job["cbt_plan"],
-        examples=examples,
+        resistance=style, persona=prompt["resistance_personas"][style], cbt_technique=job["cbt_technique"],
+        cbt_plan=job["cbt_plan"], examples=examples,
     )
     return [text_message("system", prompt["system"]), text_message("user", user)]
 
@@ -571,9 +564,8 @@ class Generator:
 
     def stage_profiles(self) -> tuple[str, list[dict[str, Any]]]:
         dataset, profiles = load_profiles(self.config)
-        identities = match_identities(
-            profiles, load_identity_pool(self.config.identity_pool), self.config.seed, dataset
-        )
+        pool = load_identity_pool(self.config.identity_pool)
+        identities = match_identities(profiles, pool, self.config.seed, dataset)
         jobs = [
             {
                 "id": f"{dataset}-{profile['row']}-{style}",
@@ -632,11 +624,8 @@ class Generator:
                     "expression %s turn %d unusable after %d attempt(s); the stage direction is used instead "
                     "(flagged in the record)", session["id"], index, attempts
                 )
-            return {
-                "turn": index,
-                "expression": parsed[0] if parsed else None,
-                "contrast_expression": parsed[1] if parsed else None,
-            }
+            expression, contrast = parsed or (None, None)
+            return {"turn": index, "expression": expression, "contrast_expression": contrast}
 
         def work(session):
             # The turns of one session are independent requests (the screenplay is complete), so they run in
