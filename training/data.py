@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from inference.prompts import SFT_TASKS, VARIANTS, VISION_VARIANTS, flatten_text_messages
 from training.modeling import MirrorConfigError
 
-logger = logging.getLogger(__name__)
-
-SFT_CONFIG = "sft"
 # Tasks whose rows carry no image in every variant: the plan is asked for before any face is seen.
 TEXT_ONLY_TASKS = ("plan",)
 _PATH_PREFIXES = (".", "/", "~")
 
 
 def resolve_dataset_path(name: str) -> str:
-    """A local folder stays a path; anything else is a Hub id. A path-looking name that does not exist is an error.
-
-    `datasets.load_dataset` takes a relative path that does not exist for a Hub repo id (ARCHITECTURE §7), which
-    turns a typo into a confusing network error; this catches it first.
-    """
+    """A local folder stays a path; anything else is a Hub id. A path-looking name that does not exist is an error:
+    `datasets.load_dataset` would take it for a Hub repo id and fail with a confusing network error."""
     expanded = os.path.expanduser(name)
     if os.path.exists(expanded):
         return expanded
@@ -38,16 +31,13 @@ def load_sft_dataset(
     dataset_name: str,
     variant: str,
     *,
-    config: str = SFT_CONFIG,
+    config: str = "sft",
     split: str = "train",
     revision: str | None = None,
     tasks: list[str] | None = None,
     max_samples: int | None = None,
 ):
-    """Load the `sft` config of a Mirror dataset and keep the rows of one variant (and optionally some tasks).
-
-    Raises `ValueError` naming the variants the dataset has when `variant` is not among them.
-    """
+    """Load the `sft` config of a Mirror dataset and keep the rows of one variant (and optionally some tasks)."""
     import datasets
 
     if variant not in VARIANTS:
@@ -120,11 +110,8 @@ def to_text_messages(dataset):
 def longest_row_length(
     dataset, processing_class, chat_template: str | None, vision: bool, batch_size: int = 32
 ) -> int:
-    """Length in tokens of the longest row, image tokens included, exactly as the trainer will tokenize it.
-
-    Vision rows go through TRL's own collator (no truncation), so the image-token expansion of the processor is
-    counted; text rows through the tokenizer's chat template.
-    """
+    """Length in tokens of the longest row, exactly as the trainer tokenizes it: vision rows through TRL's own
+    collator (so the processor's image-token expansion counts), text rows through the chat template."""
     if vision:
         from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -135,10 +122,7 @@ def longest_row_length(
             batch = collator([dict(row) for row in rows])
             longest = max(longest, int(batch["attention_mask"].sum(dim=1).max()))
         return longest
-    lengths = [
-        len(ids)
-        for ids in processing_class.apply_chat_template(
-            dataset["messages"], chat_template=chat_template, tokenize=True, return_dict=True
-        )["input_ids"]
-    ]
-    return max(lengths, default=0)
+    encoded = processing_class.apply_chat_template(
+        dataset["messages"], chat_template=chat_template, tokenize=True, return_dict=True
+    )
+    return max(map(len, encoded["input_ids"]), default=0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.backends.base import ModelLoadArguments
+from model_cards import render_model_card
 
 __all__ = ["ARGUMENTS", "MergeArguments", "main", "merge_adapter"]
 
@@ -46,7 +47,6 @@ def merge_adapter(
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     from inference.backends.transformers_backend import parse_dtype
-    from model_cards import render_model_card
     from training.train import TRAINING_RECORD, check_model_output_dir
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
@@ -60,22 +60,17 @@ def merge_adapter(
     record_path = adapter_dir / TRAINING_RECORD
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     mirror_args = record.get("mirror_args", {})
-    peft_config = PeftConfig.from_pretrained(str(adapter_dir))
-    base_model = base_model or peft_config.base_model_name_or_path
+    base_model = base_model or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     dtype = dtype or record.get("model_args", {}).get("dtype") or "auto"
-    vision = (
-        mirror_args.get("variant", "base") != "text"
-        if mirror_args
-        else (adapter_dir / "processor_config.json").exists()
-    )
+    if mirror_args:
+        vision = mirror_args.get("variant", "base") != "text"
+    else:
+        vision = (adapter_dir / "processor_config.json").exists()
 
     model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    torch_dtype = parse_dtype(dtype)  # the one dtype parser (inference.backends.transformers_backend)
-    model = model_class.from_pretrained(
-        base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map=device, use_safetensors=True
-    )
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model = model.merge_and_unload()
+    kwargs = {"dtype": parse_dtype(dtype), "trust_remote_code": trust_remote_code, "device_map": device}
+    model = model_class.from_pretrained(base_model, **kwargs, use_safetensors=True)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
@@ -86,10 +81,8 @@ def merge_adapter(
 
     merged = {"merged_from": str(adapter_dir), "base_model": base_model, "merged_dtype": dtype}
     if record:
-        record = {**record, **merged}
-        card = dict(record.get("card", {}), adapter=False, model_name=output_dir.name)
-        record["card"] = card
-        (output_dir / "README.md").write_text(render_model_card(card), encoding="utf-8")
+        record = {**record, **merged, "card": dict(record.get("card", {}), adapter=False, model_name=output_dir.name)}
+        (output_dir / "README.md").write_text(render_model_card(record["card"]), encoding="utf-8")
     # Always written: it also marks the folder as ours, so merging into it again is allowed (see check_model_output_dir).
     (output_dir / TRAINING_RECORD).write_text(
         json.dumps(record or merged, indent=2, default=str) + "\n", encoding="utf-8"

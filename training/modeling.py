@@ -22,7 +22,6 @@ PROJECTOR_NAMES = ("multi_modal_projector", "visual.merger", "connector", "mm_pr
 # Module names of the vision encoder, frozen in full fine-tuning unless asked otherwise.
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual")
 
-# The one folder of bundled chat templates (`llava_eos`); training/tiny.py and the tests read templates through here.
 BUNDLED_CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
 # Metrics TRL's SFTTrainer computes over the full vocabulary at every step (`log_token_metrics: false` skips them).
 TOKEN_METRICS = ("entropy", "mean_token_accuracy")
@@ -79,13 +78,9 @@ def read_chat_template(spec: str) -> str:
 
 
 def resolve_chat_template(processing_class, spec: str | None, assistant_only_loss: bool) -> str:
-    """Pick the chat template to train (and ship) with, and check it can teach the model to stop.
-
-    `spec` overrides the model's template (e.g. `llava_eos` instead of the stock llava-1.5 template, whose generation
-    block lacks EOS). Without an override and with assistant-only loss, a template lacking `{% generation %}` markers
-    is swapped for TRL's training version of it. With assistant-only loss the assistant's end-of-turn token must be
-    inside the loss mask, otherwise the model never learns to stop: that is an error here, not a warning.
-    """
+    """The chat template to train (and ship) with: `spec` (e.g. `llava_eos`) or the model's own, which TRL swaps for
+    its training version when it lacks `{% generation %}` markers. With assistant-only loss the end-of-turn token
+    must be inside the loss mask, or the model never learns to stop: an error here, not a warning."""
     from trl.chat_template_utils import (
         get_training_chat_template,
         has_generation_markers,
@@ -143,12 +138,9 @@ def language_model_prefix(model) -> str:
 
 
 def default_lora_target_regex(model) -> str:
-    """A peft `target_modules` regex matching every linear layer of the language model and nothing else.
-
-    peft has no LoRA default for VLMs, and a plain `["q_proj", ...]` list also hits the vision tower, whose layers
-    share those names (ARCHITECTURE §7). The regex is anchored on the decoder's qualified name, so the vision tower,
-    the projector and the LM head are never adapted.
-    """
+    """A peft `target_modules` regex matching every linear layer of the language model and nothing else: peft has no
+    LoRA default for VLMs, and a plain `["q_proj", ...]` list also hits the vision tower, whose layers share those
+    names. Anchored on the decoder's qualified name, it never adapts the vision tower, projector or LM head."""
     import torch
 
     prefix = language_model_prefix(model)
@@ -208,35 +200,6 @@ def freeze_modules(model, module_names: list[str], keep: list[str] = ()) -> None
             param.requires_grad_(False)
 
 
-def parameter_groups(
-    model,
-    *,
-    learning_rate: float,
-    weight_decay: float,
-    decay_parameter_names: set[str],
-    projector_modules: list[str],
-    projector_lr: float | None,
-) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: the rest of the trainable parameters first (so logs show the main learning rate),
-    then the projector at `projector_lr`; each split into weight-decay and no-decay groups."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            projector = projector_lr is not None and any(is_in_module(name, m) for m in projector_modules)
-            groups.setdefault((projector, name in decay_parameter_names), []).append(param)
-    return [
-        {
-            "params": groups[projector, decay],
-            "weight_decay": weight_decay if decay else 0.0,
-            "lr": projector_lr if projector else learning_rate,
-            "name": ("projector" if projector else "model") + ("" if decay else "_no_decay"),
-        }
-        for projector in (False, True)
-        for decay in (True, False)
-        if groups.get((projector, decay))
-    ]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Faithful training: fp32 trainable weights, a frozen vision tower without a graph, LLaVA's pad-to-square
 
@@ -244,10 +207,9 @@ def parameter_groups(
 def upcast_trainable_parameters(model) -> list[str]:
     """Cast every trainable floating-point parameter to float32; returns the names of those that were cast.
 
-    With a bf16 base model peft upcasts the LoRA weights to fp32, but a fully trained projector (peft
-    `modules_to_save`) stays bf16, and outside DeepSpeed ZeRO-3 nothing keeps fp32 master weights: at lr 2e-5 most
-    bf16 updates round away. Mixed precision (`bf16: true`, autocast) still runs the matmuls in bf16. ZeRO-3
-    parameters (partitioned, `ds_id`) are left to DeepSpeed, which keeps fp32 master weights itself.
+    With a bf16 base peft upcasts LoRA to fp32, but a fully trained projector (`modules_to_save`) stays bf16, and
+    outside ZeRO-3 nothing keeps fp32 master weights: at lr 2e-5 most bf16 updates round away. Autocast still runs
+    the matmuls in bf16. ZeRO-3 parameters (`ds_id`) are left to DeepSpeed's own fp32 master weights.
     """
     import torch
 
@@ -263,11 +225,9 @@ def upcast_trainable_parameters(model) -> list[str]:
 def run_frozen_vision_towers_without_graph(model) -> list[str]:
     """Run every fully frozen vision tower of `model` under `torch.no_grad()`; returns their module names.
 
-    `enable_input_require_grads` (TRL calls it for PEFT + activation checkpointing) hooks the input embeddings of
-    every sub-model, the vision tower's patch embedding included, so a frozen CLIP builds an autograd graph, is
-    recomputed by checkpointing and back-propagated through for nothing (ARCHITECTURE §7). Nothing below the
-    projector needs a gradient, so the tower runs without a graph. A tower with a trainable parameter inside (LoRA on
-    it, or Qwen2.5-VL whose projector `visual.merger` lives in `visual`) is left alone.
+    `enable_input_require_grads` (TRL: PEFT + activation checkpointing) hooks every sub-model's input embeddings, so
+    a frozen CLIP builds an autograd graph, is recomputed and back-propagated through for nothing. A tower with a
+    trainable parameter inside (LoRA on it, or Qwen2.5-VL's projector `visual.merger`) is left alone.
     """
     import torch
 
@@ -294,12 +254,9 @@ def run_frozen_vision_towers_without_graph(model) -> list[str]:
 
 
 def pad_to_square_image_processor(image_processor):
-    """A copy of a CLIP-style image processor that first pads each image to a square, centred, with the image mean
-    as background (LLaVA-1.5's `expand2square`), then resizes and crops as before.
-
-    transformers' LLaVA processors centre-crop by default: the same for the square 336 px faces of the Mirror
-    dataset, but a non-square image loses its sides. The result is a `LlavaImageProcessor` with `do_pad=True`, so it
-    is saved with the model and inference preprocesses exactly as training did.
+    """A copy of a CLIP-style image processor that first pads each image to a square with the image mean (LLaVA-1.5's
+    `expand2square`), then resizes and crops as before. transformers centre-crops by default, which cuts the sides
+    of a non-square image; a `LlavaImageProcessor` with `do_pad=True` is saved with the model, so inference pads too.
     """
     from transformers import LlavaImageProcessorPil
 
@@ -361,18 +318,37 @@ def without_token_metrics(model) -> None:
     base.forward = forward
 
 
-def mirror_sft_config_class():
-    """`MirrorSFTConfig`: TRL's `SFTConfig` plus the training-speed settings `MirrorSFTTrainer` applies."""
-    from trl import SFTConfig
+def apply_training_speedups(trainer) -> dict[str, Any]:
+    """What `MirrorSFTTrainer` does to its model once TRL has wrapped it: fp32 trainable weights, frozen vision
+    towers without a graph and, on request, regional compilation and no token metrics; returns a summary."""
+    import torch
+
+    model, args = trainer.model, trainer.args
+    cast = upcast_trainable_parameters(model)
+    # Frozen weights in 16 bit next to fp32 trainable ones need autocast (`bf16`/`fp16`).
+    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters() if not p.requires_grad)
+    if cast and half and not (args.bf16 or args.fp16):
+        raise MirrorConfigError(
+            "The model is loaded in 16 bit (dtype bfloat16/float16) but mixed precision is off: trainable weights "
+            "are kept in fp32 and need autocast. Set `bf16: true` (or `fp16: true`), or load with dtype float32."
+        )
+    towers = run_frozen_vision_towers_without_graph(model)
+    logger.info("fp32 trainable tensors cast: %d; vision towers without graph: %s", len(cast), towers)
+    summary: dict[str, Any] = {"fp32_parameters": cast, "vision_towers_without_graph": towers}
+    if getattr(args, "compile_decoder_layers", False):
+        summary["compiled_layers"] = compile_decoder_layers(model, backend=args.compile_backend)
+    if not getattr(args, "log_token_metrics", True):
+        without_token_metrics(model)
+    return summary
+
+
+def _define_trl_subclasses() -> None:
+    """Define `MirrorSFTConfig` and `MirrorSFTTrainer` in this module (TRL's imports are heavy: on first use)."""
+    from trl import SFTConfig, SFTTrainer
 
     @dataclass
     class MirrorSFTConfig(SFTConfig):
-        """TRL's `SFTConfig` with MIRROR's training-loop additions (all off by default, so the loss is TRL's).
-
-        Speed levers already in `SFTConfig`: `per_device_train_batch_size` x `gradient_accumulation_steps`,
-        `activation_checkpointing` with `activation_checkpointing_kwargs: {every_n_layers: N}` (checkpoint every N-th
-        decoder layer only), `pad_to_multiple_of`, `model_init_kwargs: {use_kernels: true}` (Hub kernels).
-        """
+        """TRL's `SFTConfig` with MIRROR's training-loop additions (all off by default, so the loss is TRL's)."""
 
         compile_decoder_layers: bool = field(
             default=False,
@@ -391,59 +367,9 @@ def mirror_sft_config_class():
             },
         )
 
-    # Picklable (the Trainer saves its arguments with every checkpoint): found again as `training.modeling.MirrorSFTConfig`.
-    MirrorSFTConfig.__qualname__ = "MirrorSFTConfig"
-    MirrorSFTConfig.__module__ = __name__
-    return MirrorSFTConfig
-
-
-def apply_training_speedups(trainer) -> dict[str, Any]:
-    """What `MirrorSFTTrainer` does to its model once TRL has wrapped it (PEFT, input-grad hooks); returns a summary.
-
-    Always: trainable weights in fp32 and frozen vision towers without a graph. On request (`MirrorSFTConfig`):
-    regional compilation of the decoder layers and no full-vocabulary token metrics.
-    """
-    import torch
-
-    model, args = trainer.model, trainer.args
-    summary: dict[str, Any] = {"fp32_parameters": upcast_trainable_parameters(model)}
-    # Frozen weights in 16 bit next to fp32 trainable ones need autocast (`bf16`/`fp16`).
-    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters() if not p.requires_grad)
-    if summary["fp32_parameters"] and half and not (args.bf16 or args.fp16):
-        raise MirrorConfigError(
-            "The model is loaded in 16 bit (dtype bfloat16/float16) but mixed precision is off: trainable weights "
-            "are kept in fp32 and need autocast. Set `bf16: true` (or `fp16: true`), or load with dtype float32."
-        )
-    summary["vision_towers_without_graph"] = run_frozen_vision_towers_without_graph(model)
-    if getattr(args, "compile_decoder_layers", False):
-        summary["compiled_layers"] = compile_decoder_layers(
-            model, backend=getattr(args, "compile_backend", "inductor")
-        )
-    if not getattr(args, "log_token_metrics", True):
-        without_token_metrics(model)
-    logger.info(
-        "fp32 trainable tensors cast: %d; vision towers without graph: %s",
-        len(summary["fp32_parameters"]),
-        summary["vision_towers_without_graph"],
-    )
-    return summary
-
-
-def _sft_trainer_class():
-    from trl import SFTTrainer
-
     class MirrorSFTTrainer(SFTTrainer):
-        """TRL's `SFTTrainer` with MIRROR's additions.
-
-        - The multimodal projector trains at its own learning rate: its parameters get their own optimizer param
-          group (LLaVA's `mm_projector_lr`, 2e-5 in the paper, against 2e-4 for LoRA). The learning-rate schedule
-          scales every group alike.
-        - Every trainable parameter is fp32 (the projector too, not only LoRA) and a frozen vision tower runs
-          without an autograd graph (`apply_training_speedups`).
-        - `MirrorSFTConfig` settings: regional compilation, no full-vocabulary token metrics.
-
-        Everything else, the collator and the loss included, is TRL's.
-        """
+        """TRL's `SFTTrainer` (collator and loss included) plus `apply_training_speedups` and the projector's own
+        optimizer param group at `projector_lr` (LLaVA's `mm_projector_lr`: 2e-5 in the paper, 2e-4 for LoRA)."""
 
         def __init__(self, *args, projector_modules: list[str] | None = None, projector_lr: float | None = None, **kw):
             self.projector_modules = list(projector_modules or [])
@@ -461,33 +387,44 @@ def _sft_trainer_class():
             return super().log(logs, start_time)
 
         def create_optimizer(self, model=None):
-            if self.projector_lr is None or not self.projector_modules:
+            if self.projector_lr is None or not self.projector_modules or self.optimizer is not None:
                 return super().create_optimizer(model)
             opt_model = self.model if model is None else model
-            if self.optimizer is None:
-                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-                groups = parameter_groups(
-                    opt_model,
-                    learning_rate=self.args.learning_rate,
-                    weight_decay=self.args.weight_decay,
-                    decay_parameter_names=set(self.get_decay_parameter_names(opt_model)),
-                    projector_modules=self.projector_modules,
-                    projector_lr=self.projector_lr,
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            decay_names = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list] = {}  # (projector, decay) -> parameters
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    projector = any(is_in_module(name, module) for module in self.projector_modules)
+                    groups.setdefault((projector, name in decay_names), []).append(param)
+            if not any(projector for projector, _ in groups):
+                raise MirrorConfigError(
+                    f"projector_lr is set but no trainable parameter lies in {self.projector_modules}"
                 )
-                if not any(group["name"].startswith("projector") for group in groups):
-                    raise MirrorConfigError(
-                        f"projector_lr is set but no trainable parameter lies in {self.projector_modules}"
-                    )
-                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            # The rest first (so logs show the main learning rate), then the projector; decay before no decay.
+            order = [(False, True), (False, False), (True, True), (True, False)]
+            param_groups = [
+                {
+                    "params": groups[projector, decay],
+                    "weight_decay": self.args.weight_decay if decay else 0.0,
+                    "lr": self.projector_lr if projector else self.args.learning_rate,
+                    "name": ("projector" if projector else "model") + ("" if decay else "_no_decay"),
+                }
+                for projector, decay in order
+                if (projector, decay) in groups
+            ]
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
             return self.optimizer
 
-    return MirrorSFTTrainer
+    for cls in (MirrorSFTConfig, MirrorSFTTrainer):
+        # Picklable (the Trainer saves its arguments with every checkpoint): found again as `training.modeling.<name>`.
+        cls.__qualname__ = cls.__name__
+        cls.__module__ = __name__
+        globals()[cls.__name__] = cls
 
 
 def __getattr__(name: str):
-    # `MirrorSFTTrainer` subclasses TRL's trainer, whose import is heavy: build the class on first use.
     if name in ("MirrorSFTTrainer", "MirrorSFTConfig"):
-        cls = _sft_trainer_class() if name == "MirrorSFTTrainer" else mirror_sft_config_class()
-        globals()[name] = cls
-        return cls
+        _define_trl_subclasses()
+        return globals()[name]
     raise AttributeError(name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.modeling import read_chat_template
+from training.modeling import pad_to_square_image_processor, read_chat_template
 
 TOKENIZER_KINDS = ("byte_level", "metaspace")
 IMAGE_TOKEN = "<image>"
@@ -34,11 +34,9 @@ def load_chat_template(name: str = "llava_eos") -> str:
 def build_tiny_tokenizer(vocab_size: int | None = None, kind: str = "byte_level"):
     """A BPE tokenizer trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`.
 
-    `byte_level` (GPT-2 style) covers any text with its 256-byte alphabet. `metaspace` is SentencePiece-style, as
-    Llama/Vicuna (LLaVA-1.5's language model) tokenize: spaces become `▁` and belong to the *next* word
-    (`"ASSISTANT: Thank"` -> `... ":", "▁Thank"`), words never merge across a space, and characters outside
-    the vocabulary fall back to `<unk>`. Token-boundary bugs that the byte-level tokenizer hides (a trailing space
-    in a generation prompt) show up with it.
+    `byte_level` (GPT-2 style) covers any text. `metaspace` tokenizes as Llama/Vicuna's SentencePiece does: a space
+    becomes `▁` and belongs to the *next* word (`"ASSISTANT: Thank"` -> `":", "▁Thank"`), so token-boundary bugs
+    the byte-level tokenizer hides (a trailing space in a generation prompt) show up with it.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -56,10 +54,7 @@ def build_tiny_tokenizer(vocab_size: int | None = None, kind: str = "byte_level"
         tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
         alphabet = sorted(set("▁\n" + "".join(chr(c) for c in range(32, 127))))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet,
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
     )
     corpus = list(_CORPUS)
     if kind == "metaspace":
@@ -90,33 +85,26 @@ def _tiny_llama_config(tokenizer):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **_special_token_ids(tokenizer),
     )
+
+
+def _special_token_ids(tokenizer) -> dict[str, int]:
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
 
 
 def _generation_config(tokenizer, **sampling):
     from transformers import GenerationConfig
 
-    return GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=128,
-        **sampling,
-    )
+    return GenerationConfig(**_special_token_ids(tokenizer), max_new_tokens=128, **sampling)
 
 
 def build_tiny_llava(
     output_dir: str | Path, seed: int = 0, *, tokenizer_kind: str = "byte_level", pad_to_square: bool = False
 ) -> Path:
-    """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template.
-
-    `tokenizer_kind`: see `build_tiny_tokenizer`. `pad_to_square`: the processor pads each image to a square with
-    the image mean first (LLaVA-1.5's own preprocessing) instead of centre-cropping it.
-    """
+    """Save a tiny random LLaVA (CLIP vision tower + Llama) with its processor and chat template; `pad_to_square`:
+    the processor pads images to a square (LLaVA-1.5's own preprocessing) instead of centre-cropping them."""
     import torch
     from transformers import (
         CLIPImageProcessorPil,
@@ -156,8 +144,6 @@ def build_tiny_llava(
         do_center_crop=True,
     )
     if pad_to_square:
-        from training.modeling import pad_to_square_image_processor
-
         image_processor = pad_to_square_image_processor(image_processor)
     processor = LlavaProcessor(
         image_processor=image_processor,

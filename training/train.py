@@ -1,65 +1,46 @@
 """`mirror train`: fine-tune a MIRROR therapist with TRL's `SFTTrainer` (LoRA, QLoRA or full fine-tuning).
 
-A TRL-style script: `TrlParser((MirrorScriptArguments, SFTConfig, ModelConfig))`, the three dataclasses of TRL's
-own `sft.py` with MIRROR's few additions in `MirrorScriptArguments`. A YAML recipe (`--config`, a path or a bundled
-name such as `llava-1.5-7b/base`) sets their values and command-line flags override it:
-
-    mirror train --config llava-1.5-7b/base --dataset_name ./mirror_dataset
-    python -m training.train --config recipes/tiny/base.yaml --dataset_name ./mirror_dataset --max_steps 5
-    accelerate launch --config_file recipes/accelerate/zero3.yaml -m training.train --config llava-1.5-7b/base
-
-The fine-tuning mode is ModelConfig's: `use_peft: true` is LoRA, plus `load_in_4bit: true` QLoRA, `use_peft: false`
-full fine-tuning. Vision variants (`base`, `planning`, `ec_planning`) train a VLM through
-`AutoModelForImageTextToText` and `AutoProcessor` with TRL's own vision collator; the `text` baselines train a
-causal LM with its tokenizer. Every configuration error (unknown recipe key, a variant the dataset lacks, a
-text-only model for a vision variant, a `max_length` that would cut image tokens, QLoRA without a GPU) is raised
-before the first training step.
-
-The model folder (`output_dir`) holds only what is published: safetensors weights, processor, generation config,
-model card. Resumable checkpoints (`checkpoint-*/`, which hold torch pickles) go to `checkpoint_dir`, by default
-the sibling folder `<output_dir>-checkpoints`, so uploading the model folder can never include them.
+A TRL-style script: `TrlParser((MirrorScriptArguments, SFTConfig, ModelConfig))`; a YAML recipe (`--config`, a path
+or a bundled name such as `llava-1.5-7b/base`) sets their values and command-line flags override it. Every
+configuration error is raised before the first training step. The model folder (`output_dir`) holds only what is
+published; resumable checkpoints (torch pickles) go to `checkpoint_dir`, by default `<output_dir>-checkpoints`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import platform
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl import ScriptArguments
+import yaml
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from trl import ModelConfig, ScriptArguments, TrlParser
 
+from dataset_builder.files import check_output_folder
 from inference.prompts import TRAINING_RECORD_NAME, VARIANTS, VISION_VARIANTS
-from recipes import RECIPES_DIR
+from model_cards import render_model_card
+from model_cards.model_card import is_hub_id
+from recipes import RECIPES_DIR, resolve_recipe
+from training import modeling
 from training.modeling import MirrorConfigError
 
 logger = logging.getLogger(__name__)
 
 TINY_RECIPE = RECIPES_DIR / "tiny" / "base.yaml"
 TRAINING_RECORD = TRAINING_RECORD_NAME  # defined once, in inference.prompts (inference reads it)
-CHECKPOINTS_SUFFIX = "-checkpoints"
-
-__all__ = [
-    "MirrorScriptArguments",
-    "build_trainer",
-    "finetuning_mode",
-    "main",
-    "make_parser",
-    "parse_args",
-    "save_model_folder",
-    "train_and_save",
-    "train_tiny_model",
-]
 
 
 @dataclass
 class MirrorScriptArguments(ScriptArguments):
-    """What MIRROR adds to TRL's `ScriptArguments` (dataset), `SFTConfig` (training loop) and `ModelConfig` (model,
-    LoRA, quantization): the variant and rows to train on, the projector, the chat template and what the model
-    folder records."""
+    """What MIRROR adds to TRL's `ScriptArguments`: variant and rows, projector, chat template, model folder."""
 
     # Data (dataset_train_split comes from ScriptArguments)
     dataset_name: str | None = field(
@@ -143,11 +124,7 @@ class MirrorScriptArguments(ScriptArguments):
 
 
 def _trl_dataclasses() -> tuple[type, ...]:
-    from trl import ModelConfig
-
-    from training.modeling import MirrorSFTConfig  # TRL's SFTConfig plus MIRROR's training-speed settings
-
-    return (MirrorScriptArguments, MirrorSFTConfig, ModelConfig)
+    return (MirrorScriptArguments, modeling.MirrorSFTConfig, ModelConfig)  # SFTConfig + MIRROR's speed settings
 
 
 def __getattr__(name: str):
@@ -159,18 +136,12 @@ def __getattr__(name: str):
 
 def make_parser():
     """A bare `trl.TrlParser` over the three dataclasses (`mirror_cli` builds the one with help and usage)."""
-    from trl import TrlParser
-
     return TrlParser(_trl_dataclasses())
 
 
 def parse_args(argv: list[str] | None = None, parser=None):
     """(script_args, training_args, model_args) from `argv`; `--config` may name a bundled recipe. TrlParser
     refuses recipe keys that no dataclass field takes (ValueError naming them)."""
-    import sys
-
-    from recipes import resolve_recipe
-
     parser = parser or make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [part for item in argv for part in (item.split("=", 1) if item.startswith("--config=") else [item])]
@@ -212,34 +183,15 @@ def _flag_given(argv: list[str], flag: str) -> bool:
     return any(item == name or item.startswith(f"{name}=") for item in argv for name in spellings)
 
 
-def recipe_arguments(recipe: str | os.PathLike, **overrides: Any):
-    """(script_args, training_args, model_args) from a recipe and keyword overrides, without a command line."""
-    import yaml
-
-    from recipes import resolve_recipe
-
-    path = resolve_recipe(recipe)
-    values = {**yaml.safe_load(path.read_text(encoding="utf-8")), **overrides}
-    values.pop("env", None)
-    values.setdefault("recipe", str(recipe))
-    return make_parser().parse_dict(values)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Checks that need nothing loaded
-
-
 def finetuning_mode(model_args) -> str:
     """`lora`, `qlora` or `full`, from ModelConfig's `use_peft` and `load_in_4bit` (for the card and the record)."""
-    if not model_args.use_peft:
-        return "full"
-    return "qlora" if model_args.load_in_4bit else "lora"
+    return ("qlora" if model_args.load_in_4bit else "lora") if model_args.use_peft else "full"
 
 
 def checkpoint_dir(script_args: MirrorScriptArguments, training_args) -> Path:
     """Where the trainer writes `checkpoint-*/`: `checkpoint_dir`, else `<output_dir>-checkpoints` beside it."""
     model_dir = Path(training_args.output_dir)
-    folder = Path(script_args.checkpoint_dir or f"{model_dir}{CHECKPOINTS_SUFFIX}")
+    folder = Path(script_args.checkpoint_dir or f"{model_dir}-checkpoints")
     if folder.resolve().is_relative_to(model_dir.resolve()):  # the model folder itself included
         raise MirrorConfigError(
             f"checkpoint_dir {str(folder)!r} is inside the model folder {str(model_dir)!r}: checkpoints hold torch "
@@ -251,8 +203,6 @@ def checkpoint_dir(script_args: MirrorScriptArguments, training_args) -> Path:
 def check_model_output_dir(output_dir: str | os.PathLike) -> Path:
     """`output_dir` must be new, empty or a model folder of ours (its `mirror_training.json`): saving the model
     writes README.md, config.json and weights there, which must never replace a user's files."""
-    from dataset_builder.files import check_output_folder
-
     return check_output_folder(
         output_dir,
         flag="--output_dir",
@@ -285,8 +235,16 @@ def check_arguments(script_args: MirrorScriptArguments, training_args, model_arg
         raise MirrorConfigError("load_in_8bit is not supported: use load_in_4bit (QLoRA) or a 16-bit base model")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise MirrorConfigError("load_in_4bit (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft")
-    if model_args.load_in_4bit:
-        check_qlora_available()
+    if model_args.load_in_4bit:  # QLoRA needs a CUDA GPU and bitsandbytes: refuse before anything is loaded
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MirrorConfigError(
+                "QLoRA (load_in_4bit) loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and "
+                "none is available. Use `--load_in_4bit false` (LoRA) or `--use_peft false` (full) on this machine."
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MirrorConfigError("QLoRA (load_in_4bit) needs bitsandbytes: pip install bitsandbytes")
     checkpoint_dir(script_args, training_args)
     vision = script_args.variant in VISION_VARIANTS
     if vision and not training_args.assistant_only_loss:
@@ -305,8 +263,6 @@ def check_arguments(script_args: MirrorScriptArguments, training_args, model_arg
 
 def _check_model_source(name: str) -> None:
     """A local model path that cannot be one fails here, not as a Hub lookup of a path-looking name."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     path = Path(name).expanduser()
     if path.is_file():
         raise NotADirectoryError(f"--model_name_or_path {name} is a file, not a model folder")
@@ -318,21 +274,6 @@ def _check_model_source(name: str) -> None:
         raise FileNotFoundError(
             f"--model_name_or_path {name}: no such folder; pass a model folder or a Hub model id such as owner/name"
         ) from None
-
-
-def check_qlora_available() -> None:
-    """QLoRA needs a CUDA GPU and bitsandbytes; refuse clearly before anything is loaded."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise MirrorConfigError(
-            "QLoRA (load_in_4bit) loads the base model in 4-bit with bitsandbytes, which needs a CUDA GPU, and "
-            "none is available. Use `--load_in_4bit false` (LoRA) or `--use_peft false` (full) on this machine."
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise MirrorConfigError("QLoRA (load_in_4bit) needs bitsandbytes: pip install bitsandbytes")
 
 
 def _resolve_resume(script_args: MirrorScriptArguments, training_args) -> str | None:
@@ -351,10 +292,6 @@ def _resolve_resume(script_args: MirrorScriptArguments, training_args) -> str | 
     if not os.path.isdir(resume):
         raise MirrorConfigError(f"Checkpoint folder {resume!r} not found")
     return resume
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Building the trainer
 
 
 def load_processing_class(script_args: MirrorScriptArguments, training_args, model_args, vision: bool):
@@ -380,7 +317,6 @@ def load_model(script_args: MirrorScriptArguments, training_args, model_args, vi
     from trl import get_quantization_config
 
     from inference.backends.transformers_backend import parse_dtype
-    from training.modeling import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
     kwargs: dict[str, Any] = {
         **(training_args.model_init_kwargs or {}),  # e.g. {use_kernels: true}, as TRL passes them
@@ -395,11 +331,8 @@ def load_model(script_args: MirrorScriptArguments, training_args, model_args, vi
         if model_args.dtype in ("auto", None):  # 4-bit matmuls need a real compute dtype
             quantization_config.bnb_4bit_compute_dtype = torch.bfloat16
         # The vision tower and the projector (trained fully) stay in 16 bit, as does the LM head.
-        quantization_config.llm_int8_skip_modules = [
-            *VISION_TOWER_NAMES,
-            *(n.rsplit(".", 1)[-1] for n in PROJECTOR_NAMES),
-            "lm_head",
-        ]
+        projectors = [name.rsplit(".", 1)[-1] for name in modeling.PROJECTOR_NAMES]
+        quantization_config.llm_int8_skip_modules = [*modeling.VISION_TOWER_NAMES, *projectors, "lm_head"]
         kwargs["quantization_config"] = quantization_config
         if training_args.distributed_state.distributed_type not in ("DEEPSPEED", "FSDP"):
             from accelerate import PartialState
@@ -428,27 +361,12 @@ def build_trainer(
     train_dataset=None,
     callbacks: list | None = None,
 ):
-    """Check the configuration, load data, processor and model, and return a ready `MirrorSFTTrainer`.
-
-    `model`, `processing_class` and `train_dataset` may be passed in already built (benchmarks, tests); otherwise
-    they are loaded from the arguments. Nothing here runs a training step. The trainer's own arguments are a copy of
-    `training_args` whose `output_dir` is the checkpoint folder; `training_args.output_dir` stays the model folder.
-    """
+    """Check the configuration, load what is not passed in (data, processor, model) and return a ready
+    `MirrorSFTTrainer`; no training step runs. The trainer's `output_dir` is the checkpoint folder."""
     from transformers import AutoConfig
     from trl import get_peft_config
 
     from training.data import load_sft_dataset, longest_row_length
-    from training.modeling import (
-        MirrorSFTTrainer,
-        check_vision_model,
-        default_lora_target_regex,
-        find_projector_modules,
-        find_vision_tower_modules,
-        freeze_modules,
-        modules_matching,
-        resolve_chat_template,
-        set_chat_template,
-    )
 
     check_arguments(script_args, training_args, model_args)
     check_model_output_dir(training_args.output_dir)  # before hours of training, not at the end
@@ -468,24 +386,17 @@ def build_trainer(
             )
     if processing_class is None:
         processing_class = load_processing_class(script_args, training_args, model_args, vision)
-    config = (
-        model.config
-        if model is not None
-        else AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=training_args.trust_remote_code,
-        )
-    )
     if vision:
-        check_vision_model(model_args.model_name_or_path, config, processing_class, script_args.variant)
+        kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code}
+        config = getattr(model, "config", None) or AutoConfig.from_pretrained(model_args.model_name_or_path, **kwargs)
+        modeling.check_vision_model(model_args.model_name_or_path, config, processing_class, script_args.variant)
 
-    template = resolve_chat_template(processing_class, script_args.chat_template, training_args.assistant_only_loss)
-    set_chat_template(processing_class, template)
+    template = modeling.resolve_chat_template(
+        processing_class, script_args.chat_template, training_args.assistant_only_loss
+    )
+    modeling.set_chat_template(processing_class, template)
     if vision and script_args.pad_to_square:
-        from training.modeling import set_pad_to_square
-
-        set_pad_to_square(processing_class)
+        modeling.set_pad_to_square(processing_class)
 
     if training_args.max_length is not None:
         longest = longest_row_length(train_dataset, processing_class, template, vision)
@@ -502,7 +413,7 @@ def build_trainer(
 
     projector_modules: list[str] = []
     if vision and script_args.train_projector:
-        projector_modules = find_projector_modules(model, script_args.projector_modules)
+        projector_modules = modeling.find_projector_modules(model, script_args.projector_modules)
         if not projector_modules:
             raise MirrorConfigError(
                 f"No multimodal projector found in {type(model).__name__}; set `projector_modules` or "
@@ -513,13 +424,14 @@ def build_trainer(
     if peft_config is not None:
         # A string target is a regex (peft matches it with re.fullmatch); the default never reaches the vision
         # tower, the projector or the LM head.
-        peft_config.target_modules = model_args.lora_target_modules or default_lora_target_regex(model)
-        matched = modules_matching(model, peft_config.target_modules)
+        peft_config.target_modules = model_args.lora_target_modules or modeling.default_lora_target_regex(model)
+        matched = modeling.modules_matching(model, peft_config.target_modules)
         if not matched:
             raise MirrorConfigError(
                 f"lora_target_modules {peft_config.target_modules!r} matches no module of {type(model).__name__}"
             )
-        outside = [name for name in matched if any(name.startswith(v + ".") for v in find_vision_tower_modules(model))]
+        towers = modeling.find_vision_tower_modules(model)
+        outside = [name for name in matched if any(name.startswith(tower + ".") for tower in towers)]
         if outside:
             logger.warning(
                 "lora_target_modules also adapts %d vision-tower module(s), e.g. %s", len(outside), outside[0]
@@ -527,12 +439,12 @@ def build_trainer(
         peft_config.modules_to_save = [*projector_modules, *(model_args.lora_modules_to_save or [])] or None
     else:
         if vision and script_args.freeze_vision_tower:
-            freeze_modules(model, find_vision_tower_modules(model), keep=projector_modules)
+            modeling.freeze_modules(model, modeling.find_vision_tower_modules(model), keep=projector_modules)
         if vision and not script_args.train_projector:
-            freeze_modules(model, find_projector_modules(model, script_args.projector_modules))
+            modeling.freeze_modules(model, modeling.find_projector_modules(model, script_args.projector_modules))
 
     trainer_args = dataclasses.replace(training_args, output_dir=str(checkpoint_dir(script_args, training_args)))
-    trainer = MirrorSFTTrainer(
+    trainer = modeling.MirrorSFTTrainer(
         model=model,
         args=trainer_args,
         train_dataset=train_dataset,
@@ -542,12 +454,7 @@ def build_trainer(
         projector_modules=projector_modules,
         projector_lr=script_args.projector_lr if projector_modules else None,
     )
-    trainer.mirror_args = script_args
     return trainer
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Training and the model folder
 
 
 def main(script_args: MirrorScriptArguments, training_args, model_args, callbacks: list | None = None) -> int:
@@ -566,41 +473,21 @@ def train_and_save(trainer, script_args: MirrorScriptArguments, training_args, m
 
 
 def _framework_versions() -> dict[str, str]:
-    import importlib.metadata
-    import platform
-
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "trl", "peft", "datasets", "accelerate"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+    packages = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")  # all imported by training
+    return {"python": platform.python_version(), **{name: importlib.metadata.version(name) for name in packages}}
 
 
-def card_hyperparameters(script_args: MirrorScriptArguments, training_args, model_args, trainer=None) -> dict:
+def card_hyperparameters(trainer, script_args: MirrorScriptArguments, training_args, model_args) -> dict:
     """The hyperparameters a reader of the model card needs, in recipe names."""
-    world_size = training_args.world_size
-    hp: dict[str, Any] = {
-        "finetuning": finetuning_mode(model_args),
-        "learning_rate": training_args.learning_rate,
-        "lr_scheduler_type": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
-        "warmup_steps": training_args.warmup_steps,
-        "weight_decay": training_args.weight_decay,
-        "num_train_epochs": training_args.num_train_epochs,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "world_size": world_size,
-        "total_train_batch_size": training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * world_size,
-        "max_length": training_args.max_length,
-        "bf16": training_args.bf16,
-        "gradient_checkpointing": training_args.gradient_checkpointing,
-        "optim": str(getattr(training_args.optim, "value", training_args.optim)),
-        "seed": training_args.seed,
-        "assistant_only_loss": training_args.assistant_only_loss,
-    }
+    names = ["learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "num_train_epochs"]
+    names += ["per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "total_train_batch_size"]
+    names += ["max_length", "bf16", "gradient_checkpointing", "optim", "seed", "assistant_only_loss"]
+    args = training_args
+    total = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    hp: dict[str, Any] = {"finetuning": finetuning_mode(model_args)}
+    for name in names:
+        value = total if name == "total_train_batch_size" else getattr(args, name)
+        hp[name] = getattr(value, "value", value)  # enums (lr_scheduler_type, optim) by their string value
     if training_args.max_steps and training_args.max_steps > 0:
         hp["max_steps"] = training_args.max_steps
     if script_args.variant in VISION_VARIANTS:
@@ -608,13 +495,17 @@ def card_hyperparameters(script_args: MirrorScriptArguments, training_args, mode
         hp["projector_lr"] = script_args.projector_lr if script_args.train_projector else None
     if model_args.use_peft:
         hp.update(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout)
-        peft_config = getattr(getattr(trainer, "model", None), "peft_config", {}).get("default") if trainer else None
+        peft_config = getattr(trainer.model, "peft_config", {}).get("default")
         if peft_config is not None:
             hp["lora_target_modules"] = peft_config.target_modules
             hp["modules_to_save"] = sorted(peft_config.modules_to_save or [])
     if script_args.chat_template:
         hp["chat_template"] = script_args.chat_template
     return hp
+
+
+def generation_settings(script_args: MirrorScriptArguments) -> dict[str, Any]:
+    return {key: getattr(script_args, f"generation_{key}") for key in ("temperature", "top_p", "max_new_tokens")}
 
 
 def write_generation_config(folder: Path, model, tokenizer, script_args: MirrorScriptArguments) -> None:
@@ -630,70 +521,17 @@ def write_generation_config(folder: Path, model, tokenizer, script_args: MirrorS
     config.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     if config.pad_token_id is None and tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id
-    config.do_sample = True
-    config.temperature = script_args.generation_temperature
-    config.top_p = script_args.generation_top_p
-    config.max_new_tokens = script_args.generation_max_new_tokens
+    config.update(**{"do_sample": True, **generation_settings(script_args)})
     config.save_pretrained(folder)
-
-
-def model_card_info(
-    script_args: MirrorScriptArguments,
-    training_args,
-    model_args,
-    *,
-    adapter: bool,
-    model_name: str,
-    trainer=None,
-    metrics: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Plain data for `model_cards.render_model_card`."""
-    from model_cards.model_card import is_hub_id
-
-    dataset_hub_id = script_args.dataset_hub_id or (
-        script_args.dataset_name
-        if is_hub_id(script_args.dataset_name) and not os.path.exists(script_args.dataset_name)
-        else None
-    )
-    metrics = metrics or {}
-    keys = ("train_loss", "train_runtime", "train_samples_per_second", "epoch")
-    results = {key: round(float(metrics[key]), 4) for key in keys if key in metrics}
-    return {
-        "model_name": model_name,
-        "base_model": model_args.model_name_or_path,
-        "variant": script_args.variant,
-        "finetuning": finetuning_mode(model_args),
-        "adapter": adapter,
-        "vision": script_args.variant in VISION_VARIANTS,
-        "license": script_args.model_license,
-        "dataset": script_args.dataset_name,
-        "dataset_hub_id": dataset_hub_id,
-        "hub_model_id": training_args.hub_model_id,
-        "recipe": script_args.recipe,
-        "hyperparameters": card_hyperparameters(script_args, training_args, model_args, trainer),
-        "training_results": results,
-        "framework_versions": _framework_versions(),
-        "generation": {
-            "temperature": script_args.generation_temperature,
-            "top_p": script_args.generation_top_p,
-            "max_new_tokens": script_args.generation_max_new_tokens,
-        },
-    }
 
 
 def save_model_folder(
     trainer, script_args: MirrorScriptArguments, training_args, model_args, metrics: dict | None = None
 ) -> Path:
-    """Save the trained model as a Hub-ready folder in `training_args.output_dir`.
-
-    Holds safetensors weights only (a LoRA adapter, or full weights), the processor or tokenizer with the chat
-    template, generation_config.json with the paper's sampling defaults, `mirror_training.json` (the resolved
-    configuration, for `mirror merge` and reproducibility) and the README.md model card. No pickle: checkpoints
-    for resuming are in the trainer's own `output_dir` (`checkpoint_dir`), outside this folder.
-    """
+    """Save a Hub-ready folder in `training_args.output_dir`: safetensors weights (adapter or full), processor with
+    the chat template, generation config, `mirror_training.json` (for `mirror merge`) and the model card; no pickle
+    (checkpoints are in the trainer's own `output_dir`)."""
     from accelerate.utils import is_peft_model
-
-    from model_cards import render_model_card
 
     output_dir = check_model_output_dir(training_args.output_dir)  # again: it may have changed while training
     trainer.save_model(str(output_dir))
@@ -705,24 +543,37 @@ def save_model_folder(
     base = model.get_base_model() if adapter else model
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     write_generation_config(output_dir, base, tokenizer, script_args)
-    name = training_args.hub_model_id.split("/")[-1] if training_args.hub_model_id else output_dir.name
-    card = model_card_info(
-        script_args, training_args, model_args, trainer=trainer, adapter=adapter, model_name=name, metrics=metrics
-    )
+    metrics = metrics or {}
+    dataset = script_args.dataset_name
+    local_dataset = not is_hub_id(dataset) or os.path.exists(dataset)
+    keys = ("train_loss", "train_runtime", "train_samples_per_second", "epoch")
+    card = {  # plain data for `model_cards.render_model_card`
+        "model_name": training_args.hub_model_id.split("/")[-1] if training_args.hub_model_id else output_dir.name,
+        "base_model": model_args.model_name_or_path,
+        "variant": script_args.variant,
+        "finetuning": finetuning_mode(model_args),
+        "adapter": adapter,
+        "vision": script_args.variant in VISION_VARIANTS,
+        "license": script_args.model_license,
+        "dataset": dataset,
+        "dataset_hub_id": script_args.dataset_hub_id or (None if local_dataset else dataset),
+        "hub_model_id": training_args.hub_model_id,
+        "recipe": script_args.recipe,
+        "hyperparameters": card_hyperparameters(trainer, script_args, training_args, model_args),
+        "training_results": {key: round(float(metrics[key]), 4) for key in keys if key in metrics},
+        "framework_versions": _framework_versions(),
+        "generation": generation_settings(script_args),
+    }
     record = {
         "mirror_args": dataclasses.asdict(script_args),
         "model_args": dataclasses.asdict(model_args),
         "training_args": json.loads(training_args.to_json_string()),
         "card": card,
-        "metrics": metrics or {},
+        "metrics": metrics,
     }
     (output_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     (output_dir / "README.md").write_text(render_model_card(card), encoding="utf-8")
     return output_dir
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Tiny end-to-end run (quickstart, tests)
 
 
 def train_tiny_model(
@@ -734,27 +585,16 @@ def train_tiny_model(
     merge: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Fine-tune a tiny random LLaVA, built from config offline, on a Mirror dataset; returns a model folder.
-
-    Uses `recipes/tiny/base.yaml` (LoRA + projector, like the paper's recipe, at toy scale, on CPU); `overrides`
-    are recipe keys. Layout: `output_dir/tiny-llava` (the random base model), `output_dir/adapter` (the LoRA adapter
-    folder), `output_dir/adapter-checkpoints` and, with `merge=True`, `output_dir/model`: the merged,
-    self-contained folder that `AutoModelForImageTextToText.from_pretrained` loads; that is what is returned (the
-    adapter folder otherwise).
-    """
+    """Fine-tune a tiny random LLaVA (built offline) with `recipes/tiny/base.yaml` on CPU; `overrides` are recipe
+    keys. Writes `output_dir/tiny-llava` (the base), `adapter` (+ `adapter-checkpoints`) and, with `merge=True`,
+    `model`, the merged folder, which is returned (the adapter folder otherwise)."""
     from training.tiny import build_tiny_llava
 
     output_dir = Path(output_dir)
-    base = build_tiny_llava(output_dir / "tiny-llava")
-    script_args, training_args, model_args = recipe_arguments(
-        TINY_RECIPE,
-        model_name_or_path=str(base),
-        dataset_name=str(dataset_dir),
-        variant=variant,
-        output_dir=str(output_dir / "adapter"),
-        max_steps=max_steps,
-        **overrides,
-    )
+    values = {**yaml.safe_load(TINY_RECIPE.read_text(encoding="utf-8")), "recipe": str(TINY_RECIPE)}
+    values.update(model_name_or_path=str(build_tiny_llava(output_dir / "tiny-llava")), dataset_name=str(dataset_dir))
+    values.update(variant=variant, output_dir=str(output_dir / "adapter"), max_steps=max_steps, **overrides)
+    script_args, training_args, model_args = make_parser().parse_dict(values)
     trainer = build_trainer(script_args, training_args, model_args)
     adapter_dir = train_and_save(trainer, script_args, training_args, model_args)
     if not merge:
@@ -767,4 +607,4 @@ def train_tiny_model(
 if __name__ == "__main__":  # `python -m training.train`, as `accelerate launch -m training.train` runs it
     import mirror_cli
 
-    raise SystemExit(mirror_cli.main(["train", *__import__("sys").argv[1:]], prog="python -m training.train"))
+    raise SystemExit(mirror_cli.main(["train", *sys.argv[1:]], prog="python -m training.train"))
