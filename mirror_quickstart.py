@@ -15,6 +15,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_cards import check_card, render_model_card
+from model_cards.validate import hub_reachable
+
 MARKER = ".mirror-quickstart"
 DATASET_FOLDER = "mirror"  # so that `load_dataset("mirror")` works from the output folder
 MODEL_FOLDER = "mirror-tiny-therapist"
@@ -78,6 +81,7 @@ def _run(args: QuickstartArguments) -> int:
         _print_summary(root, None, None)
         return 0
 
+    from evaluation.quickstart import run_quickstart_evaluation
     from training.merge import merge_adapter
     from training.train import train_tiny_model
 
@@ -90,11 +94,10 @@ def _run(args: QuickstartArguments) -> int:
     _one_reply(root, model_dir)
 
     announce("Evaluating it on the held-out profiles (scripted client and judge: the scores are noise)")
-    report_dir = _evaluate(root, model_dir, result.output_dir)
+    report_dir = Path(run_quickstart_evaluation(model_dir, result.output_dir, root / "evaluation"))
 
     announce("Rendering the model card with the evaluation results and validating both cards offline")
-    if report_dir is not None:
-        _add_results_to_card(model_dir, report_dir)
+    _add_results_to_card(model_dir, report_dir)
     _check_cards(result.output_dir, model_dir)
     _print_summary(root, model_dir, report_dir)
     return 0
@@ -119,19 +122,9 @@ def _one_reply(root: Path, model_dir: Path) -> None:
     print(f"  Therapist (tiny random model, so the words are noise): {text[:100]}")
 
 
-def _evaluate(root: Path, model_dir: Path, dataset_dir: Path) -> Path | None:
-    try:
-        from evaluation.quickstart import run_quickstart_evaluation
-    except ModuleNotFoundError:
-        print("  SKIPPED: evaluation.quickstart is not installed in this checkout; no report or plot")
-        return None
-    return Path(run_quickstart_evaluation(model_dir, dataset_dir, root / "evaluation"))
-
-
 def _add_results_to_card(model_dir: Path, report_dir: Path) -> None:
     """Re-render the model card from the training record, adding the report's results as `model-index`."""
     from evaluation.report import model_index_results
-    from model_cards import render_model_card
     from training.train import TRAINING_RECORD
 
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
@@ -143,16 +136,13 @@ def _add_results_to_card(model_dir: Path, report_dir: Path) -> None:
         record["card"],
         evaluation_report="report.json (kept next to the model folder, not uploaded)",
         evaluation_notes=list(report["run"].get("notes") or []),
+        eval_results=results,
     )
-    card["eval_results"] = results
     (model_dir / "README.md").write_text(render_model_card(card), encoding="utf-8")
     print(f"  {len(results)} result(s) of {therapist!r} added to the model card's model-index")
 
 
 def _check_cards(dataset_dir: Path, model_dir: Path | None) -> None:
-    from model_cards import check_card
-    from model_cards.validate import hub_reachable
-
     check_card(dataset_dir / "README.md", "dataset", folder=dataset_dir)
     if model_dir is not None:
         check_card(model_dir / "README.md", "model", folder=model_dir)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_cards.validate import check_card, validate_on_hub
+
 # What may go into a repo, by file name (relative to the folder). Anything else is listed as skipped.
 DATASET_FILES = ("README.md", "LICENSE*", "data/*/*.parquet")
 MODEL_FILES = (
@@ -117,21 +119,14 @@ class RepoPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Planning (offline)
-
-
 def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
     """Whether a POSIX path matches one of `patterns` at the same folder depth (`*` never spans a `/`)."""
     return any(fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/") for p in patterns)
 
 
 def _never_reason(relative: str) -> str | None:
-    for part in relative.split("/"):
-        for pattern, why in NEVER.items():
-            if fnmatch.fnmatch(part, pattern):
-                return why
-    return None
+    matches = (why for part in relative.split("/") for pattern, why in NEVER.items() if fnmatch.fnmatch(part, pattern))
+    return next(matches, None)
 
 
 def select_files(folder: Path, repo_type: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -142,12 +137,9 @@ def select_files(folder: Path, repo_type: str) -> tuple[list[str], list[tuple[st
         if not path.is_file() and not path.is_symlink():
             continue
         relative = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            skipped.append((relative, "a symbolic link"))
-            continue
-        why = _never_reason(relative)
+        why = "a symbolic link" if path.is_symlink() else _never_reason(relative)
         if why is None and not _matches(relative, allowed):
-            why = "not part of a Hub-ready " + repo_type + " folder"
+            why = f"not part of a Hub-ready {repo_type} folder"
         if why:
             skipped.append((relative, why))
         else:
@@ -172,15 +164,8 @@ def redact_json_paths(value: Any) -> Any:
     return value
 
 
-def _secrets() -> list[str]:
-    token = os.environ.get("HF_TOKEN")
-    return [token] if token and len(token) >= 8 else []
-
-
 def plan_folder(folder: str | Path, repo_type: str, repo_id: str, *, allow_unknown_license: bool = False) -> RepoPlan:
     """What to upload from `folder` to `repo_id`, after checking the folder and its card (raises on problems)."""
-    from model_cards.validate import check_card
-
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{repo_type} folder not found: {folder}")
@@ -194,7 +179,7 @@ def plan_folder(folder: str | Path, repo_type: str, repo_id: str, *, allow_unkno
     if repo_type == "model" and not any(name.endswith(".safetensors") for name in chosen):
         raise FileNotFoundError(f"{folder} holds no *.safetensors weights: not a model folder")
     markers = local_path_markers(folder)
-    secrets = _secrets()
+    secrets = [token for token in [os.environ.get("HF_TOKEN")] if token and len(token) >= 8]
     files = []
     for relative in chosen:
         local = folder / relative
@@ -228,10 +213,6 @@ def plan_folder(folder: str | Path, repo_type: str, repo_id: str, *, allow_unkno
     return plan
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Comparing with the remote
-
-
 def compare_with_remote(api, plan: RepoPlan, revision: str | None) -> None:
     """Mark files whose remote copy has the same content `unchanged`; list stale remote data/weight shards."""
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -253,22 +234,15 @@ def compare_with_remote(api, plan: RepoPlan, revision: str | None) -> None:
     plan.deletions = sorted(path for path in remote if path not in ours and _matches(path, shard_patterns))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Running
-
-
 def describe(plan: RepoPlan, private: bool) -> list[str]:
     visibility = "private" if private else "public"
     lines = [f"{plan.repo_type} {plan.repo_id} ({visibility}) <- {plan.folder}"]
     for planned in plan.files:
         note = " (local paths redacted)" if planned.content is not None else ""
         lines.append(f"  {planned.status:<9} {planned.path_in_repo}{note}")
-    for path in plan.deletions:
-        lines.append(f"  {'delete':<9} {path} (stale shard, not in this build)")
-    for relative, why in plan.skipped:
-        lines.append(f"  {'skip':<9} {relative}: {why}")
-    lines += [f"  WARNING: {warning}" for warning in plan.warnings]
-    return lines
+    lines += [f"  {'delete':<9} {path} (stale shard, not in this build)" for path in plan.deletions]
+    lines += [f"  {'skip':<9} {relative}: {why}" for relative, why in plan.skipped]
+    return lines + [f"  WARNING: {warning}" for warning in plan.warnings]
 
 
 def _user(api, dry_run: bool) -> str | None:
@@ -288,8 +262,6 @@ def _user(api, dry_run: bool) -> str | None:
 def push(args: PushArguments, api=None) -> list[RepoPlan]:
     """Validate, plan and (unless `dry_run`) publish; returns the plans."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-
-    from model_cards.validate import validate_on_hub
 
     if not args.dataset_dir and not args.model_dirs:
         raise ValueError("nothing to push: give --dataset_dir and/or --model_dirs")

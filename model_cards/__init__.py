@@ -4,17 +4,7 @@
 lists, dicts, `datasets.Features`) and get `huggingface_hub` cards or Markdown back.
 """
 
-from model_cards.model_card import ModelCardInfo, build_model_card, is_hub_id, model_card_metadata, render_model_card
+from model_cards.model_card import render_model_card
 from model_cards.validate import CardValidationError, card_problems, check_card, validate_on_hub
 
-__all__ = [
-    "CardValidationError",
-    "ModelCardInfo",
-    "build_model_card",
-    "card_problems",
-    "check_card",
-    "is_hub_id",
-    "model_card_metadata",
-    "render_model_card",
-    "validate_on_hub",
-]
+__all__ = ["CardValidationError", "card_problems", "check_card", "render_model_card", "validate_on_hub"]

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import DatasetCard
+
+from model_cards.licenses import license_name
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DATASET_CARD_TEMPLATE = TEMPLATE_DIR / "dataset_card.md.jinja"
 UNKNOWN_PROVENANCE_LICENSE_NAME = "unknown-provenance"
@@ -75,9 +79,7 @@ PROVENANCE_ALIASES = {"multimodal-reframing/mirror": "mirror-release", "LangAGI-
 
 
 def provenance_of(dataset_value: str | None) -> Provenance | None:
-    if not dataset_value:
-        return None
-    return PROVENANCE.get(PROVENANCE_ALIASES.get(dataset_value, dataset_value))
+    return PROVENANCE.get(PROVENANCE_ALIASES.get(dataset_value, dataset_value))  # None for a missing value too
 
 
 def licenses_for(dataset_values: Iterable[str | None]) -> tuple[list[str], list[str]]:
@@ -89,11 +91,9 @@ def licenses_for(dataset_values: Iterable[str | None]) -> tuple[list[str], list[
     licenses, unknown = set(), set()
     for value in dataset_values:
         provenance = provenance_of(value)
+        licenses.add(provenance.license if provenance else "other")
         if provenance is None:
             unknown.add(value or "<missing>")
-            licenses.add("other")
-        else:
-            licenses.add(provenance.license)
     if unknown:
         logger.warning(
             "Records with unknown provenance (source.dataset = %s): the dataset card says `license: other` and "
@@ -208,19 +208,11 @@ def _type_name(feature: Any) -> str:
     return getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else type(feature).__name__.lower()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Statistics from the built configs (plain rows in, plain data out)
-
-
 def summarize(
     sessions: list[dict[str, Any]], profiles: list[dict[str, Any]], filtered: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """What the card reports about the data: provenance, generation, faces, demographics and filtering.
-
-    `sessions` / `profiles`: rows with `source`, `client` (age, gender), `resistance`, `identity.key` and (sessions)
-    `quality.flags`; `filtered`: rows of the
-    `filtered` config (`kind`, `stage`, `field`, `reason`, `scores`).
-    """
+    """What the card reports about the data (provenance, generation, faces, demographics, filtering), from the rows
+    of the `sessions`, `profiles` and `filtered` configs."""
     records = [("sessions", row) for row in sessions] + [("profiles", row) for row in profiles]
     by_dataset: dict[str, Counter] = defaultdict(Counter)
     generation: dict[tuple, dict[str, Any]] = {}
@@ -341,29 +333,20 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The card
-
-
-def build_dataset_card(
+def render_dataset_card(
     card_data: Any,
     *,
     pretty_name: str,
     summary: dict[str, Any],
     configs: list[dict[str, Any]],
     columns: dict[str, list[tuple[str, str]]],
-):
-    """The dataset card as a `huggingface_hub.DatasetCard`.
+) -> str:
+    """The dataset card as README.md text, from `huggingface_hub.DatasetCard.from_template`.
 
-    Args:
-        card_data: a `DatasetCardData` already holding `configs:` and `dataset_info:` (from `datasets`); the
-            licence, names, tags and sources are added here.
-        summary: `summarize(...)` of the built rows.
-        configs: one dict per config for the table: `name`, `split`, `rows`, `description`.
-        columns: config -> `feature_columns(features)`; every column must have a doc in `FIELD_DOCS`.
+    `card_data`: a `DatasetCardData` holding `configs:` and `dataset_info:` (licence, names, tags and sources are
+    added here); `summary`: `summarize(...)`; `configs`: one dict per config (`name`, `split`, `rows`,
+    `description`); `columns`: config -> `feature_columns(features)`, each column documented in `FIELD_DOCS`.
     """
-    from huggingface_hub import DatasetCard
-
     undocumented = [
         f"{config}.{path}" for config, cols in columns.items() for path, _ in cols if path not in FIELD_DOCS[config]
     ]
@@ -388,9 +371,7 @@ def build_dataset_card(
     documented = {
         config: [(path, kind, FIELD_DOCS[config][path]) for path, kind in cols] for config, cols in columns.items()
     }
-    from model_cards.licenses import license_name
-
-    return DatasetCard.from_template(
+    card = DatasetCard.from_template(
         card_data,
         template_path=str(DATASET_CARD_TEMPLATE),
         pretty_name=pretty_name,
@@ -400,8 +381,4 @@ def build_dataset_card(
         license_names={lic: license_name(lic) for lic in licenses},
         citation=PAPER_CITATION,
     )
-
-
-def render_dataset_card(card_data: Any, **kwargs: Any) -> str:
-    """`build_dataset_card(...)` as README.md text."""
-    return str(build_dataset_card(card_data, **kwargs))
+    return str(card)

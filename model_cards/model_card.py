@@ -1,10 +1,6 @@
 """Model cards for MIRROR therapist models: `ModelCardData` metadata + a Jinja template, fed with plain data.
 
-The card carries the Hub metadata (license, base_model, datasets, tags, pipeline_tag, library_name and, with
-evaluation results, a structured `model-index`), then what a reader needs: intended use (non-clinical research
-only, not a medical device), out-of-scope uses, a crisis-safety note, how the model was trained (dataset, variant,
-recipe, hyperparameters, framework versions), evaluation results, risks and limitations, the base model's licence
-terms and a quick-start snippet (tested: tests/test_cards.py runs it against a tiny model folder).
+The template's quick-start snippet is tested: tests/test_cards.py runs it against a tiny model folder.
 """
 
 from __future__ import annotations
@@ -14,6 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from model_cards.dataset_card import PAPER_CITATION
+from model_cards.licenses import license_name
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATE_DIR / "model_card.md.jinja"
@@ -97,8 +98,6 @@ class ModelCardInfo:
 
 
 def _as_eval_result(result: Any):
-    from huggingface_hub import EvalResult
-
     if isinstance(result, EvalResult):
         return result
     if isinstance(result, dict):
@@ -140,20 +139,10 @@ BASE_LICENSE_TERMS = {
 }
 
 
-def model_card_metadata(info: ModelCardInfo | dict[str, Any]) -> dict[str, Any]:
-    """The card's YAML metadata block (Hub model card spec), as a dict."""
-    return _card_data(_as_info(info)).to_dict()
-
-
 def _card_data(info: ModelCardInfo):
-    from huggingface_hub import ModelCardData
-
     tags = ["mirror", "cognitive-behavioral-therapy", "counseling-research", "research-only", "trl", "sft"]
     tags += [info.finetuning, f"variant-{info.variant}", "vision-language" if info.vision else "text-only"]
     tags += [tag for tag in info.tags if tag not in tags]
-    extra: dict[str, Any] = {"mirror": {"variant": info.variant}}
-    if not info.adapter:
-        extra["base_model_relation"] = "finetune"
     return ModelCardData(
         license=info.license,
         language=list(info.language),
@@ -164,7 +153,8 @@ def _card_data(info: ModelCardInfo):
         datasets=[info.dataset_hub_id] if info.dataset_hub_id else None,
         model_name=info.hub_model_id or info.model_name,
         eval_results=info.eval_results or None,
-        **extra,
+        mirror={"variant": info.variant},
+        base_model_relation=None if info.adapter else "finetune",  # None: left out of the metadata
     )
 
 
@@ -181,15 +171,9 @@ def _recipe_display(recipe: str | None) -> str | None:
     return posix[posix.rindex("recipes/") :] if "recipes/" in posix else Path(recipe).name
 
 
-def build_model_card(info: ModelCardInfo | dict[str, Any]):
-    """The model card for `info` as a `huggingface_hub.ModelCard`."""
-    from huggingface_hub import ModelCard
-
-    from model_cards.dataset_card import PAPER_CITATION
-    from model_cards.licenses import license_name
-
+def render_model_card(info: ModelCardInfo | dict[str, Any]) -> str:
+    """The model card for `info` (YAML front matter + Markdown), from `huggingface_hub.ModelCard.from_template`."""
     info = _as_info(info)
-    card_data = _card_data(info)
     results = [
         {
             "dataset": f"{r.dataset_name} ({r.dataset_config or 'default'}, {r.dataset_split or 'n/a'})",
@@ -198,8 +182,8 @@ def build_model_card(info: ModelCardInfo | dict[str, Any]):
         }
         for r in info.eval_results
     ]
-    return ModelCard.from_template(
-        card_data,
+    card = ModelCard.from_template(
+        _card_data(info),
         template_path=str(MODEL_CARD_TEMPLATE),
         info=info,
         base_model_display=display_name(info.base_model),
@@ -215,8 +199,4 @@ def build_model_card(info: ModelCardInfo | dict[str, Any]):
         results=results,
         citation=PAPER_CITATION,
     )
-
-
-def render_model_card(info: ModelCardInfo | dict[str, Any]) -> str:
-    """Render the model card (YAML front matter + Markdown) for `info`."""
-    return str(build_model_card(info))
+    return str(card)

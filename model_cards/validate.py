@@ -1,10 +1,8 @@
 """Offline checks of a rendered card before anything is uploaded, and the Hub's own check when it can be reached.
 
-Offline (`check_card`): the YAML front matter parses into a mapping (through `huggingface_hub`'s card classes, which
-also parse `model-index`), every licence id is one the Hub knows (`model_cards.licenses.HUB_LICENSES`), `other`
-comes with a `license_name`, the required sections are there, and a dataset folder is publishable (no CelebA
-reference faces; no unknown provenance unless explicitly allowed). `RepoCard.validate()` posts the card to the Hub,
-so `validate_on_hub` runs it only when the Hub is reachable (not in offline mode).
+Offline (`check_card`): the YAML metadata parses, licence ids are Hub ids, the required sections are there and a
+dataset folder is publishable (no CelebA faces, no unknown provenance unless allowed). `RepoCard.validate()` posts
+the card to the Hub, so `validate_on_hub` runs it only when the Hub is reachable (not in offline mode).
 """
 
 from __future__ import annotations
@@ -12,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import DatasetCard, ModelCard, constants
 
 from model_cards.dataset_card import UNKNOWN_PROVENANCE_LICENSE_NAME
 from model_cards.licenses import HUB_LICENSES
@@ -51,8 +51,6 @@ class CardValidationError(ValueError):
 
 def load_card(card: str | Path, repo_type: str):
     """Parse card text or a README.md path into a `ModelCard` / `DatasetCard` (raises on broken YAML)."""
-    from huggingface_hub import DatasetCard, ModelCard
-
     cls = DatasetCard if repo_type == "dataset" else ModelCard
     text = card.read_text(encoding="utf-8") if isinstance(card, Path) else card
     if not text.startswith("---"):
@@ -128,8 +126,6 @@ def check_card(
 
 def hub_reachable() -> bool:
     """False in offline mode (`HF_HUB_OFFLINE=1`): then `RepoCard.validate()` is not attempted."""
-    from huggingface_hub import constants
-
     return not constants.HF_HUB_OFFLINE
 
 
