@@ -295,15 +295,9 @@ def _validate_common(raw: dict, base_dir: Path, policy: ImagePolicy, keys, encod
     identity_image = None
     if identity["image"] is not None:
         identity_image = _embed_image(base_dir, identity["image"], policy, record_id, "identity.image", encode)
-    return {
-        "id": raw["id"],
-        "source": source,
-        "client": client,
-        "resistance": raw["resistance"],
-        "cbt_technique": raw["cbt_technique"],
-        "cbt_plan": raw["cbt_plan"],
-        "identity": {"key": identity["key"], "image": identity_image},
-    }
+    labels = {key: raw[key] for key in ("resistance", "cbt_technique", "cbt_plan")}
+    identity = {"key": identity["key"], "image": identity_image}
+    return {"id": raw["id"], "source": source, "client": client, **labels, "identity": identity}
 
 
 def _embed_image(base_dir: Path, value: Any, policy: ImagePolicy, record_id: str, field_name: str, encode: bool):

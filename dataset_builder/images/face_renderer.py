@@ -84,10 +84,6 @@ class _Table:
     features: tuple[tuple[re.Pattern[str], dict[str, float], bool], ...]  # (cue, values, is_cap)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(rf"\b(?:{pattern})")
-
-
 @lru_cache(maxsize=1)
 def _table() -> _Table:
     return load_expression_table(resources.files(__package__).joinpath("expressions.yaml").read_text(encoding="utf-8"))
@@ -109,7 +105,7 @@ def load_expression_table(text: str, source: str = "expressions.yaml") -> _Table
 
         def compiled(where: str, pattern: str) -> re.Pattern[str]:
             try:
-                return _compile(pattern)
+                return re.compile(rf"\b(?:{pattern})")
             except re.error as err:
                 raise ValueError(f"{source} {where}: bad pattern {pattern!r}: {err}") from err
 
@@ -120,10 +116,9 @@ def load_expression_table(text: str, source: str = "expressions.yaml") -> _Table
         if sorted(raw["priority"]) != sorted(categories) or set(raw["presets"]) != set(categories):
             raise ValueError(f"{source}: `priority` and `presets` must name exactly the `categories` {categories}")
         for section in ("leading", "leading_alone", "cues"):
-            if set(raw[section]) - set(categories):
-                raise ValueError(
-                    f"{source} {section}: unknown categories {sorted(set(raw[section]) - set(categories))}"
-                )
+            unknown = sorted(set(raw[section]) - set(categories))
+            if unknown:
+                raise ValueError(f"{source} {section}: unknown categories {unknown}")
         features = []
         for k, row in enumerate(raw["features"]):
             values = row.get("set") or row.get("cap")
