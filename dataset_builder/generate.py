@@ -34,7 +34,7 @@ from inference.backends.base import text_message
 
 from .files import atomic_save_png, atomic_write, check_not_a_file, read_jsonl
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
-from .importer import client_record, find_technique, new_turn, parse_personal_info, parse_screenplay
+from .importer import client_record, find_technique, new_turn, parse_personal_info, parse_screenplay, source_record
 from .schema import RESISTANCE_STYLES
 
 logger = logging.getLogger(__name__)
@@ -738,15 +738,9 @@ class Generator:
         """What every generated record starts with: its id, its provenance and the profile it was written from."""
         return {
             "id": job["id"],
-            "source": {
-                "dataset": job["dataset"],
-                "row": str(job["row"]),
-                "generator": self.config.llm.model,
-                "generator_revision": self.config.llm.revision,
-                "image_backend": image_backend,
-                "seed": seed,
-                "prompt_version": self.config.prompt_version,
-            },
+            "source": source_record(job["dataset"], str(job["row"]), self.config.llm.model, seed=seed,
+                                    generator_revision=self.config.llm.revision, image_backend=image_backend,
+                                    prompt_version=self.config.prompt_version),
             **{key: job[key] for key in ("client", "resistance", "cbt_technique", "cbt_plan")},
         }
 

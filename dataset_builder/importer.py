@@ -213,6 +213,12 @@ def client_record(fields: dict[str, Any], reason: str | None, thought: str | Non
     }
 
 
+def source_record(dataset: str, row: str, generator: str | None, **provenance: Any) -> dict[str, Any]:
+    """A record's `source`; `provenance` sets generator_revision, image_backend, seed or prompt_version."""
+    source = {"dataset": dataset, "row": row, "generator": generator, "generator_revision": None}
+    return source | {"image_backend": None, "seed": None, "prompt_version": DEFAULT_PROMPT_VERSION} | provenance
+
+
 def split_thinking_traps(value: Any) -> list[str]:
     if isinstance(value, list):
         items = value
@@ -374,12 +380,8 @@ def row_to_record(
     technique = find_technique(get("cbt_technique"), plan)
     if technique is None:
         raise RowError(f"{where}: no CBT technique named in cbt_technique/cbt_plan (one of {list(CBT_TECHNIQUES)})")
-    client = client_record(
-        profile,
-        str(get("reason_for_seeking_counseling") or "").strip(),
-        str(get("distorted_thought") or "").strip(),
-        get("thinking_trap"),
-    )
+    reason, thought = (str(get(key) or "").strip() for key in ("reason_for_seeking_counseling", "distorted_thought"))
+    client = client_record(profile, reason, thought, get("thinking_trap"))
     celeba = get("celeba_index")
     flags = []
     if celeba_dir is not None and celeba not in (None, ""):
@@ -390,15 +392,7 @@ def row_to_record(
         flags.append("reference_face:embedded-renderer")
     record = {
         "id": idx,
-        "source": {
-            "dataset": "mirror-release",
-            "row": cactus_row,
-            "generator": str(get("model") or "") or None,
-            "generator_revision": None,
-            "image_backend": None,
-            "seed": None,
-            "prompt_version": DEFAULT_PROMPT_VERSION,
-        },
+        "source": source_record("mirror-release", cactus_row, str(get("model") or "") or None),
         "client": client,
         "resistance": resistance,
         "cbt_technique": technique,
