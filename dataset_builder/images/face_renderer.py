@@ -526,14 +526,8 @@ class _Painter:
     def draw(self, head: Image.Image) -> None:
         d = ImageDraw.Draw(head)
         p = self.p
-        self.hair_back(d)
-        self.neck(d)
-        self.ears(d)
-        self.face(d)
-        self.cheeks(d)
-        self.age_lines(d)
-        self.beard(d)
-        self.nose(d)
+        for part in (self.hair_back, self.neck, self.ears, self.face, self.cheeks, self.age_lines, self.beard, self.nose):
+            part(d)
         for side in (-1, 1):
             self.eye(head, d, side)
             self.brow(d, side)
