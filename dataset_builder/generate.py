@@ -511,38 +511,30 @@ class Generator:
     def _manifest(self, dataset: str, counts: dict[str, int] | None = None) -> dict[str, Any]:
         import importlib.metadata as metadata
 
-        versions = {}
-        packages = ("mirror-therapy", "transformers", "datasets", "huggingface-hub", "diffusers", "torch")
-        for package in (*packages, "accelerate", "pillow"):
+        def version(package: str) -> str | None:
             try:
-                versions[package] = metadata.version(package)
+                return metadata.version(package)
             except metadata.PackageNotFoundError:
-                versions[package] = None
+                return None
+
+        packages = ("mirror-therapy", "transformers", "datasets", "huggingface-hub", "diffusers", "torch")
         config = self.config
-        expression = config.expression_llm or config.llm
-        prompts = {
-            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(PROMPT_DIR.glob(f"*_{config.prompt_version}.yaml"))
-        }
-        filter_models = {
-            k: getattr(config.filters, k)
-            for k in ("clip_model", "age_model", "gender_model", "identity_model", "nsfw_model", "safety_model")
-        }
+        llms = (("screenplay", config.llm), ("expression", config.expression_llm or config.llm))
+        prompt_files = sorted(PROMPT_DIR.glob(f"*_{config.prompt_version}.yaml"))
+        models = ("clip_model", "age_model", "gender_model", "identity_model", "nsfw_model", "safety_model")
+        filter_models = {key: getattr(config.filters, key) for key in models}
         return {
             "config": config.to_dict(),
             "config_sha256": config.digest(),
             "models": {
-                **{
-                    role: {"model": llm.model, "revision": llm.revision, "base_url": llm.base_url}
-                    for role, llm in (("screenplay", config.llm), ("expression", expression))
-                },
+                **{role: {"model": m.model, "revision": m.revision, "base_url": m.base_url} for role, m in llms},
                 "image_backend": {"name": config.image_backend, "options": config.image_options},
                 "filters": filter_models if config.image_filters else {"image_filters": "disabled"},
                 "pos_tagger": config.filters.pos_tagger,
             },
             "profiles": {"source": config.profiles, "dataset": dataset, "revision": config.profiles_revision},
-            "prompts": prompts,
-            "packages": versions,
+            "prompts": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in prompt_files},
+            "packages": {package: version(package) for package in (*packages, "accelerate", "pillow")},
             "python": platform.python_version(),
             "seeds": {"base": config.seed, "per_item": "sha256([seed, id, stage, attempt])[:4]"},
             "counts": counts or {},
