@@ -536,25 +536,21 @@ class ModelFilters:
         results: list[FilterResult] = []
         skipped: list[str] = []
         config = self.config
-
-        def identity() -> list[FilterResult] | None:  # None: skipped, no reference face
-            return None if reference is None else [self.identity_similarity(images, reference)]
-
-        checks: list[tuple[str, str | None, Callable[[], Any]]] = [
+        identity = None if reference is None else (lambda: [self.identity_similarity(images, reference)])
+        checks: list[tuple[str, str | None, Callable[[], list[FilterResult]] | None]] = [
             ("clip_similarity", config.clip_model, lambda: self.clip_similarity(record, images)),
             ("age_consistency", config.age_model, lambda: [self.age_consistency(record, images)]),
             ("gender_consistency", config.gender_model, lambda: [self.gender_consistency(record, images)]),
             ("identity_similarity", config.identity_model, identity),
             ("nsfw", config.nsfw_model, lambda: [self.nsfw(images)]),
         ]
-        for name, model_id, run in checks:
-            if not images:
-                break
-            if not model_id:
-                skipped.append(f"{SKIPPED_FLAG}{name}: disabled in the config (no model id)")
+        for name, model_id, run in checks if images else ():
+            if not model_id or run is None:
+                why = "no reference face" if model_id else "disabled in the config (no model id)"
+                skipped.append(f"{SKIPPED_FLAG}{name}: {why}")
                 continue
             try:
-                outcome = run()
+                results.extend(run())
             except ModelUnavailable as err:
                 if config.on_missing_model == "error":
                     raise ModelUnavailable(
@@ -563,9 +559,4 @@ class ModelFilters:
                     ) from err
                 logger.warning("filter %s SKIPPED: %s", name, err)
                 skipped.append(f"{SKIPPED_FLAG}{name}: {err}")
-                continue
-            if outcome is None:
-                skipped.append(f"{SKIPPED_FLAG}{name}: no reference face")
-                continue
-            results.extend(outcome)
         return results, skipped
