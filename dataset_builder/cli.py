@@ -90,17 +90,14 @@ def build_main(args: BuildArguments) -> int:
         )
         for line in result.drop_summary():
             print(line)
-    print_load_hint(result.output_dir)
-    return 0
-
-
-def print_load_hint(folder: Path) -> None:
+    folder = str(result.output_dir)
     print(
         "Load it with:\n"
         "  from datasets import load_dataset\n"
-        f"  load_dataset({str(folder)!r})                      # sessions\n"
-        f"  load_dataset({str(folder)!r}, 'sft', split='train')  # also 'profiles', 'filtered'"
+        f"  load_dataset({folder!r})                      # sessions\n"
+        f"  load_dataset({folder!r}, 'sft', split='train')  # also 'profiles', 'filtered'"
     )
+    return 0
 
 
 def render_main(args: RenderArguments, backend_options: ImageBackendOptions) -> int:

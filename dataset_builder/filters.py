@@ -152,10 +152,8 @@ def turn_count(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterRes
 
 
 def speaker_count(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
-    speakers = {turn["speaker"] for turn in record["turns"]}
-    return FilterResult(
-        "speaker_count", float(len(speakers)), len(speakers) <= config.max_speakers, f"{len(speakers)} speakers"
-    )
+    n = len({turn["speaker"] for turn in record["turns"]})
+    return FilterResult("speaker_count", float(n), n <= config.max_speakers, f"{n} speakers")
 
 
 def word_repetition(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
@@ -177,9 +175,8 @@ def therapist_failure(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> Fi
         for index, turn in enumerate(record["turns"])
         if turn["speaker"] == "therapist" and (not turn["statement"].strip() or _FAILURE.match(turn["statement"]))
     ]
-    return FilterResult(
-        "therapist_failure", float(len(failures)), not failures, f"therapist response failure at turns {failures}"
-    )
+    reason = f"therapist response failure at turns {failures}"
+    return FilterResult("therapist_failure", float(len(failures)), not failures, reason)
 
 
 def profile_copy(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterResult:
@@ -188,14 +185,12 @@ def profile_copy(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterR
     profile_text = " ".join(str(record["client"].get(k) or "") for k in ("personal_info", "reason_for_counseling"))
     profile_words = _words(profile_text)
     profile_ngrams = {tuple(profile_words[i : i + n]) for i in range(len(profile_words) - n + 1)}
-    copied = 0
-    for turn in record["turns"]:
-        words = _words(turn["statement"])
-        if any(tuple(words[i : i + n]) in profile_ngrams for i in range(len(words) - n + 1)):
-            copied += 1
-    return FilterResult(
-        "profile_copy", float(copied), copied == 0, f"{copied} statement(s) copy {n}+ words of the profile verbatim"
+    copied = sum(
+        any(tuple(words[i : i + n]) in profile_ngrams for i in range(len(words) - n + 1))
+        for words in (_words(turn["statement"]) for turn in record["turns"])
     )
+    reason = f"{copied} statement(s) copy {n}+ words of the profile verbatim"
+    return FilterResult("profile_copy", float(copied), copied == 0, reason)
 
 
 # The approximate tagger's closed classes (Universal POS tags).
