@@ -161,37 +161,33 @@ def sft_rows(record: dict, variants=SFT_VARIANTS, prompt_version: str = DEFAULT_
     at session start, before any face is seen; it teaches a fine-tuned planning model to write its own plan.
     """
     turns = record["turns"]
-    base = {"session_id": record["id"], "resistance": record["resistance"]}
     plan = {"cbt_technique": record["cbt_technique"], "cbt_plan": record["cbt_plan"]}
+
+    def row(variant: str, task: str, index: int, messages: list, images: list) -> dict:
+        return {"session_id": record["id"], "resistance": record["resistance"], "variant": variant, "task": task,
+                "id": f"{record['id']}/{variant}/{task}/{index:02d}", "turn_index": index, "messages": messages,
+                "images": images}
+
     for variant in variants:
         if variant in PLAN_VARIANTS:
-            yield {**base, "id": f"{record['id']}/{variant}/plan/00", "variant": variant, "task": "plan",
-                   "turn_index": 0, "messages": plan_messages(record["client"], **plan, version=prompt_version),
-                   "images": []}
+            yield row(variant, "plan", 0, plan_messages(record["client"], **plan, version=prompt_version), [])
     last_client = None
     for index, turn in enumerate(turns):
         if turn["speaker"] == "client":
             last_client = turn
             if "ec_planning" in variants and turn["image"] is not None and turn["stage_direction"]:
-                yield {**base, "id": f"{record['id']}/ec_planning/emotion_caption/{index:02d}",
-                       "variant": "ec_planning", "task": "emotion_caption", "turn_index": index,
-                       "messages": emotion_caption_messages(turn["stage_direction"], prompt_version),
-                       "images": [turn["image"]]}
+                messages = emotion_caption_messages(turn["stage_direction"], prompt_version)
+                yield row("ec_planning", "emotion_caption", index, messages, [turn["image"]])
             continue
-        history = turns[:index]
+        image = last_client["image"] if last_client is not None else None
+        emotion = (last_client["stage_direction"] or last_client["expression"]) if last_client else None
         for variant in variants:
             vision = variant in VISION_VARIANTS
-            image = last_client["image"] if last_client is not None else None
-            if vision and image is None:
-                continue
-            emotion = (last_client["stage_direction"] or last_client["expression"]) if last_client else None
-            if variant == "ec_planning" and not emotion:
+            if (vision and image is None) or (variant == "ec_planning" and not emotion):
                 continue
             messages = therapist_messages(
-                record["client"], history, variant, reply=turn["statement"],
+                record["client"], turns[:index], variant, reply=turn["statement"],
                 emotion=emotion if variant == "ec_planning" else None,
                 version=prompt_version, **(plan if variant in PLAN_VARIANTS else {}),
             )
-            yield {**base, "id": f"{record['id']}/{variant}/response/{index:02d}", "variant": variant,
-                   "task": "response", "turn_index": index, "messages": messages,
-                   "images": [image] if vision else []}
+            yield row(variant, "response", index, messages, [image] if vision else [])
