@@ -85,14 +85,12 @@ def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    for source in (Path(__file__).parent / name
-                   for name in ("builder.py", "schema.py", "validation.py", "filters.py", "cues.py")):
+    here = Path(__file__).parent
+    repo = here.parent  # the code, the prompts and the card template shape the output too
+    for source in [*(here / name for name in ("builder.py", "schema.py", "validation.py", "filters.py", "cues.py")),
+                   *sorted((repo / "inference" / "prompts").glob("*.yaml")), repo / "model_cards" / "dataset_card.py",
+                   repo / "model_cards" / "templates" / "dataset_card.md.jinja"]:
         digest.update(source.read_bytes())
-    repo = Path(__file__).parent.parent  # the prompt and the card template shape the output too
-    for data_file in [*sorted((repo / "inference" / "prompts").glob("*.yaml")),
-                      repo / "model_cards" / "dataset_card.py",
-                      repo / "model_cards" / "templates" / "dataset_card.md.jinja"]:
-        digest.update(data_file.read_bytes())
     return digest.hexdigest()
 
 
@@ -260,13 +258,11 @@ def _set_folder_permissions(folder: Path) -> None:
 
 def _replace_dir(new: Path, target: Path) -> None:
     """Swap `new` into place: a reader never sees a half-written `target`."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_card(folder: Path, by_config: dict, options: BuildOptions) -> None:

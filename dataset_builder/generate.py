@@ -427,10 +427,8 @@ _CONTRAST = re.compile(r"^\W*contrast(?:ing)?(?:\s+expression)?\W*:\s*(?P<value>
 
 
 def parse_expressions(text: str) -> tuple[str, str] | None:
-    expression, contrast = _EXPRESSION.search(text or ""), _CONTRAST.search(text or "")
-    if not expression or not contrast:
-        return None
-    clean = [m["value"].strip().strip("\"'*").strip() for m in (expression, contrast)]
+    found = [pattern.search(text or "") for pattern in (_EXPRESSION, _CONTRAST)]
+    clean = [m["value"].strip().strip("\"'*").strip() if m else "" for m in found]
     return (clean[0], clean[1]) if all(clean) else None
 
 
