@@ -96,11 +96,8 @@ def input_fingerprint(raw_dir: Path, options: BuildOptions) -> str:
 
 def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOptions | None = None,
                   force: bool = False) -> BuildResult:
-    """Validate the raw records in `raw_dir` and export the Hub-ready folder `output_dir`.
-
-    `output_dir` must be new, empty or a previous Mirror build (see `check_output_dir`); an unchanged input is a
-    no-op unless `force`.
-    """
+    """Validate the raw records in `raw_dir` and export the Hub-ready folder `output_dir` (new, empty or a previous
+    Mirror build, see `check_output_dir`); an unchanged input is a no-op unless `force`."""
     options = options or BuildOptions()
     raw_dir, output_dir = Path(raw_dir).resolve(), Path(output_dir).resolve()
     if raw_dir.is_file():
@@ -222,11 +219,8 @@ def check_output_dir(raw_dir: Path, output_dir: Path) -> None:
 
 
 def _write_parquet(dataset: datasets.Dataset, folder: Path, split: str, options: BuildOptions) -> None:
-    """Shards `<split>-00000-of-0000N.parquet`; `sft` is sharded per variant (`<variant>-00000-of-0000N.parquet`).
-
-    Per-variant files let the card expose `sft` (all files) and `sft_<variant>` (one variant's files) as configs
-    over the same parquet, with no copies (`_write_card`).
-    """
+    """Shards `<split>-00000-of-0000N.parquet`; `sft` per variant (`<variant>-...`), so the card can expose `sft`
+    (all files) and `sft_<variant>` (one variant's files) over the same parquet, with no copies (`_write_card`)."""
     folder.mkdir(parents=True, exist_ok=True)
     groups = {split: dataset}
     if folder.name == "sft":

@@ -1,4 +1,4 @@
-"""Writing files so that a killed job never leaves a half-written one behind (shared by build, generate and evaluate)."""
+"""Writing files so that a killed job never leaves a half-written one behind (used by build, generate, evaluate)."""
 
 from __future__ import annotations
 

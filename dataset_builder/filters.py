@@ -195,7 +195,8 @@ def profile_copy(record: dict, config: FilterConfig = DEFAULT_CONFIG) -> FilterR
 
 # The approximate tagger's closed classes (Universal POS tags).
 _CLOSED = {
-    "DET": "a an the this that these those my your his her its our their some any no every each all both either".split(),
+    "DET": "a an the this that these those my your his her its our their some any no every each all both "
+    "either".split(),
     "PRON": "i me you he him she it we us they them myself yourself himself herself ourselves themselves mine yours "
     "hers ours theirs who whom what which someone something nobody nothing everyone everything anyone".split(),
     "ADP": "in on at by for with about against between into through during before after above below to from up down "
@@ -399,11 +400,8 @@ def _features(output):
 
 
 class ModelFilters:
-    """Image filters over a session's client faces, each loading its model by id on first use.
-
-    `score(record, images, reference)` takes the record, `{turn index: PIL image}` of client turns and the
-    reference face (or None); it returns the results and the filters that were skipped (with why).
-    """
+    """Image filters over a session's client faces (`{turn index: PIL image}`), each loading its model by id on
+    first use."""
 
     def __init__(self, config: FilterConfig = DEFAULT_CONFIG):
         self.config = config

@@ -223,10 +223,8 @@ class ResponseCache:
 
 
 class CachedChat:
-    """`backend.chat` through the response cache, with the recipe's sampling settings and a per-call seed.
-
-    `get_backend` is called on the first cache miss only, so a fully cached rerun never loads or contacts a model.
-    """
+    """`backend.chat` through the response cache, with the recipe's sampling settings and a per-call seed;
+    `get_backend` is called on the first cache miss only, so a fully cached rerun never loads or contacts a model."""
 
     def __init__(self, get_backend: Callable[[], Any], settings: LLMConfig, cache: ResponseCache):
         self.get_backend, self.settings, self.cache = get_backend, settings, cache

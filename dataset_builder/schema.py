@@ -66,6 +66,7 @@ PROFILE_FEATURES = Features(
 )
 SESSION_FEATURES = Features({**PROFILE_FEATURES, "turns": List(TURN_FIELDS), "quality": QUALITY_FEATURES})
 
+TEXT_PART = {"type": Value("string"), "text": Value("string")}
 SFT_FEATURES = Features(
     {
         "id": Value("string"),
@@ -74,7 +75,7 @@ SFT_FEATURES = Features(
         "task": Value("string"),
         "resistance": Value("string"),
         "turn_index": Value("int32"),
-        "messages": List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}),
+        "messages": List({"role": Value("string"), "content": List(TEXT_PART)}),
         "images": List(Image()),
     }
 )

@@ -82,11 +82,8 @@ def _pin_label(model, labels: list[str], favour: str | None):
 def build_tiny_image_classifier(
     output_dir: str | Path, labels: list[str], favour: str | None = None, seed: int = 0
 ) -> Path:
-    """A tiny ViT image classifier with `labels`; with `favour`, that label wins for every image (pinned bias).
-
-    It stands in for the age, gender and NSFW classifiers, which `transformers.pipeline("image-classification")`
-    loads by id.
-    """
+    """A tiny ViT image classifier with `labels`, standing in for the age, gender and NSFW models that
+    `pipeline("image-classification")` loads by id; with `favour`, that label wins for every image (pinned bias)."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -102,10 +99,8 @@ def build_tiny_image_classifier(
 def build_tiny_text_classifier(
     output_dir: str | Path, labels: list[str], favour: str | None = None, seed: int = 0
 ) -> Path:
-    """A tiny BERT text classifier (character tokenizer) with `labels`; `favour` pins the winning label.
-
-    It stands in for a dialogue-safety classifier that `transformers.pipeline("text-classification")` loads by id.
-    """
+    """A tiny BERT text classifier (character tokenizer) with `labels`, standing in for a dialogue-safety model that
+    `pipeline("text-classification")` loads by id; `favour` pins the winning label."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -44,8 +44,10 @@ class RecordError(ValueError):
 
     def __str__(self) -> str:
         # Built on demand: the builder fills in `source`/`line` after validation raised with only the record.
-        where = f"{self.source}:{self.line}: " if self.source and self.line else f"{self.source}: " if self.source else ""
-        return f"{where}record {self.record_id or '<unknown id>'!r}, field {self.field or '<record>'!r}: {self.problem}"
+        where = f"{self.source}:{self.line}" if self.source and self.line else self.source
+        where = f"{where}: " if where else ""
+        record, field_name = self.record_id or "<unknown id>", self.field or "<record>"
+        return f"{where}record {record!r}, field {field_name!r}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,8 @@ def validate_session(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolic
         image = None
         if speaker == "client":
             if not statement.strip() and not (stage_direction or "").strip():
-                raise RecordError(record_id, f"{where}.statement", "client turn has neither words nor a stage direction")
+                problem = "client turn has neither words nor a stage direction"
+                raise RecordError(record_id, f"{where}.statement", problem)
             if turn["image"] is None:
                 if policy.require_images:
                     raise RecordError(

@@ -526,7 +526,8 @@ class _Painter:
     def draw(self, head: Image.Image) -> None:
         d = ImageDraw.Draw(head)
         p = self.p
-        for part in (self.hair_back, self.neck, self.ears, self.face, self.cheeks, self.age_lines, self.beard, self.nose):
+        back_to_front = (self.hair_back, self.neck, self.ears, self.face, self.cheeks, self.age_lines, self.beard)
+        for part in (*back_to_front, self.nose):
             part(d)
         for side in (-1, 1):
             self.eye(head, d, side)
