@@ -52,7 +52,6 @@ def _prepare(root: Path) -> None:
 
 def main(args: QuickstartArguments) -> int:
     """Run the whole chain offline: sample data to a tiny evaluated therapist with Hub-ready folders and cards."""
-
     with warnings.catch_warnings():
         # peft and TRL read `model.is_gradient_checkpointing`, which transformers 5 deprecates; our code does not.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -128,8 +127,7 @@ def _add_results_to_card(model_dir: Path, report_dir: Path) -> None:
     from training.train import TRAINING_RECORD
 
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
-    record_path = model_dir / TRAINING_RECORD
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    record = json.loads((model_dir / TRAINING_RECORD).read_text(encoding="utf-8"))
     therapist = next(iter(report["therapists"]))
     results = model_index_results(report, therapist)
     card = dict(
