@@ -107,12 +107,9 @@ def parse_screenplay(text: str, client_name: str | None = None) -> ParsedScreenp
         speaker_word = match["speaker"].lower()
         speaker = "therapist" if speaker_word.startswith(("therapist", "counsel")) else "client"
         rest = match["rest"].strip()
-        direction_match = re.match(r"^\[(?P<direction>[^\]]*)\]\s*(?P<statement>.*)$", rest)
-        if direction_match:
-            direction = direction_match["direction"].strip() or None
-            statement = direction_match["statement"].strip()
-        else:
-            direction, statement = None, rest
+        bracket = re.match(r"^\[(?P<direction>[^\]]*)\]\s*(?P<statement>.*)$", rest)
+        direction = (bracket["direction"].strip() or None) if bracket else None
+        statement = bracket["statement"].strip() if bracket else rest
         if not statement and not direction:
             dropped.append(line)
             continue
@@ -205,11 +202,13 @@ def parse_personal_info(text: str) -> dict[str, Any]:
 def client_record(fields: dict[str, Any], reason: str | None, thought: str | None, traps: Any) -> dict[str, Any]:
     """The schema's client fields: a parsed intake form (`parse_personal_info`) plus the profile's other columns."""
     keys = ("name", "age", "gender", "occupation", "education", "marital_status", "family", "personal_info")
+    items = traps if isinstance(traps, list) else re.split(r"[,;\n]|\band\b", str(traps or ""))
+    items = [item.strip().strip("'\"[]") for item in items if item]
     return {
         **{key: fields.get(key) for key in keys},
         "reason_for_counseling": reason or None,
         "distorted_thought": thought or None,
-        "thinking_traps": split_thinking_traps(traps),
+        "thinking_traps": [item.lower() for item in items if item],
     }
 
 
@@ -217,14 +216,6 @@ def source_record(dataset: str, row: str, generator: str | None, **provenance: A
     """A record's `source`; `provenance` sets generator_revision, image_backend, seed or prompt_version."""
     source = {"dataset": dataset, "row": row, "generator": generator, "generator_revision": None}
     return source | {"image_backend": None, "seed": None, "prompt_version": DEFAULT_PROMPT_VERSION} | provenance
-
-
-def split_thinking_traps(value: Any) -> list[str]:
-    if isinstance(value, list):
-        items = value
-    else:
-        items = re.split(r"[,;\n]|\band\b", str(value or ""))
-    return [item.strip().strip("'\"[]").lower() for item in items if item and item.strip().strip("'\"[]")]
 
 
 def find_technique(*texts: str | None) -> str | None:
