@@ -695,17 +695,13 @@ class Generator:
                 turn["image"] = f"images/{identity['key']}/{job['id']}-turn{index:02d}.png"
             turns.append(turn)
         image = identity.get("image") or f"images/{identity['key']}/identity.png"
+        scores = {"dropped_screenplay_lines": float(len(screenplay.get("dropped_lines", []))),
+                  "screenplay_attempts": float(screenplay["attempts"])}
         return {
             **self.record_head(job, image_backend, screenplay["seed"]),
             "identity": {"key": identity["key"], "image": image},
             "turns": turns,
-            "quality": {
-                "scores": {
-                    "dropped_screenplay_lines": float(len(screenplay.get("dropped_lines", []))),
-                    "screenplay_attempts": float(screenplay["attempts"]),
-                },
-                "flags": flags,
-            },
+            "quality": {"scores": scores, "flags": flags},
         }
 
     def unusable_record(self, job: dict[str, Any], screenplay: dict[str, Any]) -> dict[str, Any]:
@@ -737,12 +733,8 @@ class Generator:
         from PIL import Image
 
         config = self.config
-        safety = self._dialogue_safety
-        if safety is None and config.filters.dialogue_safety:
-            safety = DialogueSafety(config.filters)
-        model_filters = self._model_filters
-        if model_filters is None and config.image_filters:
-            model_filters = ModelFilters(config.filters)
+        safety = self._dialogue_safety or (DialogueSafety(config.filters) if config.filters.dialogue_safety else None)
+        model_filters = self._model_filters or (ModelFilters(config.filters) if config.image_filters else None)
         for record in tqdm(records, desc="generate: filters", unit="session"):
             scores, flags = record["quality"]["scores"], record["quality"]["flags"]
             results, _ = apply_filters(record, config.filters)
