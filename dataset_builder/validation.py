@@ -337,15 +337,12 @@ def validate_session(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolic
             if not statement.strip() and not (stage_direction or "").strip():
                 problem = "client turn has neither words nor a stage direction"
                 raise RecordError(record_id, f"{where}.statement", problem)
-            if turn["image"] is None:
-                if policy.require_images:
-                    raise RecordError(
-                        record_id, f"{where}.image",
-                        "client turn has no image, and images are required (render faces first, e.g. "
-                        "`mirror render-faces`, or build with --allow-missing-images)",
-                    )
-            else:
+            if turn["image"] is not None:
                 image = _embed_image(base_dir, turn["image"], policy, record_id, f"{where}.image", encode)
+            elif policy.require_images:
+                problem = ("client turn has no image, and images are required (render faces first, e.g. "
+                           "`mirror render-faces`, or build with --allow-missing-images)")
+                raise RecordError(record_id, f"{where}.image", problem)
         elif turn["image"] is not None:
             raise RecordError(record_id, f"{where}.image", "therapist turns carry no image (only client turns do)")
         out_turns.append({**turn, "image": image})
@@ -361,8 +358,6 @@ def validate_session(raw: dict, base_dir: Path, policy: ImagePolicy = ImagePolic
     flags = quality["flags"]
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise RecordError(record_id, "quality.flags", "expected a list of strings")
-    record["quality"] = {
-        "scores": [{"filter": name, "score": float(value)} for name, value in scores.items()],
-        "flags": list(flags),
-    }
+    scores = [{"filter": name, "score": float(value)} for name, value in scores.items()]
+    record["quality"] = {"scores": scores, "flags": list(flags)}
     return record
