@@ -407,8 +407,6 @@ class ModelFilters:
         self.config = config
         self._models: dict[str, Any] = {}
 
-    # -- loading -----------------------------------------------------------------------------------------------
-
     def _clip(self, model_id: str):
         key = f"clip:{model_id}"
         if key not in self._models:
@@ -427,8 +425,6 @@ class ModelFilters:
         if key not in self._models:
             self._models[key] = _load_pipeline("image-classification", model_id, self.config)
         return self._models[key]
-
-    # -- embeddings ----------------------------------------------------------------------------------------------
 
     def _image_embeddings(self, model_id: str, images: list):
         import torch
@@ -450,8 +446,6 @@ class ModelFilters:
                 model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
             )
         return torch.nn.functional.normalize(features.float(), dim=-1)
-
-    # -- filters -------------------------------------------------------------------------------------------------
 
     def clip_similarity(self, record: dict, images: dict[int, Any]) -> list[FilterResult]:
         """Cosine similarity of each face with "A facial photo with {stage direction}"; plus face presence."""

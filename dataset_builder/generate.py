@@ -485,8 +485,6 @@ class Generator:
         self.screenplay_prompt = load_prompt("screenplay", config.prompt_version)
         self.expression_prompt = load_prompt("expression", config.prompt_version)
 
-    # -- lazily built parts ----------------------------------------------------------------------------------
-
     @cached_property
     def backend(self):
         return self._backend or make_backend(self.config.llm)
@@ -501,8 +499,6 @@ class Generator:
         from .images import get_image_backend
 
         return self._image_backend or get_image_backend(self.config.image_backend, **self.config.image_options)
-
-    # -- manifest ----------------------------------------------------------------------------------------------
 
     def _manifest(self, dataset: str, counts: dict[str, int] | None = None) -> dict[str, Any]:
         import importlib.metadata as metadata
@@ -547,8 +543,6 @@ class Generator:
                 )
         elif self.output.exists() and any(p.name != ".work" for p in self.output.iterdir()):
             raise FileExistsError(f"{self.output} is not empty and has no {MANIFEST}: not a generation folder")
-
-    # -- stages --------------------------------------------------------------------------------------------------
 
     def stage_profiles(self) -> tuple[str, list[dict[str, Any]]]:
         dataset, profiles = load_profiles(self.config)
@@ -762,8 +756,6 @@ class Generator:
                     flags.append(f"{FAILED_FLAG}{result.name}: {result.reason}")
             flags.append(JUDGED_FLAG)
         return records
-
-    # -- everything ----------------------------------------------------------------------------------------------
 
     def run(self, stages: Iterable[str] = STAGE_GROUPS) -> dict[str, Any]:
         """Run the stage groups `text` (profiles, screenplays, expressions), `faces` and `filters`, in order.

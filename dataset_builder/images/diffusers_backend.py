@@ -101,8 +101,6 @@ class DiffusersFaceBackend:
         if identity_adapter == "none":
             self.name = "diffusers-text-only"
 
-    # -- loading -------------------------------------------------------------------------------------------------
-
     def _load_pipeline(self, model, image_encoder, image_encoder_subfolder, dtype, revision, variant):
         import torch
         from diffusers import StableDiffusionXLPipeline
@@ -140,8 +138,6 @@ class DiffusersFaceBackend:
         self.pipeline.set_ip_adapter_scale(self.ip_adapter_scale)
         self.pipeline._mirror_identity_loaded = True
 
-    # -- references ------------------------------------------------------------------------------------------------
-
     def register_reference(self, identity_key: str, path: str | Path) -> None:
         """Use the image at `path` as the reference face of `identity_key`."""
         if not Path(path).is_file():
@@ -168,8 +164,6 @@ class DiffusersFaceBackend:
             self._renderer = EmbeddedFaceRenderer()
         neutral = FaceRequest(request.identity_key, "neutral", gender=request.gender, age=request.age)
         return self._renderer.render(neutral)
-
-    # -- rendering -------------------------------------------------------------------------------------------------
 
     def prompts(self, request: FaceRequest) -> tuple[str, str]:
         gender = {"female": "woman", "male": "man"}.get(request.gender or "", "person")
