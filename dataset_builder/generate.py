@@ -35,12 +35,12 @@ from inference.backends.base import text_message
 from .files import atomic_save_png, atomic_write, check_not_a_file, read_jsonl
 from .filters import FAILED_FLAG, JUDGED_FLAG, DialogueSafety, FilterConfig, ModelFilters, apply_filters
 from .importer import client_record, find_technique, new_turn, parse_personal_info, parse_screenplay, source_record
-from .schema import RESISTANCE_STYLES
 
 logger = logging.getLogger(__name__)
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 SAMPLE_PROFILES = Path(__file__).parent / "sample" / "profiles.jsonl"
+RESISTANCE_STYLES = ("none", "emotional", "cognitive", "behavioral")  # as in schema.py, which imports datasets
 CACTUS_REPO_ID = "LangAGI-Lab/cactus"
 STAGE_GROUPS = ("text", "faces", "filters")  # text = profiles + screenplays + expressions (the LLM stages)
 MANIFEST = "manifest.json"
