@@ -221,20 +221,16 @@ _SUFFIXES += tuple((suffix, "NOUN") for suffix in ("tion", "ness", "ment", "ity"
 _POS_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+")
 
 
+def _lexicon_tag(word: str) -> str:
+    if word.isdigit():
+        return "NUM"
+    suffixed = (tag for suffix, tag in _SUFFIXES if len(word) > len(suffix) + 2 and word.endswith(suffix))
+    return _CLOSED_TAGS.get(word) or next(suffixed, "X")
+
+
 def lexicon_pos_tags(text: str) -> list[str]:
     """Approximate Universal POS tags (closed classes + suffix rules; `X` when unknown). See the module doc."""
-    tags = []
-    for token in _POS_TOKEN.findall(text or ""):
-        word = token.lower()
-        if word.isdigit():
-            tags.append("NUM")
-        elif word in _CLOSED_TAGS:
-            tags.append(_CLOSED_TAGS[word])
-        else:
-            tags.append(
-                next((tag for suffix, tag in _SUFFIXES if len(word) > len(suffix) + 2 and word.endswith(suffix)), "X")
-            )
-    return tags
+    return [_lexicon_tag(token.lower()) for token in _POS_TOKEN.findall(text or "")]
 
 
 @functools.cache
