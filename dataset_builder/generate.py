@@ -164,24 +164,18 @@ def load_prompt(kind: str, version: str) -> dict[str, Any]:
 # Atomic shards, resumable stages and the LLM cache
 
 
-class ShardedStage:
-    """A stage's JSONL shards: read what is done, write new items in atomic shards."""
+def read_shards(folder: Path) -> dict[str, dict[str, Any]]:
+    """The items a stage has done, by id, from its JSONL shards."""
+    return {item["id"]: item for path in sorted(folder.glob("shard-*.jsonl")) for item in read_jsonl(path)}
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
 
-    def items(self) -> dict[str, dict[str, Any]]:
-        return {item["id"]: item for path in sorted(self.folder.glob("shard-*.jsonl")) for item in read_jsonl(path)}
-
-    def write(self, items: list[dict[str, Any]]) -> None:
-        if not items:
-            return
-        index = len(list(self.folder.glob("shard-*.jsonl")))
-        while (self.folder / f"shard-{index:05d}.jsonl").exists():
-            index += 1
-        text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
-        atomic_write(self.folder / f"shard-{index:05d}.jsonl", text)
+def write_shard(folder: Path, items: list[dict[str, Any]]) -> None:
+    """Write `items` atomically as the stage's next shard."""
+    index = len(list(folder.glob("shard-*.jsonl")))
+    while (folder / f"shard-{index:05d}.jsonl").exists():
+        index += 1
+    text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
+    atomic_write(folder / f"shard-{index:05d}.jsonl", text)
 
 
 class ResponseCache:
@@ -621,8 +615,9 @@ class Generator:
 
     def _run_stage(self, name: str, jobs: list[dict], work: Callable[[dict], dict], concurrency: int = 1) -> dict:
         """Run `work` on every job whose id is not done yet, `concurrency` at a time; write shards as they fill."""
-        stage = ShardedStage(self.work / name)
-        done = stage.items()
+        folder = self.work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        done = read_shards(folder)
         pending = [job for job in jobs if job["id"] not in done]
         progress = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"generate: {name}", unit="item")
         shard_size = max(1, self.config.shard_size)
@@ -632,7 +627,7 @@ class Generator:
                 for result in pool.map(work, pending[start : start + shard_size]):
                     results.append(result)
                     progress.update(1)
-                stage.write(results)
+                write_shard(folder, results)
                 done.update({r["id"]: r for r in results})
         progress.close()
         return done
@@ -823,9 +818,8 @@ class Generator:
 
     def _records(self) -> tuple[list[dict], dict[str, dict], list[dict]]:
         """(jobs, screenplays, assembled records) from the finished text-stage shards; refuses incomplete ones."""
-        jobs = list(ShardedStage(self.work / "profiles").items().values())
-        screenplays = ShardedStage(self.work / "screenplays").items()
-        expressions = ShardedStage(self.work / "expressions").items()
+        jobs = list(read_shards(self.work / "profiles").values())
+        screenplays, expressions = read_shards(self.work / "screenplays"), read_shards(self.work / "expressions")
         pending = [j["id"] for j in jobs if j["id"] not in screenplays]
         pending += [
             j["id"] for j in jobs if screenplays.get(j["id"], {}).get("status") == "ok" and j["id"] not in expressions
