@@ -209,3 +209,20 @@ def test_merge_again_into_its_own_folder(tiny_lm_dir, tmp_path):
     assert json.loads((merged / TRAINING_RECORD).read_text())["merged_from"] == str(tmp_path / "adapter")
     again = merge_adapter(tmp_path / "adapter", merged, base_model=str(tiny_lm_dir))
     assert list(again.glob("*.safetensors"))
+
+
+def test_merge_reloads_a_text_only_cactus_plan_adapter_as_a_causal_lm(tiny_lm_dir, tmp_path):
+    """`cactus_plan` is a text-only variant like `text`: merging its adapter must use the causal-LM class, not
+    the vision class (which cannot load a plain Llama)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_lm_dir), LoraConfig(r=2, target_modules="all-linear")
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(tmp_path / "adapter")
+    record = {"mirror_args": {"variant": "cactus_plan"}, "card": {"base_model": str(tiny_lm_dir), "variant": "cactus_plan"}}
+    (tmp_path / "adapter" / TRAINING_RECORD).write_text(json.dumps(record))
+    merged = merge_adapter(tmp_path / "adapter", tmp_path / "merged", base_model=str(tiny_lm_dir))
+    assert json.loads((merged / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]

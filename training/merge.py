@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.backends.base import ModelLoadArguments
+from inference.prompts import VISION_VARIANTS
 from model_cards import render_model_card
 
 __all__ = ["ARGUMENTS", "MergeArguments", "main", "merge_adapter"]
@@ -63,7 +64,7 @@ def merge_adapter(
     base_model = base_model or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     dtype = dtype or record.get("model_args", {}).get("dtype") or "auto"
     if mirror_args:
-        vision = mirror_args.get("variant", "base") != "text"
+        vision = mirror_args.get("variant", "base") in VISION_VARIANTS
     else:
         vision = (adapter_dir / "processor_config.json").exists()
 
