@@ -218,11 +218,6 @@ class CueWarning:
         return f"turns[{self.turn_index}]: therapist cites {self.cue} ({why}): {self.sentence!r}"
 
 
-def _expression_category(expression: str) -> str | None:
-    match = re.match(r"\s*([a-z]+)", expression)
-    return match.group(1) if match else None
-
-
 def _cited(sentence: str, observed: bool, always: re.Pattern[str] | None, when_observed: re.Pattern[str] | None):
     """Whether `sentence` cites a cue: by an always-citing phrase, or a cue word in an observing sentence."""
     if always and always.search(sentence):
@@ -234,11 +229,12 @@ def _facial_warnings(sentence: str, observed: bool, expression: str) -> Iterable
     for cue, (always, when_observed, evidence) in _FACIAL_CUES.items():
         if _cited(sentence, observed, always, when_observed) and not evidence.search(expression):
             yield cue
+    leading = re.match(r"\s*([a-z]+)", expression)  # the expression's category word
     for match in _LOOK_EMOTION.finditer(sentence):
         category = _WORD_TO_CATEGORY.get(match.group(1))
         if category is None:
             continue
-        if _expression_category(expression) != category and not _CATEGORY_EVIDENCE[category].search(expression):
+        if (leading and leading.group(1)) != category and not _CATEGORY_EVIDENCE[category].search(expression):
             yield f"looking {match.group(1)}"
 
 

@@ -147,8 +147,7 @@ class DiffusersFaceBackend:
     def reference_for(self, request: FaceRequest) -> Image.Image:
         path = self._references.get(request.identity_key)
         if path is None and self.reference_dir is not None:
-            names = (f"{request.identity_key}{suffix}" for suffix in (".png", ".jpg", ".jpeg"))
-            candidates = (self.reference_dir / name for name in names)
+            candidates = (self.reference_dir / f"{request.identity_key}{ext}" for ext in (".png", ".jpg", ".jpeg"))
             path = next((str(candidate) for candidate in candidates if candidate.is_file()), None)
         if path is not None:
             return Image.open(path).convert("RGB")
