@@ -132,9 +132,9 @@ def build_dataset(raw_dir: str | Path, output_dir: str | Path, options: BuildOpt
             progress = tqdm(list(CONFIG_FEATURES), desc="Building Mirror configs", unit="config")
             for config_name in progress:
                 progress.set_postfix_str(config_name)
-                builder = MirrorBuilder(config_name=config_name, cache_dir=cache_dir, raw_dir=str(raw_dir),
-                                        on_bad_record=options.on_bad_record, require_images=options.require_images,
-                                        max_pixels=options.max_pixels, apply_filters=options.apply_filters,
+                passed = {key: getattr(options, key)
+                          for key in ("on_bad_record", "require_images", "max_pixels", "apply_filters")}
+                builder = MirrorBuilder(config_name=config_name, cache_dir=cache_dir, raw_dir=str(raw_dir), **passed,
                                         sft_variants=tuple(options.sft_variants))
                 try:
                     builder.download_and_prepare(download_mode="force_redownload")

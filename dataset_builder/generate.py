@@ -204,8 +204,7 @@ class ResponseCache:
 
     def get(self, key: str) -> str | None:
         reply = self._entries.get(key)
-        if reply is not None:
-            self.hits += 1
+        self.hits += reply is not None
         return reply
 
     def put(self, key: str, reply: str) -> None:
@@ -473,8 +472,7 @@ class Generator:
         self.config = config
         self.output = Path(config.output_dir)
         self.work = self.output / ".work"
-        self._backend, self._expression_backend = backend, expression_backend
-        self._image_backend = image_backend
+        self._backend, self._expression_backend, self._image_backend = backend, expression_backend, image_backend
         self._model_filters, self._dialogue_safety = model_filters, dialogue_safety
         self.screenplay_prompt = load_prompt("screenplay", config.prompt_version)
         self.expression_prompt = load_prompt("expression", config.prompt_version)

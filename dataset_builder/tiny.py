@@ -236,10 +236,8 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
 
     # IP-Adapter weights in the file layout of h94/IP-Adapter: `image_proj.*` and `ip_adapter.<n>.to_{k,v}_ip.*`.
     state = {}
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
+    cross_attention = [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
+    for key_id, name in zip(range(1, 2 * len(cross_attention), 2), cross_attention, strict=True):
         if name.startswith("mid_block"):
             hidden = unet.config.block_out_channels[-1]
         elif name.startswith("up_blocks"):
@@ -249,7 +247,6 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
         processor = IPAdapterAttnProcessor(hidden_size=hidden, cross_attention_dim=64, scale=1.0).state_dict()
         state[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor["to_k_ip.0.weight"]
         state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor["to_v_ip.0.weight"]
-        key_id += 2
     projection = ImageProjection(cross_attention_dim=64, image_embed_dim=32, num_image_text_embeds=4).state_dict()
     state |= {f"image_proj.proj.{k}": projection[f"image_embeds.{k}"] for k in ("weight", "bias")}
     state |= {f"image_proj.norm.{k}": projection[f"norm.{k}"] for k in ("weight", "bias")}

@@ -81,12 +81,10 @@ class DiffusersFaceBackend:
                 "identity_adapter 'ip-adapter' needs ip_adapter (e.g. h94/IP-Adapter); pass "
                 "identity_adapter='none' to render without identity conditioning (faces will drift)"
             )
-        self.model, self.revision = model, revision
-        self.identity_adapter = identity_adapter
-        self.ip_adapter_scale = ip_adapter_scale
+        self.model, self.revision, self.identity_adapter = model, revision, identity_adapter
+        self.ip_adapter_scale, self.generation_size = ip_adapter_scale, generation_size
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
-        self.generation_size = generation_size
         self.reference_dir = Path(reference_dir) if reference_dir else None
         self._references: dict[str, str] = {}
         self._fallback_logged: set[str] = set()
