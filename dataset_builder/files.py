@@ -11,10 +11,8 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` (text as UTF-8) to a temporary sibling of `path`, then rename it over `path`.
-
-    The temporary name carries the process and thread, so concurrent writers never share one.
-    """
+    """Write `data` (text as UTF-8) to a temporary sibling of `path`, then rename it over `path`; the temporary name
+    carries the process and thread, so concurrent writers never share one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
@@ -38,10 +36,9 @@ def check_output_folder(
 ) -> Path:
     """Refuse an output folder that holds something this tool did not make; returns it as a `Path`.
 
-    Allowed: a path that does not exist yet, an empty folder, or a folder `ours` recognises (by the marker or stamp
-    the tool writes there), so re-running or resuming into our own folder keeps working. A file, or a non-empty
-    folder of someone else's, raises FileExistsError naming `flag` and saying what to do; nothing is touched.
-    `what` names what `ours` looks for, e.g. "a model folder made by `mirror train` (no mirror_training.json)".
+    Allowed: a new path, an empty folder, or one `ours` recognises (by the tool's marker), so reruns and resumes
+    work. Otherwise FileExistsError names `flag` and `what` (what `ours` looks for, e.g. "a model folder made by
+    `mirror train` (no mirror_training.json)"); nothing is touched.
     """
     path = check_not_a_file(path, flag=flag)
     if path.is_dir() and any(path.iterdir()) and not ours(path):

@@ -70,10 +70,9 @@ class ImagePolicy:
 def iter_jsonl(path: Path, name: str | None = None) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
     """Yield `(line_number, record)` or `(line_number, RecordError)` for every non-blank line of `path`.
 
-    Lines are decoded strictly as UTF-8; a line that is not is still parsed (with surrogate escapes) so the error
-    can name the record id and the field holding the bad bytes. A UTF-8 byte-order mark (editors on Windows write
-    one) is accepted. Errors name the file as `name` (e.g. its path relative to the input folder), so no absolute
-    local path ends up in a built dataset; the offending line's text is kept on the error as `raw_text`.
+    A line that is not UTF-8 is still parsed (with surrogate escapes) so the error can name the record id and the
+    field holding the bad bytes; a byte-order mark is accepted. Errors name the file as `name` (no absolute local
+    path in a built dataset) and keep the line's text as `raw_text`.
     """
     name = name or str(path)
     with open(path, "rb") as handle:
