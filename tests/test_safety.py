@@ -33,15 +33,14 @@ from inference.safety import (
     asks_if_human,
     claims_to_be_human,
     get_referral,
-    load_embedder,
-    load_exemplars,
     normalize_locale,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "crisis_statements.yaml"  # the development set (tuned on)
 HELDOUT = Path(__file__).parent / "fixtures" / "crisis_heldout.yaml"  # never tuned on; see its header
 INDEPENDENT = Path(__file__).parent / "fixtures" / "crisis_heldout_independent.yaml"  # another writer; see header
-SEALED = Path(__file__).parent / "fixtures" / "crisis_heldout_sealed.yaml"  # a third writer; scored once; see header
+SEALED = Path(__file__).parent / "fixtures" / "crisis_heldout_sealed.yaml"  # a third writer; see header
+FINAL = Path(__file__).parent / "fixtures" / "crisis_heldout_final.yaml"  # a fourth writer; see header
 CLASSIFIER_TRAINING = Path(__file__).resolve().parents[1] / "inference" / "safety_data" / "classifier_training"
 RISK_LABELS = ("explicit", "indirect")
 SAFE_LABELS = ("negated", "past", "benign")
@@ -49,14 +48,19 @@ LOGGER = "inference.safety"
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    """The real all-MiniLM-L6-v2, loaded once for the module (the slow part of this file)."""
-    return load_embedder(device="cpu")
+def encode():
+    """Unit-normalised all-MiniLM-L6-v2 sentence embeddings (the bundled offline weights), for near-copy checks."""
+    from sentence_transformers import SentenceTransformer
+
+    from inference.safety import _minilm_path
+
+    model = SentenceTransformer(_minilm_path(), device="cpu")
+    return functools.partial(model.encode, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
 
 @pytest.fixture(scope="module")
 def crisis_classifier():
-    """The bundled crisis classifier (MiniLM + LoRA adapter), loaded once for the module."""
+    """The bundled crisis classifier (MiniLM + LoRA adapter + three-way head), loaded once for the module."""
     return CrisisClassifier(device="cpu")
 
 
@@ -66,11 +70,13 @@ def detector(crisis_classifier):
     return CrisisDetector(SafetyConfig(device="cpu"), crisis_classifier=crisis_classifier)
 
 
-@pytest.fixture(scope="module")
-def exemplar_detector(embedder):
-    """The previous default (lexicon + exemplar layer), still available with `use_exemplars`."""
-    config = SafetyConfig(device="cpu", use_crisis_classifier=False, use_exemplars=True)
-    return CrisisDetector(config, embedder=embedder)
+def training_statements() -> list[str]:
+    return [
+        item["text"]
+        for path in sorted(CLASSIFIER_TRAINING.glob("writer_*.yaml"))
+        for items in yaml.safe_load(path.read_text(encoding="utf-8")).values()
+        for item in items
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +111,13 @@ def test_fixture_is_labelled_and_covers_the_tricky_cases(statements):
         assert any(idiom in text for text in benign), idiom
 
 
-def test_fixture_does_not_copy_the_exemplars(statements, exemplar_detector):
-    detector = exemplar_detector
-    """The recall/FPR numbers would mean nothing if the semantic layer had the test sentences as exemplars."""
-    exemplars = load_exemplars()
-    texts = {text for side in ("risk", "safe") for group in exemplars[side].values() for text in group.values()}
+def test_fixture_does_not_copy_the_training_statements(statements, encode):
+    """The development figures would mean little if the classifier had been trained on the fixture's sentences."""
     fixture = [item["text"] for items in statements.values() for item in items]
-    assert not texts & set(fixture)
-    fixture_vectors = detector.embedder.encode(fixture, normalize_embeddings=True, show_progress_bar=False)
-    exemplar_vectors = np.concatenate([detector.risk_vectors, detector.safe_vectors])
-    closest = float(np.max(fixture_vectors @ exemplar_vectors.T))
-    assert closest < 0.95, f"a fixture statement is a near copy of an exemplar (cos={closest:.3f})"
+    training = training_statements()
+    assert not set(training) & set(fixture)
+    closest = float(np.max(encode(fixture) @ encode(training).T))
+    assert closest < 0.95, f"a fixture statement is a near copy of a training statement (cos={closest:.3f})"
 
 
 def test_recall_on_risk_and_false_positive_rate_on_non_risk(detector, statements):
@@ -230,27 +232,12 @@ def test_negation_of_the_risk_predicate_itself(detector, text):
     assert "negated lexicon:" in result.reason
 
 
-def test_a_negated_hit_does_not_switch_off_the_semantic_layer(exemplar_detector, monkeypatch):
-    detector = exemplar_detector
-    """The semantic layer still judges a clause with a negated hit, minus the negated predicate: what else the
-    client says in that clause is screened, and "not suicidal" is not compared with "suicidal"."""
-    import inference.safety as safety
-
-    seen = []
-    real_encode = safety._encode
-
-    def spy(embedder, texts):
-        seen.extend(texts)
-        return real_encode(embedder, texts)
-
-    monkeypatch.setattr(safety, "_encode", spy)
-    detector.detect("I would never hurt myself because my kids need me around")
-    assert len(seen) == 1 and seen[0].endswith("because my kids need me around")
-    assert "never" not in seen[0] and "hurt myself" not in seen[0]
-    seen.clear()
-    result = detector.detect("I'm not suicidal or anything, I just keep wishing I could sleep forever and not exist")
-    assert seen and all("suicidal" not in text for text in seen)
-    assert (result.is_risk or result.check_in) and "semantic:" in result.reason, result.reason  # not let through
+def test_a_negated_hit_does_not_silence_the_classifier(detector):
+    """The lexicon's negation discounts only its own hit: the classifier still judges the whole turn, so what
+    else the client says next to "I'm not suicidal" is screened."""
+    result = detector.detect("I'm not suicidal or anything, I just keep wishing I could go to sleep and never wake up")
+    assert "negated lexicon:" in result.reason or "lexicon:" not in result.reason
+    assert (result.is_risk or result.check_in) and "classifier:crisis" in result.reason, result.reason
 
 
 @pytest.mark.parametrize("text", ["i wanna kil my self", "ive been feeling sucidal", "i dont want to live anymroe"])
@@ -288,17 +275,22 @@ def test_resistant_but_safe_talk_gets_no_check_in(detector, text):
     assert not result.check_in and not result.is_risk, result.reason
 
 
-def test_weak_semantic_evidence_asks_and_strong_evidence_refers(exemplar_detector):
-    """A clause only a little closer to risk than to its safe look-alikes gets the question, not the referral."""
-    import dataclasses as dc
-
-    detector = exemplar_detector
-    text = "I'm not suicidal or anything, I just keep wishing I could sleep forever and not exist"
-    asks = detector.detect(text)
-    assert asks.check_in and not asks.is_risk and "semantic:" in asks.reason
-    eager = CrisisDetector(dc.replace(detector.config, semantic_refer_margin=0.0), embedder=detector.embedder)
-    refers = eager.detect(text)
-    assert refers.is_risk and refers.category == "suicidal_ideation"
+def test_classifier_thresholds_route_to_the_question_or_the_referral(detector, crisis_classifier):
+    """P(not benign) from the ask threshold gets the safety question, P(risk) from the refer threshold the
+    referral; both default to the thresholds stored with the classifier and can be overridden."""
+    text = "I've sorted out who gets the dog and written letters to everyone for after I'm gone."
+    assert 0.0 < detector.ask_threshold <= detector.refer_threshold <= 1.0
+    assert (detector.ask_threshold, detector.refer_threshold) == (
+        crisis_classifier.ask_threshold,
+        crisis_classifier.refer_threshold,
+    )
+    refers = detector.detect(text)
+    assert refers.is_risk and refers.reason.startswith("classifier:crisis"), refers.reason  # no lexicon hit
+    no_refer = dataclasses.replace(detector.config, crisis_refer_threshold=1.0)
+    asks = CrisisDetector(no_refer, crisis_classifier=crisis_classifier).detect(text)
+    assert asks.check_in and not asks.is_risk and "classifier:crisis" in asks.reason, asks.reason
+    never = dataclasses.replace(no_refer, crisis_ask_threshold=1.0)
+    assert not CrisisDetector(never, crisis_classifier=crisis_classifier).detect(text).check_in
 
 
 def _rates(detector, items_by_label, risk_labels):
@@ -340,38 +332,26 @@ def heldout_rates(detector):
     return rates
 
 
-def test_heldout_set_is_fresh_and_large(exemplar_detector):
-    detector = exemplar_detector
-    heldout = yaml.safe_load(HELDOUT.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("path", [HELDOUT, INDEPENDENT, SEALED, FINAL], ids=lambda p: p.stem)
+def test_heldout_sets_are_fresh_and_large(path, statements):
+    heldout = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert set(heldout) == {"risk", "benign"}
     texts = [item["text"] for items in heldout.values() for item in items]
     assert len(texts) >= 150 and len(set(texts)) == len(texts)
     assert 0.4 <= len(heldout["risk"]) / len(texts) <= 0.6
-    development = yaml.safe_load(FIXTURE.read_text(encoding="utf-8"))
-    exemplars = load_exemplars()
-    written = {item["text"] for items in development.values() for item in items}
-    written |= {text for side in ("risk", "safe") for group in exemplars[side].values() for text in group.values()}
-    assert not written & set(texts)
-    vectors = detector.embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False)
-    exemplar_vectors = np.concatenate([detector.risk_vectors, detector.safe_vectors])
-    assert float(np.max(vectors @ exemplar_vectors.T)) < 0.95, "a held-out turn is a near copy of an exemplar"
+    assert not {item["text"] for items in statements.values() for item in items} & set(texts)
 
 
-def test_no_held_out_turn_is_in_the_classifier_training_statements(embedder):
+def test_no_held_out_turn_is_in_the_classifier_training_statements(encode):
     """The crisis classifier's figures on the held-out sets mean something only if it never saw those turns."""
-    training = [
-        item["text"]
-        for path in sorted(CLASSIFIER_TRAINING.glob("writer_*.yaml"))
-        for items in yaml.safe_load(path.read_text(encoding="utf-8")).values()
-        for item in items
-    ]
+    training = training_statements()
     held_out = [
         item["text"]
-        for path in (HELDOUT, INDEPENDENT, SEALED)
+        for path in (HELDOUT, INDEPENDENT, SEALED, FINAL)
         for items in yaml.safe_load(path.read_text(encoding="utf-8")).values()
         for item in items
     ]
-    assert len(training) >= 2000 and not set(training) & set(held_out)
-    encode = functools.partial(embedder.encode, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    assert len(training) >= 6000 and not set(training) & set(held_out)
     closest = float(np.max(encode(training) @ encode(held_out).T))
     assert closest < 0.95, f"a training statement is a near copy of a held-out turn (cos={closest:.3f})"
 
@@ -435,15 +415,19 @@ def test_ordinary_session_talk_rarely_stops_the_session(detector):
     assert len(turns) >= 300 and len(stopped) <= 0.04 * len(turns)
 
 
-def test_crisis_classifier_scores_are_probabilities_and_thresholds_order(crisis_classifier):
+def test_crisis_classifier_gives_three_way_probabilities(crisis_classifier, tmp_path):
     probabilities = crisis_classifier(["I have the pills counted out for tonight.", "I made pasta again, sorry."])
-    assert probabilities.shape == (2,) and ((0 <= probabilities) & (probabilities <= 1)).all()
-    assert probabilities[0] > probabilities[1]
-    assert crisis_classifier([]).shape == (0,)
+    assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    assert probabilities[0, 2] > probabilities[1, 2] and probabilities[1, 0] > probabilities[0, 0]
+    assert crisis_classifier([]).shape == (0, 3)
     with pytest.raises(ValueError, match="crisis_ask_threshold"):
-        SafetyConfig(crisis_ask_threshold=0.9, crisis_refer_threshold=0.5)
+        SafetyConfig(crisis_ask_threshold=1.5)
     with pytest.raises(ValueError, match="not a crisis classifier folder"):
         CrisisClassifier(Path(__file__).parent)
+    for name in ("head.safetensors", "training_info.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ValueError, match="expected labels benign, ambiguous, risk"):
+        CrisisClassifier(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -753,7 +737,7 @@ def test_config_fields_have_help_and_safe_defaults():
         assert f.metadata.get("help"), f.name
     assert config.enabled and not config.log_client_text and not config.trust_remote_code
     with pytest.raises(ValueError):
-        SafetyConfig(semantic_threshold=1.5)
+        SafetyConfig(crisis_ask_threshold=1.5)
     with pytest.raises(ValueError):
         SafetyConfig(classifier_label_map={"LABEL_1": "sadness"})
 

@@ -74,6 +74,8 @@ def load_statements(data_dir: Path = DATA_DIR) -> list[tuple[str, int, str]]:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=2, help="Cross-writer folds for the thresholds; 0: none.")
+    parser.add_argument("--run_folds", type=int, default=None, help="Run only the first N folds (default: all).")
+    parser.add_argument("--save_out_of_fold", type=Path, default=None, help="Also save the out-of-fold scores (.npz).")
     parser.add_argument("--output_dir", type=Path, default=OUTPUT_DIR, help="Where the final model goes.")
     parser.add_argument("--no_final", action="store_true", help="Cross-validate only; write nothing.")
     parser.add_argument("--epochs", type=int, default=4, help="Passes over the data.")
@@ -101,6 +103,7 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
         self.base = AutoModel.from_pretrained(_minilm_path(), use_safetensors=True).eval()
         self.cache = {}
+        texts = sorted(texts, key=len)  # batches of similar length: little padding
         with torch.no_grad():
             for start in range(0, len(texts), 128):
                 batch = texts[start : start + 128]
@@ -163,6 +166,7 @@ class Trainer:
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.learning_rate, total_steps=steps,
                                                        pct_start=0.1)  # fmt: skip
         started = time.time()
+        print(f"  {len(rows)} statements, {steps} steps", flush=True)
         for epoch in range(args.epochs):
             model.train()
             total = 0.0
@@ -223,26 +227,30 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(args, sorted({r[2] for r in rows} | {t for _, t in dev_items} | set(odd_turns)))
 
     writers = sorted({r[0] for r in rows} - {"sample"})
-    info = {"base_model": HUB_BASE, **{k: v for k, v in vars(args).items() if k not in ("output_dir", "no_final")}}
+    info = {"base_model": HUB_BASE, **{k: v for k, v in vars(args).items() if k not in ("output_dir", "no_final", "save_out_of_fold")}}
     ask, refer = args.ask, args.refer
     if args.folds:
         # Whole writers per fold (the sample's turns are spread over the folds like a writer's).
         groups = {w: i % args.folds for i, w in enumerate(writers)}
         fold_of = [groups.get(w, i % args.folds) for i, (w, _, _) in enumerate(rows)]
-        out_of_fold = np.zeros((len(rows), len(LABELS)))
-        for fold in range(args.folds):
+        out_of_fold = np.full((len(rows), len(LABELS)), np.nan)
+        for fold in range(args.run_folds or args.folds):
             held = [i for i, f in enumerate(fold_of) if f == fold]
             names = sorted({rows[i][0] for i in held} - {"sample"})
             print(f"fold {fold}: leaving out writers {names}", flush=True)
             _, _, predict = trainer.fit([r for r, f in zip(rows, fold_of, strict=True) if f != fold])
             out_of_fold[held] = predict([rows[i][2] for i in held])
-        labels = np.array([r[1] for r in rows])
-        ask, refer = choose_thresholds(out_of_fold, labels, args.target_fpr, args.refer_fpr)
-        cv = {"all": rates(out_of_fold, labels, ask, refer)}
-        for writer in writers:
-            index = np.array([r[0] == writer for r in rows])
-            cv[writer] = rates(out_of_fold[index], labels[index], ask, refer)
+        scored = ~np.isnan(out_of_fold[:, 0])  # with --run_folds, only the writers left out so far
+        labels = np.array([r[1] for r in rows])[scored]
+        ask, refer = choose_thresholds(out_of_fold[scored], labels, args.target_fpr, args.refer_fpr)
+        cv = {"all": rates(out_of_fold[scored], labels, ask, refer)}
+        for writer in sorted({r[0] for r, keep in zip(rows, scored, strict=True) if keep}):
+            index = np.array([r[0] == writer for r in rows]) & scored
+            cv[writer] = rates(out_of_fold[index], np.array([r[1] for r in rows])[index], ask, refer)
         info["cross_writer"] = cv
+        if args.save_out_of_fold:
+            np.savez(args.save_out_of_fold, probabilities=out_of_fold, labels=np.array([r[1] for r in rows]),
+                     writers=np.array([r[0] for r in rows]))  # fmt: skip
         print(f"thresholds from cross-writer folds: ask {ask}, refer {refer}")
         for name, figures in cv.items():
             print(f"  {name:<8} {figures}")
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     info["labels"] = list(LABELS)
     info["training_statements"] = {label: sum(r[1] == i for r in rows) for i, label in enumerate(LABELS)}
-    info["writers"] = writers + ["sample"]
+    info["writers"] = [*writers, "sample"]
     (output_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (output_dir / "README.md").write_text(CARD)  # replaces peft's template, which names the local base path
     print(f"wrote {output_dir}")
