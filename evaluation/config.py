@@ -129,7 +129,7 @@ class EvalConfig:
         metadata={"help": "Record the crisis detector's verdict on every client turn (the layer never acts)."},
     )
     safety_use_embeddings: bool = field(
-        default=True, metadata={"help": "Crisis screening with the MiniLM semantic layer (else the lexicon only)."}
+        default=True, metadata={"help": "Crisis screening with the MiniLM crisis classifier (else the lexicon only)."}
     )
     retry_failed: bool = field(default=False, metadata={"help": "On resume, run failed sessions again."})
     allow_judge_is_therapist: bool = field(
