@@ -58,10 +58,10 @@ class FilterConfig:
         metadata={"help": "'lexicon' (offline approximation, see module doc) or 'spacy:<model>' (real tagger)."},
     )
     dialogue_safety: bool = field(default=True, metadata={"help": "Screen therapist turns for unsafe content."})
-    # Off by default: the semantic layer is tuned for client turns and would flag a therapist's risk-assessment
+    # Off by default: the crisis classifier is trained on client turns and would flag a therapist's risk-assessment
     # question ("have you thought about ending your life?"), which is good practice, not unsafe.
     safety_embeddings: bool = field(
-        default=False, metadata={"help": "Also run the crisis detector's MiniLM semantic layer on therapist turns."}
+        default=False, metadata={"help": "Also run the crisis detector's MiniLM crisis classifier on therapist turns."}
     )
     safety_model: str | None = field(
         default=None, metadata={"help": "Optional text-classification model id for dialogue safety."}
