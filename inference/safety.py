@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import re
 import uuid
@@ -413,8 +414,6 @@ class CrisisClassifier:
     hundred kilobytes, so it ships with the package and runs offline on a CPU."""
 
     def __init__(self, path: str | Path | None = None, *, device: str | None = None):
-        import json
-
         import torch
         from peft import PeftModel
         from safetensors.torch import load_file

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
 
     output_dir = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
+    model.half().save_pretrained(output_dir)  # float16 on disk halves the package data; peft loads it as float32
     save_file({name: tensor.detach().contiguous() for name, tensor in head.state_dict().items()},
               str(output_dir / "head.safetensors"))  # fmt: skip
     # The adapter config records where the base came from; keep the machine's absolute path out of the package.
