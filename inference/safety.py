@@ -406,12 +406,22 @@ def _minilm_path() -> str:
         return HUB_EMBEDDING_MODEL
 
 
+CRISIS_MAX_TOKENS = 128  # longer turns are truncated, in training and at inference alike
+
+
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """The crisis classifier's sentence vector: the mean of the token states under the attention mask (shared with
+    tools/train_crisis_classifier.py, so training and inference pool alike)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
 class CrisisClassifier:
     """The bundled crisis classifier: all-MiniLM-L6-v2 with a LoRA adapter and a three-way head (benign,
     ambiguous, risk) on its mean-pooled output. Trained by `tools/train_crisis_classifier.py` on the statements in
     `safety_data/classifier_training/` (eight writers, none of the held-out sets); its `ask` and `refer`
-    thresholds were chosen by cross-validation across writers and are stored with it. The adapter is a few
-    hundred kilobytes, so it ships with the package and runs offline on a CPU."""
+    thresholds were chosen by cross-validation across writers and are stored with it. The adapter (float16) is
+    about 1.3 MB, so it ships with the package and runs offline on a CPU."""
 
     def __init__(self, path: str | Path | None = None, *, device: str | None = None):
         import torch
@@ -446,12 +456,10 @@ class CrisisClassifier:
                     list(texts[start : start + batch_size]),
                     padding=True,
                     truncation=True,
-                    max_length=128,
+                    max_length=CRISIS_MAX_TOKENS,
                     return_tensors="pt",
                 ).to(self.model.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                pooled = mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
                 probabilities.append(self.head(pooled).softmax(-1).float().cpu().numpy())
         return np.concatenate(probabilities)
 

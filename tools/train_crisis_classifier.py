@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from inference.safety import CRISIS_MAX_TOKENS, _minilm_path, _prepare, mean_pool
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "inference" / "safety_data" / "classifier_training"
 OUTPUT_DIR = ROOT / "inference" / "safety_data" / "crisis_classifier"
@@ -97,8 +99,6 @@ class Trainer:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from inference.safety import _minilm_path
-
         self.args, self.torch = args, torch
         self.tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
         self.base = AutoModel.from_pretrained(_minilm_path(), use_safetensors=True).eval()
@@ -107,7 +107,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(texts), 128):
                 batch = texts[start : start + 128]
-                encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="pt")
+                encoded = self.tokenizer(
+                    batch, padding=True, truncation=True, max_length=CRISIS_MAX_TOKENS, return_tensors="pt"
+                )
                 hidden = self.base(**encoded, output_hidden_states=True).hidden_states[args.frozen_layers]
                 for i, text in enumerate(batch):
                     length = int(encoded["attention_mask"][i].sum())
@@ -151,8 +153,7 @@ class Trainer:
             attention = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
             for layer in layers:
                 hidden = layer(hidden, attention)
-            weights = mask.unsqueeze(-1).float()
-            return head((hidden * weights).sum(1) / weights.sum(1))
+            return head(mean_pool(hidden, mask))
 
         labels = torch.tensor([label for _, label, _ in rows])
         texts = [text for _, _, text in rows]
@@ -216,8 +217,6 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     from safetensors.torch import save_file
 
-    from inference.safety import _prepare
-
     # The detector screens prepared text (stage directions dropped, quotes straightened): train on the same.
     rows = [(writer, label, _prepare(text)) for writer, label, text in load_statements()]
     development = yaml.safe_load(DEVELOPMENT_SET.read_text(encoding="utf-8"))
@@ -227,7 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(args, sorted({r[2] for r in rows} | {t for _, t in dev_items} | set(odd_turns)))
 
     writers = sorted({r[0] for r in rows} - {"sample"})
-    info = {"base_model": HUB_BASE, **{k: v for k, v in vars(args).items() if k not in ("output_dir", "no_final", "save_out_of_fold")}}
+    info = {
+        "base_model": HUB_BASE,
+        **{k: v for k, v in vars(args).items() if k not in ("output_dir", "no_final", "save_out_of_fold")},
+    }
     ask, refer = args.ask, args.refer
     if args.folds:
         # Whole writers per fold (the sample's turns are spread over the folds like a writer's).
